@@ -1,0 +1,153 @@
+"""Building networks: the only module that calls timm's model factory.
+
+``build_network`` returns a timm model with ``num_classes`` outputs and pretrained weights
+from (in order) an explicit ``--weights`` file, a package or local hub cache, or the hub
+when it is reachable; or random init when ``pretrained=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcls.config import Preprocessing
+from imgcls.errors import BackboneError, WeightsError
+from imgcls.registry import BackboneSpec
+from imgcls.transforms import supported_interpolation
+from imgcls.weights import (
+    KeyReport,
+    LocalWeights,
+    hub_reachable,
+    load_matching,
+    locate_local_weights,
+    read_state_dict,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a network's weights came from, for logs, the saved config and ``imgcls models``."""
+
+    source: str
+    location: str | None = None
+    report: KeyReport | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        return self.source != "random-init"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"source": self.source, "location": self.location}
+        if self.report is not None:
+            data["key_report"] = self.report.to_dict()
+        return data
+
+
+def create_network(spec: BackboneSpec, *, num_classes: int) -> nn.Module:
+    """An untrained timm network for ``spec`` (no download ever happens here)."""
+    import timm
+
+    try:
+        return timm.create_model(spec.timm_arch, pretrained=False, num_classes=num_classes)
+    except Exception as exc:  # timm raises RuntimeError/ValueError/TypeError for bad arch args
+        raise BackboneError(f"cannot build backbone {spec.name} ({spec.timm_arch}): {exc}") from exc
+
+
+def build_network(
+    spec: BackboneSpec,
+    *,
+    num_classes: int,
+    weights: str | Path | None = None,
+    pretrained: bool = True,
+) -> tuple[nn.Module, WeightsInfo]:
+    """A network with its pretrained weights; see the module docstring for the search order."""
+    if weights is not None:
+        model = create_network(spec, num_classes=num_classes)
+        report = load_matching(model, read_state_dict(weights), source=f"file {weights}", arch=spec.name)
+        return model, WeightsInfo("file", str(weights), report)
+    if not pretrained:
+        return create_network(spec, num_classes=num_classes), WeightsInfo("random-init")
+    local = locate_local_weights(spec)
+    if local is not None:
+        return _from_local(spec, local, num_classes=num_classes)
+    return _from_hub(spec, num_classes=num_classes)
+
+
+def _from_local(
+    spec: BackboneSpec, local: LocalWeights, *, num_classes: int
+) -> tuple[nn.Module, WeightsInfo]:
+    model = create_network(spec, num_classes=num_classes)
+    state_dict = read_state_dict(local.path)
+    # Packaged weights must map exactly; anything else goes through the tolerant matcher.
+    strict = local.kind == "package"
+    report = load_matching(model, state_dict, source=local.describe(), arch=spec.name, strict=strict)
+    log.info("weights for %s: %s (%s)", spec.name, local.describe(), report.summary())
+    return model, WeightsInfo(local.kind, str(local.path), report)
+
+
+def _from_hub(spec: BackboneSpec, *, num_classes: int) -> tuple[nn.Module, WeightsInfo]:
+    if spec.pretrained_tag is None or not hub_reachable():
+        raise WeightsError(_no_weights_message(spec))
+    import timm
+
+    log.info("downloading pretrained weights for %s from the hub", spec.pretrained_name)
+    try:
+        model = timm.create_model(spec.pretrained_name, pretrained=True, num_classes=num_classes)
+    except Exception as exc:  # network, HTTP and file errors from huggingface_hub/torch.hub
+        raise WeightsError(
+            f"downloading weights for {spec.pretrained_name} failed: {exc}. {_no_weights_message(spec)}"
+        ) from exc
+    return model, WeightsInfo("hub", spec.pretrained_name)
+
+
+def _no_weights_message(spec: BackboneSpec) -> str:
+    return (
+        f"no pretrained weights for {spec.name} on this machine and the model hub is not "
+        f"reachable. Pass --weights FILE (a torchvision or timm state dict, e.g. "
+        f"resnet50-19c8e357.pth), connect to the internet once so the hub cache fills, or "
+        f"train from random init with --no-pretrained. Backbones whose weights ship with "
+        f"imgcls: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2."
+    )
+
+
+def resolve_preprocessing(spec: BackboneSpec, *, input_size: int | None = None) -> Preprocessing:
+    """The backbone's preprocessing from its timm pretrained config; user overrides win."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(spec.pretrained_name) or timm.models.get_pretrained_cfg(
+        spec.timm_arch
+    )
+    if cfg is None:
+        raise BackboneError(f"timm has no preprocessing config for {spec.pretrained_name}")
+    size = input_size or int(cfg.input_size[-1])
+    if size < 16:
+        raise BackboneError(f"input size must be at least 16 pixels, got {size}")
+    return Preprocessing(
+        input_size=size,
+        crop_pct=float(cfg.crop_pct or 0.875),
+        interpolation=supported_interpolation(str(cfg.interpolation)),
+        mean=tuple(float(v) for v in cfg.mean),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg.std),  # type: ignore[arg-type]
+    )
+
+
+def count_parameters(spec: BackboneSpec, *, num_classes: int = IMAGENET_CLASSES) -> int:
+    """Parameter count without allocating memory (built on the meta device)."""
+    with torch.device("meta"):
+        model = create_network(spec, num_classes=num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """Eval mode and channels_last (1.6-1.9x faster CPU convolutions)."""
+    model.eval()
+    return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,340 @@
+"""``Classifier``: a network, its class names and its preprocessing, ready to predict.
+
+Scoring goes through the backbone's pooled features and the classification layer, the same
+computation as the full forward pass, so features cached on disk (keyed by content and
+backbone) make re-evaluating a model on the same images nearly free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from imgcls.backbone import (
+    IMAGENET_CLASSES,
+    build_network,
+    create_network,
+    prepare_for_inference,
+    resolve_preprocessing,
+)
+from imgcls.config import Preprocessing
+from imgcls.data import DatasetScan, ImageRecord, expand_inputs, scan_dataset
+from imgcls.errors import DataError, WeightsError
+from imgcls.features import (
+    FeatureCache,
+    default_cache_dir,
+    extract_features,
+    feature_space,
+    pooled_features,
+)
+from imgcls.images import decode_rgb, load_rgb, to_rgb
+from imgcls.metrics import classification_report
+from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
+from imgcls.registry import get_backbone
+from imgcls.splits import MANIFEST_NAME, SPLITS, read_manifest, splits_from_manifest
+from imgcls.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | Image.Image | np.ndarray | bytes
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes for one image, most likely first."""
+
+    path: str | None
+    scores: tuple[ClassScore, ...]
+
+    @property
+    def label(self) -> str:
+        return self.scores[0].label
+
+    @property
+    def probability(self) -> float:
+        return self.scores[0].probability
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "predictions": [
+                {"label": s.label, "index": s.index, "probability": s.probability} for s in self.scores
+            ],
+        }
+
+
+@dataclass
+class PredictionRun:
+    """Predictions for the readable inputs and the reason each unreadable one was skipped."""
+
+    predictions: list[Prediction]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a classifier on one split of a labelled folder."""
+
+    split: str
+    report: dict[str, Any]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.report["accuracy"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, **self.report, "unreadable": self.unreadable}
+
+
+class Classifier:
+    """A trained (or ImageNet-pretrained) classifier.
+
+    Args:
+        model: a timm network whose classifier has ``len(classes)`` outputs.
+        classes: class names in output-index order.
+        preprocessing: the eval transform's settings.
+        config: the saved model config (backbone, metrics, ...); see ``model_io``.
+        directory: where the model was saved or loaded from, if anywhere.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        classes: Sequence[str],
+        preprocessing: Preprocessing,
+        config: dict[str, Any],
+        directory: Path | None = None,
+    ) -> None:
+        self.model = prepare_for_inference(model)
+        self.classes = list(classes)
+        self.preprocessing = preprocessing
+        self.config = config
+        self.directory = directory
+        self._transform = eval_transform(preprocessing)
+        self._space: str | None = None
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config["backbone"]["name"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.config.get("metrics", {}))
+
+    # -- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Classifier:
+        """Load a model saved by ``save`` (``RUN_DIR/model`` or ``RUN_DIR`` itself)."""
+        directory = _model_dir(Path(directory))
+        config = read_model_config(directory)
+        spec = get_backbone(config["backbone"]["name"])
+        model = create_network(spec, num_classes=len(config["classes"]))
+        load_weights_into(model, directory)
+        pre = Preprocessing.from_dict(config["preprocessing"])
+        return cls(model, classes=config["classes"], preprocessing=pre, config=config, directory=directory)
+
+    @classmethod
+    def pretrained(cls, backbone: str, *, weights: str | Path | None = None) -> Classifier:
+        """The backbone with its ImageNet head, predicting the 1,000 ImageNet classes."""
+        spec = get_backbone(backbone)
+        model, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights)
+        if info.report is not None and not info.report.classifier_loaded:
+            raise WeightsError(
+                f"the weights for {backbone} ({info.location}) carry no 1000-class ImageNet head"
+            )
+        config = {"backbone": {"name": spec.name, "timm_arch": spec.timm_arch, "weights": info.to_dict()}}
+        return cls(
+            model,
+            classes=imagenet_class_names(),
+            preprocessing=resolve_preprocessing(spec),
+            config=config,
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        config = {
+            k: v
+            for k, v in self.config.items()
+            if k not in ("format", "format_version", "created", "versions")
+        }
+        config.update(
+            classes=self.classes,
+            num_classes=len(self.classes),
+            preprocessing=self.preprocessing.to_dict(),
+        )
+        save_model_dir(directory, self.model, config)
+        self.directory = directory
+        return directory
+
+    # -- prediction ---------------------------------------------------------------------------
+
+    def predict(self, image: ImageInput, *, top_k: int = 5) -> Prediction:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes."""
+        path, pil = _as_image(image, min_side=self.preprocessing.resize_size)
+        batch = self._transform(pil).unsqueeze(0)
+        with torch.inference_mode():
+            logits = self.model.get_classifier()(pooled_features(self.model, batch))
+        return self._top_k(logits, [path], top_k)[0]
+
+    def predict_paths(
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        top_k: int = 5,
+        batch_size: int = 32,
+        workers: int = 0,
+    ) -> PredictionRun:
+        """Classify files, folders (recursively) and glob patterns; unreadable files are listed."""
+        paths = expand_inputs([str(p) for p in inputs])
+        if not paths:
+            raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
+        logits, readable, failures = self._score(paths, FeatureCache(None, ""), batch_size, workers)
+        kept = [str(p) for p, ok in zip(paths, readable, strict=True) if ok]
+        return PredictionRun(
+            self._top_k(logits, kept, top_k), {str(paths[i]): r for i, r in failures.items()}
+        )
+
+    def _top_k(self, logits: torch.Tensor, paths: Sequence[str | None], top_k: int) -> list[Prediction]:
+        probs = logits.float().softmax(dim=-1)
+        values, indices = probs.topk(min(top_k, len(self.classes)), dim=-1)
+        return [
+            Prediction(
+                path,
+                tuple(
+                    ClassScore(self.classes[i], i, float(v))
+                    for v, i in zip(vals.tolist(), idx.tolist(), strict=True)
+                ),
+            )
+            for path, vals, idx in zip(paths, values, indices, strict=True)
+        ]
+
+    def _score(
+        self, paths: Sequence[Path], cache: FeatureCache, batch_size: int, workers: int
+    ) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+        extraction = extract_features(
+            self.model,
+            paths,
+            self.preprocessing,
+            cache=cache,
+            batch_size=batch_size,
+            workers=workers,
+        )
+        with torch.inference_mode():
+            features = torch.from_numpy(extraction.features)
+            logits = (
+                self.model.get_classifier()(features)
+                if len(features)
+                else torch.zeros((0, len(self.classes)))
+            )
+        return logits, extraction.readable, extraction.failures
+
+    def feature_cache(self, cache_dir: Path | None = None) -> FeatureCache:
+        if self._space is None:
+            self._space = feature_space(self.model, self.preprocessing)
+        return FeatureCache(cache_dir or default_cache_dir(), self._space)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        data: str | Path,
+        *,
+        split: str = "val",
+        batch_size: int = 32,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+    ) -> Evaluation:
+        """Accuracy, per-class metrics and confusion matrix on one split of a labelled folder.
+
+        ``split`` is ``val``, ``test`` or ``all``. A split with its own folder is used as
+        is; otherwise the ``splits.csv`` written at training time says which images it holds.
+        """
+        scan = scan_dataset(data, min_classes=1)
+        records = self._select(scan, split)
+        unknown = sorted({r.label for r in records} - set(self.classes))
+        if unknown:
+            raise DataError(
+                f"{scan.root} has classes the model does not know: {unknown}; "
+                f"the model's classes are {self.classes}"
+            )
+        paths = [scan.absolute(r) for r in records]
+        logits, readable, failures = self._score(paths, self.feature_cache(cache_dir), batch_size, workers)
+        y_true = np.array(
+            [self.classes.index(r.label) for r, ok in zip(records, readable, strict=True) if ok],
+            dtype=np.int64,
+        )
+        y_pred = logits.argmax(dim=-1).numpy()
+        report = classification_report(y_true, y_pred, self.classes)
+        return Evaluation(split, report, {records[i].path: reason for i, reason in failures.items()})
+
+    def _select(self, scan: DatasetScan, split: str) -> list[ImageRecord]:
+        if split == "all":
+            return scan.records
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose val, test, train or all")
+        if split in scan.folder_splits:
+            return [r for r in scan.records if r.folder_split == split]
+        manifest_path = self._manifest_path()
+        if manifest_path is None:
+            raise DataError(
+                f"{scan.root} has no {split}/ folder and no {MANIFEST_NAME} was found beside the "
+                f"model to say which images form the {split} split; use --split all to score every image"
+            )
+        splits = splits_from_manifest(scan.records, read_manifest(manifest_path), source=manifest_path)
+        selected = [r for r, s in zip(scan.records, splits, strict=True) if s == split]
+        if not selected:
+            raise DataError(f"the {split} split in {manifest_path} holds no images of {scan.root}")
+        return selected
+
+    def _manifest_path(self) -> Path | None:
+        if self.directory is None:
+            return None
+        for candidate in (self.directory / MANIFEST_NAME, self.directory.parent / MANIFEST_NAME):
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+def _model_dir(path: Path) -> Path:
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
+def _as_image(image: ImageInput, *, min_side: int) -> tuple[str | None, Image.Image]:
+    if isinstance(image, str | Path):
+        return str(image), load_rgb(image, min_side=min_side)
+    if isinstance(image, bytes):
+        return None, decode_rgb(image, min_side=min_side)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise DataError(
+                f"an image array must be HxW or HxWxC uint8; got {image.dtype} with shape {image.shape}"
+            )
+        return None, to_rgb(Image.fromarray(image))
+    if isinstance(image, Image.Image):
+        return None, to_rgb(image)
+    raise DataError(f"cannot classify a {type(image).__name__}; pass a path, PIL image, uint8 array or bytes")
+
+
+def imagenet_class_names() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(IMAGENET_CLASSES)]

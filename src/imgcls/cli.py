@@ -1,0 +1,341 @@
+"""The ``imgcls`` command: a thin client of the library.
+
+Nothing heavy is imported at module level, so ``imgcls --help`` starts instantly; each
+command imports what it needs. Library errors (``ImgclsError``) are printed without a
+traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
+    from imgcls.errors import ImgclsError
+
+    try:
+        return int(args.handler(args) or 0)
+    except ImgclsError as exc:
+        print(f"imgcls: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imgcls: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Train, evaluate and use image classifiers built on pretrained backbones.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgcls {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (adder, handler, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        adder(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+# -- train ------------------------------------------------------------------------------------
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="image folder: one sub-folder per class, optionally under train/ val/ test/")
+    p.add_argument("-o", "--output", help="run directory to write (default: runs/<data>-<time>)")
+    p.add_argument(
+        "--backbone",
+        help="backbone name, 'arch.tag', or any timm architecture (default: efficientnet_lite0)",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="local state dict (torchvision or timm layout, .pth or .safetensors)",
+    )
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        default=None,
+        help="train from random init",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=_strategies(),
+        help="how to train (default: probe = linear head on frozen features)",
+    )
+    p.add_argument("--seed", type=int, help="seed for splits and training (default: 0)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="validation share of train when there is no val/ folder (default: 0.2)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help="test share carved from train when there is no test/ folder (default: 0)",
+    )
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=int, help="image-decoding processes (default: automatic)")
+    p.add_argument("--input-size", type=int, help="network input size in pixels (default: the backbone's)")
+    p.add_argument(
+        "--cache-dir", help="feature cache location (default: $IMGCLS_CACHE_DIR or ~/.cache/imgcls)"
+    )
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        default=None,
+        help="do not read or write the feature cache",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or TOML settings (e.g. a saved run_config.json); flags override it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow writing into an existing non-empty run directory",
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _strategies() -> Sequence[str]:
+    from imgcls.config import STRATEGIES
+
+    return STRATEGIES
+
+
+_TRAIN_FIELDS = (
+    "backbone", "weights", "pretrained", "strategy", "seed", "val_fraction", "test_fraction",
+    "batch_size", "workers", "input_size", "cache_dir", "use_cache",
+)  # fmt: skip
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from imgcls.api import train
+    from imgcls.config import TrainConfig, load_config_file
+
+    config = TrainConfig()
+    if args.config:
+        config = config.with_overrides(load_config_file(args.config))
+    config = config.with_overrides({name: getattr(args, name) for name in _TRAIN_FIELDS})
+    output = Path(args.output) if args.output else _default_run_dir(args.data)
+    started = time.perf_counter()
+    clf = train(args.data, output, config=config, overwrite=args.overwrite)
+    if args.json:
+        _print_json({"run_dir": str(output), "metrics": clf.metrics, "unreadable": clf.config["unreadable"]})
+        return 0
+    _print_train_summary(clf, output, time.perf_counter() - started)
+    return 0
+
+
+def _default_run_dir(data: str) -> Path:
+    return Path("runs") / f"{Path(data).resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_train_summary(clf: Any, output: Path, seconds: float) -> None:
+    weights = clf.config["backbone"]["weights"]
+    source = (
+        "RANDOM INIT (no pretrained weights)"
+        if weights["source"] == "random-init"
+        else f"{weights['source']} {weights['location'] or ''}"
+    )
+    metrics = clf.metrics
+    counts = ", ".join(
+        f"{split} {metrics[split]['n']}" for split in ("train", "val", "test") if split in metrics
+    )
+    print(f"backbone      {clf.backbone}  [{source.strip()}]")
+    print(
+        f"classes       {len(clf.classes)}: {', '.join(clf.classes[:10])}"
+        f"{' ...' if len(clf.classes) > 10 else ''}"
+    )
+    print(f"images        {counts}; unreadable {len(clf.config['unreadable'])}")
+    for path, reason in clf.config["unreadable"].items():
+        print(f"  skipped     {path}: {reason}")
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            label = f"{split} accuracy"
+            print(f"{label:<14}{m['accuracy']:.4f}  (balanced {m['balanced_accuracy']:.4f}, n={m['n']})")
+    print(f"time          {seconds:.1f} s")
+    print(f"run dir       {output}")
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory (RUN_DIR or RUN_DIR/model)")
+    p.add_argument("data", help="labelled image folder")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=("val", "test", "train", "all"),
+        help="which images to score (default: val)",
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from imgcls.classifier import Classifier
+    from imgcls.metrics import format_report
+
+    clf = Classifier.load(args.model)
+    result = clf.evaluate(args.data, split=args.split, batch_size=args.batch_size, workers=args.workers)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"model {clf.directory}  split {result.split}")
+    print(format_report(result.report, clf.classes))
+    _print_unreadable(result.unreadable)
+    return 0
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory, or a backbone name to use its ImageNet classes")
+    p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default: 5)")
+    p.add_argument("--weights", metavar="FILE", help="with a backbone name: local ImageNet state dict to use")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print [{"path", "predictions": [{"label", "index", "probability"}]}]',
+    )
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from imgcls.classifier import Classifier
+    from imgcls.errors import ConfigError
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if _looks_like_model_dir(args.model):
+        clf = Classifier.load(args.model)
+    else:
+        clf = Classifier.pretrained(args.model, weights=args.weights)
+    run = clf.predict_paths(args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers)
+    if args.json:
+        _print_json([p.to_dict() for p in run.predictions])
+    else:
+        for prediction in run.predictions:
+            ranked = "  ".join(f"{s.label} {s.probability:.3f}" for s in prediction.scores)
+            print(f"{prediction.path}\t{ranked}")
+    _print_unreadable(run.unreadable)
+    return 0
+
+
+def _looks_like_model_dir(value: str) -> bool:
+    path = Path(value)
+    return path.is_dir() or "/" in value or value.startswith(".")
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from imgcls.catalog import describe_backbones
+
+    rows = describe_backbones()
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'name':<20}{'input':>6}{'params':>9}  pretrained weights on this machine")
+    for row in rows:
+        print(f"{row['name']:<20}{row['input_size']:>6}{row['params'] / 1e6:>8.1f}M  {row['weights']}")
+    print("\nAny timm architecture name also works, with --weights FILE or hub weights.")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        default="runs/demo",
+        help="where to write the demo data and run (default: runs/demo)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from imgcls.demo import run_demo
+
+    run_demo(Path(args.output), overwrite=args.overwrite, echo=print)
+    return 0
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _print_unreadable(unreadable: dict[str, str]) -> None:
+    for path, reason in unreadable.items():
+        print(f"imgcls: skipped unreadable image {path}: {reason}", file=sys.stderr)
+
+
+def _configure_logging(verbosity: int) -> None:
+    """0: INFO (progress and notes), -1: WARNING, -2: ERROR, +1: DEBUG; all to stderr."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(
+        verbosity, logging.ERROR if verbosity < 0 else logging.DEBUG
+    )
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def _version() -> str:
+    from imgcls import __version__
+
+    return __version__
+
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {
+    "train": (_add_train, _run_train, "train a classifier on a folder of labelled images"),
+    "evaluate": (_add_evaluate, _run_evaluate, "score a trained model on labelled images"),
+    "predict": (
+        _add_predict,
+        _run_predict,
+        "classify images with a trained model or a pretrained backbone",
+    ),
+    "models": (_add_models, _run_models, "list the named backbones and where their weights are"),
+    "demo": (
+        _add_demo,
+        _run_demo,
+        "train, evaluate and predict on built-in data (scikit-learn's digits)",
+    ),
+}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

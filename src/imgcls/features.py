@@ -1,0 +1,235 @@
+"""Frozen-backbone feature extraction with an on-disk cache keyed by content.
+
+A cache entry is keyed by the image file's content digest inside a *feature space*: a
+digest of the network's backbone tensors and the preprocessing. Entries live in append-only
+shard files (``<cache>/features/<space>/*.npz``) written atomically, so an interrupted run
+keeps what it computed, several processes (or ranks) can add shards side by side, and a
+second run on the same data and backbone extracts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls.config import Preprocessing
+from imgcls.images import UnreadableImageError, load_rgb
+from imgcls.transforms import eval_transform
+from imgcls.weights import classifier_prefix
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+SHARD_IMAGES = 1024
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("IMGCLS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgcls"
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+
+
+def feature_space(model: nn.Module, pre: Preprocessing) -> str:
+    """Digest of everything that decides a feature vector: backbone tensors + preprocessing."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(
+        json.dumps(
+            {"format": CACHE_FORMAT, "pre": pre.to_dict(), "net": type(model).__name__},
+            sort_keys=True,
+        ).encode()
+    )
+    head = classifier_prefix(model) + "."
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(head):
+            continue
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Append-only shards of ``{digest: feature vector}`` for one feature space."""
+
+    def __init__(self, root: Path | None, space: str) -> None:
+        self.directory = root / "features" / space if root is not None else None
+        self._entries: dict[str, np.ndarray] = {}
+        self._loaded = False
+
+    def lookup(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
+        self._load()
+        return {d: self._entries[d] for d in digests if d in self._entries}
+
+    def add(self, digests: Sequence[str], features: np.ndarray) -> None:
+        self._load()
+        for digest, row in zip(digests, features, strict=True):
+            self._entries[digest] = row
+        if self.directory is None or not digests:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.directory / f".{name}.tmp.npz"
+        np.savez(tmp, digests=np.array(digests, dtype="S32"), features=features.astype(np.float32))
+        tmp.replace(self.directory / f"{name}.npz")
+
+    def _load(self) -> None:
+        if self._loaded or self.directory is None or not self.directory.is_dir():
+            self._loaded = True
+            return
+        for shard in sorted(self.directory.glob("*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    digests, features = data["digests"], data["features"]
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring unreadable feature cache shard %s (%s)", shard, exc)
+                continue
+            for digest, row in zip(digests, features, strict=True):
+                self._entries[digest.decode()] = row
+        self._loaded = True
+
+
+@dataclass
+class Extraction:
+    """Features of the readable images, in input order, and why the others failed."""
+
+    features: np.ndarray
+    readable: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
+    computed: int = 0
+    seconds: float = 0.0
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], pre: Preprocessing) -> None:
+        self.paths, self.indices = paths, indices
+        self.transform = eval_transform(pre)
+        self.min_side = pre.resize_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        index = self.indices[i]
+        try:
+            image = load_rgb(self.paths[index], min_side=self.min_side)
+        except UnreadableImageError as exc:
+            return index, None, exc.reason
+        return index, self.transform(image), None
+
+
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str | None]],
+) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    failures = {i: reason for i, _, reason in items if reason is not None}
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, failures
+
+
+def pooled_features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The backbone's pooled, pre-logits features (what the classifier sees)."""
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    return model.forward_head(model.forward_features(batch), pre_logits=True)
+
+
+def extract_features(
+    model: nn.Module,
+    paths: Sequence[Path],
+    pre: Preprocessing,
+    *,
+    cache: FeatureCache,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Extraction:
+    """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise."""
+    started = time.perf_counter()
+    failures: dict[int, str] = {}
+    digests: list[str | None] = []
+    for index, path in enumerate(paths):
+        try:
+            digests.append(file_digest(path))
+        except OSError as exc:
+            digests.append(None)
+            failures[index] = f"cannot read file ({exc.strerror})"
+    known = cache.lookup([d for d in digests if d is not None])
+    todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
+    computed = _compute(model, paths, todo, digests, pre, cache, failures, batch_size, workers, progress)
+    known.update(computed)
+    extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
+    extraction.seconds = time.perf_counter() - started
+    return extraction
+
+
+def _compute(
+    model: nn.Module,
+    paths: Sequence[Path],
+    todo: list[int],
+    digests: list[str | None],
+    pre: Preprocessing,
+    cache: FeatureCache,
+    failures: dict[int, str],
+    batch_size: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, np.ndarray]:
+    if not todo:
+        return {}
+    loader = DataLoader(
+        _ImageFiles(paths, todo, pre),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    computed: dict[str, np.ndarray] = {}
+    pending: list[str] = []
+    done = 0
+    with torch.inference_mode():
+        for indices, batch, batch_failures in loader:
+            failures.update(batch_failures)
+            if batch is not None:
+                feats = pooled_features(model, batch).float().numpy()
+                for index, row in zip(indices, feats, strict=True):
+                    computed[digests[index]] = row  # type: ignore[index]
+                    pending.append(digests[index])  # type: ignore[arg-type]
+            if len(pending) >= SHARD_IMAGES:
+                cache.add(pending, np.stack([computed[d] for d in pending]))
+                pending = []
+            done += len(indices) + len(batch_failures)
+            if progress is not None:
+                progress(done, len(todo))
+    if pending:
+        cache.add(pending, np.stack([computed[d] for d in pending]))
+    return computed
+
+
+def _assemble(
+    paths: Sequence[Path],
+    digests: list[str | None],
+    known: dict[str, np.ndarray],
+    failures: dict[int, str],
+    *,
+    computed_count: int,
+) -> Extraction:
+    readable = np.array([i not in failures for i in range(len(paths))], dtype=bool)
+    rows = [known[d] for i, d in enumerate(digests) if readable[i] and d is not None]
+    features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+    return Extraction(features=features, readable=readable, failures=failures, computed=computed_count)

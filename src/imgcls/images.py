@@ -1,0 +1,124 @@
+"""Decode any image file a user might have into an 8-bit RGB ``PIL.Image``.
+
+Applies EXIF orientation; converts grayscale, palette, alpha, CMYK and 16-bit images to RGB;
+rejects empty, truncated, non-image and decompression-bomb sized files with an
+``UnreadableImageError`` whose message says why.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imgcls.errors import ImgclsError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+# 1e8 pixels (about 10,000 x 10,000) is far beyond any photo a classifier needs.
+MAX_PIXELS = 100_000_000
+
+# Fail on truncated files instead of silently padding them with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class UnreadableImageError(ImgclsError):
+    """An image file that cannot be decoded; ``reason`` is a short human explanation."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def load_rgb(path: str | Path, *, min_side: int | None = None) -> Image.Image:
+    """Decode ``path`` to RGB.
+
+    Args:
+        path: the image file.
+        min_side: if given, a JPEG may be decoded at a reduced scale (DCT scaling) as long as
+            both sides stay at least this large; much faster for big photos.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableImageError(path, f"cannot read file ({exc.strerror})") from exc
+    return decode_rgb(data, name=path, min_side=min_side)
+
+
+def decode_rgb(data: bytes, *, name: str | Path = "<bytes>", min_side: int | None = None) -> Image.Image:
+    """Decode image bytes to RGB; see ``load_rgb``."""
+    if not data:
+        raise UnreadableImageError(name, "empty file (0 bytes)")
+    image = _open(data, name)
+    _check_size(image, name)
+    if min_side is not None and image.format == "JPEG":
+        image.draft(image.mode, (min_side, min_side))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImageError(name, f"truncated or corrupt image data ({exc})") from exc
+    return to_rgb(image)
+
+
+def _open(data: bytes, name: str | Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise UnreadableImageError(name, "not an image (format not recognised)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImageError(name, f"rejected as a decompression bomb ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImageError(name, f"corrupt image header ({exc})") from exc
+
+
+def _check_size(image: Image.Image, name: str | Path) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise UnreadableImageError(name, f"image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise UnreadableImageError(
+            name,
+            f"rejected as a possible decompression bomb: {width}x{height} = "
+            f"{width * height:,} pixels exceeds the limit of {MAX_PIXELS:,}",
+        )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit single-channel images: rescale to 0-255 instead of clipping."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        peak = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or array.max(initial=0.0) > 255:
+        peak = 65535.0
+    else:
+        peak = 255.0
+    scaled = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L").convert("RGB")

@@ -1,0 +1,134 @@
+"""Seeded, stratified train/val/test assignment and the ``splits.csv`` manifest.
+
+Pure functions over labels and paths: no images are read here.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.data import TEST, TRAIN, VAL, ImageRecord
+from imgcls.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = (TRAIN, VAL, TEST)
+MANIFEST_NAME = "splits.csv"
+
+
+def assign_splits(
+    records: Sequence[ImageRecord],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> list[str]:
+    """The split of each record.
+
+    Records from a ``val/`` or ``test/`` folder keep it. Of the training records, a
+    stratified, seeded ``test_fraction`` becomes test when there is no test folder and
+    ``val_fraction`` becomes val when there is no val folder. Each class is shuffled with its
+    own seed-derived generator, so adding a class does not reshuffle the others.
+    """
+    folders = {r.folder_split for r in records}
+    carve_val = VAL not in folders and val_fraction > 0
+    carve_test = TEST not in folders and test_fraction > 0
+    splits = [r.folder_split or TRAIN for r in records]
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, record in enumerate(records):
+        if splits[i] == TRAIN:
+            by_class[record.label].append(i)
+    for label, indices in sorted(by_class.items()):
+        indices.sort(key=lambda i: records[i].path)
+        order = _class_rng(seed, label).permutation(len(indices))
+        shuffled = [indices[j] for j in order]
+        n_test, n_val = _carve_sizes(len(shuffled), carve_test and test_fraction, carve_val and val_fraction)
+        for i in shuffled[:n_test]:
+            splits[i] = TEST
+        for i in shuffled[n_test : n_test + n_val]:
+            splits[i] = VAL
+    return splits
+
+
+def _class_rng(seed: int, label: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
+
+
+def _carve_sizes(n: int, test_fraction: float, val_fraction: float) -> tuple[int, int]:
+    """How many of a class's ``n`` training images go to test and val; train keeps >= 1."""
+    if n < 2:
+        return 0, 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction else 0
+    n_test = min(n_test, n - 1)
+    n_val = max(1, round(n * val_fraction)) if val_fraction else 0
+    n_val = min(n_val, n - 1 - n_test)
+    return n_test, n_val
+
+
+def check_splits(records: Sequence[ImageRecord], splits: Sequence[str], classes: Sequence[str]) -> None:
+    """Every class must be trainable; warn about classes too small to validate."""
+    train_counts = Counter(r.label for r, s in zip(records, splits, strict=True) if s == TRAIN)
+    val_counts = Counter(r.label for r, s in zip(records, splits, strict=True) if s == VAL)
+    missing = [c for c in classes if train_counts[c] == 0]
+    if missing:
+        raise DataError(
+            f"classes {missing} have no readable training images; add images to their "
+            f"folders or remove the folders"
+        )
+    for label in classes:
+        if train_counts[label] + val_counts[label] < 2:
+            log.warning("class %r has fewer than 2 images: it is trained on but never validated", label)
+
+
+def split_counts(splits: Sequence[str]) -> dict[str, int]:
+    counts = Counter(splits)
+    return {s: counts[s] for s in SPLITS if counts[s]}
+
+
+def write_manifest(path: Path, records: Sequence[ImageRecord], splits: Sequence[str]) -> None:
+    """Write ``path,label,split`` rows (paths relative to the data root)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for record, split in zip(records, splits, strict=True):
+            writer.writerow([record.path, record.label, split])
+    tmp.replace(path)
+
+
+def read_manifest(path: Path) -> dict[str, tuple[str, str]]:
+    """``{relative path: (label, split)}`` from a manifest written by ``write_manifest``."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise DataError(f"cannot read split manifest {path}: {exc.strerror}") from exc
+    if rows and not {"path", "label", "split"} <= set(rows[0]):
+        raise DataError(f"split manifest {path} must have the columns path,label,split")
+    bad = [r["split"] for r in rows if r["split"] not in SPLITS]
+    if bad:
+        raise DataError(f"split manifest {path} has unknown split names {sorted(set(bad))}")
+    return {r["path"]: (r["label"], r["split"]) for r in rows}
+
+
+def splits_from_manifest(
+    records: Sequence[ImageRecord], manifest: dict[str, tuple[str, str]], *, source: Path
+) -> list[str | None]:
+    """The manifest's split for each record (``None`` for images the manifest does not list)."""
+    splits: list[str | None] = []
+    for record in records:
+        entry = manifest.get(record.path)
+        if entry is not None and entry[0] != record.label:
+            raise DataError(
+                f"{record.path} is labelled {record.label!r} in the data folder but "
+                f"{entry[0]!r} in {source}; was the data reorganised since training?"
+            )
+        splits.append(entry[1] if entry else None)
+    return splits
