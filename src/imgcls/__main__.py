@@ -1,3 +1,3 @@
-from imgcls.cli import main
+from imgcls.cli import entry
 
-raise SystemExit(main())
+entry()

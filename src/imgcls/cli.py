@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,29 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+# glibc's malloc returns freed activation buffers to the OS and page-faults them back in on
+# every forward pass; a large top pad and mmap threshold keep them, which measured 2x faster
+# CPU inference on 2 cores. The setting has to be in the environment when the process starts.
+ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=536870912"
+_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo"})
+
+
+def entry() -> None:
+    """Console-script entry point: tune the allocator (re-executing once), then run ``main``."""
+    argv = sys.argv[1:]
+    if _should_tune_allocator(argv):
+        env = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR_TUNABLES)
+        os.execve(sys.executable, [sys.executable, "-m", "imgcls", *argv], env)
+    raise SystemExit(main(argv))
+
+
+def _should_tune_allocator(argv: Sequence[str]) -> bool:
+    if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ or os.environ.get("IMGCLS_NO_REEXEC"):
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(_HEAVY_COMMANDS.intersection(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and use image classifiers built on pretrained backbones.",
     )
     parser.add_argument("--version", action="version", version=f"imgcls {_version()}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    logging_options.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (adder, handler, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[logging_options])
         adder(sub)
         sub.set_defaults(handler=handler)
     return parser
@@ -338,4 +364,4 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
 }
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

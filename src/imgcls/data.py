@@ -68,7 +68,8 @@ def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
                 f"{root} has {', '.join(sorted(split_dirs))}/ but no train/ folder; put the "
                 f"training images in {root / 'train'}/<class>/"
             )
-        for folder, split in split_dirs.items():
+        # train first: the val/test classes are checked against it
+        for folder, split in sorted(split_dirs.items(), key=lambda item: item[1] != TRAIN):
             _scan_class_folders(root / folder, root, scan, folder_split=split)
         scan.folder_splits = set(split_dirs.values())
         _note_stray_entries(root, set(split_dirs), scan)

@@ -1,0 +1,61 @@
+"""Imports point downward only: pure code at the bottom, the CLI on top."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
+
+# Each module may import only modules of a lower layer (or its own).
+LAYERS = [
+    {"errors"},
+    {"config", "images", "registry", "metrics"},
+    {"data", "transforms", "weights", "head", "model_io"},
+    {"splits", "backbone"},
+    {"features"},
+    {"classifier"},
+    {"api", "catalog"},
+    {"demo"},
+    {"cli", "__main__", "__init__"},
+]
+
+
+def _layer_of(module: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if module in layer)
+
+
+def _imgcls_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgcls."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("imgcls."))
+    return found
+
+
+def test_every_module_has_a_layer():
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    assert modules == set().union(*LAYERS)
+
+
+def test_imports_point_downward():
+    violations = []
+    for path in PACKAGE.glob("*.py"):
+        layer = _layer_of(path.stem)
+        for imported in _imgcls_imports(path):
+            if _layer_of(imported) > layer:
+                violations.append(
+                    f"{path.stem} (layer {layer}) imports {imported} (layer {_layer_of(imported)})"
+                )
+    assert not violations, violations
+
+
+def test_only_backbone_calls_the_timm_model_factory_and_only_transforms_builds_transforms():
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text()
+        if path.stem != "backbone":
+            assert "create_model(" not in text, path.name
+        if path.stem != "transforms":
+            assert "T.Compose" not in text and "Normalize(" not in text, path.name

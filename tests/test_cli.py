@@ -1,0 +1,35 @@
+"""The command line: fast start, model listing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys, imgcls.cli\n"
+        "try:\n    imgcls.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "usage: imgcls" in out.stdout
+    assert out.stdout.strip().endswith("False")
+
+
+def test_models_lists_backbones_with_weight_availability():
+    out = subprocess.run(
+        [sys.executable, "-m", "imgcls", "models", "--json"], capture_output=True, text=True, check=True
+    )
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    required = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50", "densenet121"}
+    assert required | {"inception_v3", "inception_v4", "resnetv2_50", "efficientnet_b0"} <= set(rows)
+    lite0 = rows["efficientnet_lite0"]
+    assert lite0["weights_available"] and lite0["weights_source"] == "package"
+    assert lite0["input_size"] == 224 and 4_000_000 < lite0["params"] < 5_000_000
+    assert rows["inception_v3"]["input_size"] == 299
+    text = subprocess.run(
+        [sys.executable, "-m", "imgcls", "models"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "efficientnet_lite2" in text and "package" in text

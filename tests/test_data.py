@@ -1,0 +1,81 @@
+"""Finding labelled images in the layouts users have."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgcls.data import expand_inputs, scan_dataset
+from imgcls.errors import DataError
+from tests.conftest import make_image, write_class_folders
+
+
+def test_class_folders_layout(image_folder):
+    scan = scan_dataset(image_folder)
+    assert scan.classes == ["blue", "green", "red"]
+    assert len(scan.records) == 36
+    assert scan.folder_splits == set()
+    assert all(r.folder_split is None for r in scan.records)
+
+
+def test_split_folders_layout_with_valid_alias(tmp_path):
+    write_class_folders(tmp_path / "train")
+    write_class_folders(tmp_path / "valid", per_class=2)
+    scan = scan_dataset(tmp_path)
+    assert scan.folder_splits == {"train", "val"}
+    assert sum(r.folder_split == "val" for r in scan.records) == 6
+
+
+def test_nested_images_hidden_files_and_other_files(image_folder):
+    nested = image_folder / "red" / "more"
+    nested.mkdir()
+    make_image((200, 0, 0), 99).save(nested / "deep.png")
+    (image_folder / "red" / ".hidden.png").write_bytes(b"x")
+    (image_folder / "red" / "notes.txt").write_text("n")
+    (image_folder / "README.md").write_text("r")
+    scan = scan_dataset(image_folder)
+    paths = {r.path for r in scan.records}
+    assert "red/more/deep.png" in paths
+    assert "red/.hidden.png" not in paths
+    assert any("notes.txt" in i for i in scan.ignored) and any("README.md" in i for i in scan.ignored)
+
+
+def test_empty_folder_is_an_error_naming_it(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path)):
+        scan_dataset(tmp_path)
+
+
+def test_single_class_is_an_error(tmp_path):
+    write_class_folders(tmp_path, classes=("red",))
+    with pytest.raises(DataError, match="only one class"):
+        scan_dataset(tmp_path)
+
+
+def test_missing_folder_and_val_without_train(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        scan_dataset(tmp_path / "nope")
+    write_class_folders(tmp_path / "val")
+    with pytest.raises(DataError, match="no train/ folder"):
+        scan_dataset(tmp_path)
+
+
+def test_val_class_unknown_to_train_is_an_error(tmp_path):
+    write_class_folders(tmp_path / "train", classes=("red", "green"))
+    write_class_folders(tmp_path / "val", classes=("red", "blue"))
+    with pytest.raises(DataError, match="blue"):
+        scan_dataset(tmp_path)
+
+
+def test_empty_class_folder_is_skipped(image_folder):
+    (image_folder / "empty").mkdir()
+    assert "empty" not in scan_dataset(image_folder).classes
+
+
+def test_expand_inputs_files_folders_globs(image_folder):
+    one = image_folder / "red" / "red_000.png"
+    assert expand_inputs([str(one)]) == [one]
+    assert len(expand_inputs([str(image_folder)])) == 36
+    assert len(expand_inputs([str(image_folder / "*" / "*_00[01].png")])) == 6
+    with pytest.raises(DataError, match="matches no files"):
+        expand_inputs([str(image_folder / "*.jpeg")])
+    with pytest.raises(DataError, match="does not exist"):
+        expand_inputs([str(image_folder / "missing.png")])

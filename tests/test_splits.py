@@ -1,0 +1,69 @@
+"""Stratified, seeded splits and the manifest."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from imgcls.data import ImageRecord
+from imgcls.errors import DataError
+from imgcls.splits import assign_splits, check_splits, read_manifest, splits_from_manifest, write_manifest
+
+
+def _records(counts: dict[str, int], folder_split: str | None = None) -> list[ImageRecord]:
+    return [ImageRecord(f"{c}/{i:03d}.jpg", c, folder_split) for c, n in counts.items() for i in range(n)]
+
+
+def test_val_is_stratified_and_seeded():
+    records = _records({"a": 50, "b": 20})
+    splits = assign_splits(records, val_fraction=0.2, test_fraction=0.0, seed=1)
+    per_class = Counter((r.label, s) for r, s in zip(records, splits, strict=True))
+    assert per_class[("a", "val")] == 10 and per_class[("b", "val")] == 4
+    assert splits == assign_splits(records, val_fraction=0.2, test_fraction=0.0, seed=1)
+    assert splits != assign_splits(records, val_fraction=0.2, test_fraction=0.0, seed=2)
+
+
+def test_order_of_records_does_not_change_the_split():
+    records = _records({"a": 30, "b": 30})
+
+    def split_by_path(ordered):
+        splits = assign_splits(ordered, val_fraction=0.2, test_fraction=0, seed=0)
+        return {r.path: s for r, s in zip(ordered, splits, strict=True)}
+
+    assert split_by_path(records) == split_by_path(records[::-1])
+
+
+def test_folder_splits_are_kept_and_test_is_carved_from_train():
+    records = _records({"a": 20, "b": 20}, "train") + _records({"a": 5}, "val")
+    splits = assign_splits(records, val_fraction=0.2, test_fraction=0.25, seed=0)
+    counts = Counter(splits)
+    assert counts["val"] == 5  # the val folder, nothing carved
+    assert counts["test"] == 10
+
+
+def test_tiny_classes_keep_a_training_image():
+    records = _records({"a": 1, "b": 2, "c": 3})
+    splits = assign_splits(records, val_fraction=0.5, test_fraction=0.0, seed=0)
+    by_class = Counter((r.label, s) for r, s in zip(records, splits, strict=True))
+    assert by_class[("a", "train")] == 1
+    assert by_class[("b", "train")] == 1 and by_class[("b", "val")] == 1
+    assert by_class[("c", "train")] >= 1
+
+
+def test_class_without_training_images_is_an_error():
+    records = [*_records({"a": 3}), ImageRecord("b/x.jpg", "b", "val")]
+    with pytest.raises(DataError, match=r"\['b'\]"):
+        check_splits(records, ["train", "train", "val", "val"], ["a", "b"])
+
+
+def test_manifest_round_trip_and_relabel_detection(tmp_path):
+    records = _records({"a": 4, "b": 4})
+    splits = assign_splits(records, val_fraction=0.25, test_fraction=0, seed=0)
+    path = tmp_path / "splits.csv"
+    write_manifest(path, records, splits)
+    manifest = read_manifest(path)
+    assert splits_from_manifest(records, manifest, source=path) == splits
+    moved = [ImageRecord(records[0].path, "b")]
+    with pytest.raises(DataError, match="labelled 'b'"):
+        splits_from_manifest(moved, manifest, source=path)
