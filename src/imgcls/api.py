@@ -139,8 +139,8 @@ def _build(spec: BackboneSpec, cfg: TrainConfig, *, num_classes: int) -> tuple[n
             "NO PRETRAINED WEIGHTS: %s starts from random init (--no-pretrained); expect far lower accuracy",
             spec.name,
         )
-    elif info.report is not None:
-        log.info("weights: %s %s: %s", info.source, info.location, info.report.summary())
+    elif info.source == "file" and info.report is not None:
+        log.info("weights: %s: %s", info.location, info.report.summary())
     return prepare_for_inference(model), info
 
 
@@ -236,6 +236,7 @@ def _model_config(
     return {
         "backbone": {"name": spec.name, "timm_arch": spec.timm_arch, "weights": info.to_dict()},
         "strategy": cfg.strategy,
+        "head": {"type": "logistic_regression", "C": head.c},
         "seed": cfg.seed,
         "metrics": {k: v for k, v in metrics.items() if k in (VAL, TEST, TRAIN)},
     }

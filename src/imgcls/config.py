@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,6 @@ class TrainConfig:
     input_size: int | None = None
     cache_dir: str | None = None
     use_cache: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)

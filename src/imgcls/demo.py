@@ -7,6 +7,7 @@ ImageNet weights.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,9 +41,16 @@ def run_demo(output: Path, *, overwrite: bool, echo: Callable[[str], None]) -> N
     clf = train(data, output / "run", overwrite=overwrite)
     evaluation = clf.evaluate(data, split="val")
     echo(f"validation accuracy: {evaluation.accuracy:.4f} on {evaluation.report['n']} held-out images")
-    for digit in range(10):
-        path = sorted((data / str(digit)).glob("*.png"))[-1]
-        prediction = clf.predict(path)
-        shown = path.relative_to(output)
-        echo(f"predict {shown}: {prediction.label} ({prediction.probability:.2f}), true {digit}")
+    for path, digit in _one_val_image_per_class(output / "run" / "splits.csv"):
+        prediction = clf.predict(data / path)
+        echo(f"predict held-out {path}: {prediction.label} ({prediction.probability:.2f}), true {digit}")
     echo(f"model saved in {output / 'run' / 'model'}; try: imgcls predict {output / 'run'} {data / '3'}")
+
+
+def _one_val_image_per_class(manifest: Path) -> list[tuple[str, str]]:
+    chosen: dict[str, str] = {}
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] == "val":
+                chosen.setdefault(row["label"], row["path"])
+    return [(path, label) for label, path in sorted(chosen.items())]
