@@ -10,12 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 # Each module may import only modules of a lower layer (or its own).
 LAYERS = [
     {"errors"},
-    {"config", "images", "registry", "metrics"},
+    {"config", "images", "registry", "metrics", "calibration", "stats"},
     {"data", "transforms", "weights", "head", "model_io"},
     {"splits", "backbone"},
     {"features"},
-    {"classifier"},
+    {"classifier", "probe"},
     {"api", "catalog"},
+    {"crossval"},
     {"demo"},
     {"cli", "__main__", "__init__"},
 ]

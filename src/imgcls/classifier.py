@@ -40,7 +40,7 @@ from imgcls.metrics import classification_report
 from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
 from imgcls.registry import get_backbone
 from imgcls.splits import MANIFEST_NAME, SPLITS, read_manifest, splits_from_manifest
-from imgcls.transforms import eval_transform
+from imgcls.transforms import TTA_VIEWS, eval_transform, view_settings
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,31 @@ class Evaluation:
     split: str
     report: dict[str, Any]
     unreadable: dict[str, str] = field(default_factory=dict)
+    tta: dict[str, Any] | None = None
 
     @property
     def accuracy(self) -> float:
         return float(self.report["accuracy"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, **self.report, "unreadable": self.unreadable}
+        data = {"split": self.split, **self.report, "unreadable": self.unreadable}
+        if self.tta is not None:
+            data["tta"] = self.tta
+        return data
+
+
+@dataclass
+class _Scores:
+    """Per-view class probabilities of the readable images, and why the others failed."""
+
+    views: list[str]
+    probs: list[np.ndarray] = field(default_factory=list)
+    readable: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    failures: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def mean_probs(self) -> np.ndarray:
+        return np.mean(self.probs, axis=0)
 
 
 class Classifier:
@@ -127,8 +145,6 @@ class Classifier:
         self.preprocessing = preprocessing
         self.config = config
         self.directory = directory
-        self._transform = eval_transform(preprocessing)
-        self._space: str | None = None
 
     @property
     def backbone(self) -> str:
@@ -186,19 +202,29 @@ class Classifier:
 
     # -- prediction ---------------------------------------------------------------------------
 
-    def predict(self, image: ImageInput, *, top_k: int = 5) -> Prediction:
-        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes."""
+    def predict(self, image: ImageInput, *, top_k: int = 5, tta: bool = False) -> Prediction:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes.
+
+        With ``tta``, probabilities are averaged over the centre crop, the whole image and
+        the mirror image of each.
+        """
         path, pil = _as_image(image, min_side=self.preprocessing.resize_size)
-        batch = self._transform(pil).unsqueeze(0)
-        with torch.inference_mode():
-            logits = self.model.get_classifier()(pooled_features(self.model, batch))
-        return self._top_k(logits, [path], top_k)[0]
+        views = []
+        for view in _views(tta):
+            pre, flip = view_settings(self.preprocessing, view)
+            batch = eval_transform(pre, flip=flip)(pil).unsqueeze(0)
+            with torch.inference_mode():
+                views.append(
+                    self.model.get_classifier()(pooled_features(self.model, batch)).float().softmax(-1)
+                )
+        return self._top_k(torch.stack(views).mean(0).numpy(), [path], top_k)[0]
 
     def predict_paths(
         self,
         inputs: Sequence[str | Path],
         *,
         top_k: int = 5,
+        tta: bool = False,
         batch_size: int = 32,
         workers: int = 0,
     ) -> PredictionRun:
@@ -206,50 +232,42 @@ class Classifier:
         paths = expand_inputs([str(p) for p in inputs])
         if not paths:
             raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
-        logits, readable, failures = self._score(paths, FeatureCache(None, ""), batch_size, workers)
-        kept = [str(p) for p, ok in zip(paths, readable, strict=True) if ok]
-        return PredictionRun(
-            self._top_k(logits, kept, top_k), {str(paths[i]): r for i, r in failures.items()}
-        )
+        scored = self._score(paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
+        kept = [str(p) for p, ok in zip(paths, scored.readable, strict=True) if ok]
+        unreadable = {str(paths[i]): reason for i, reason in scored.failures.items()}
+        return PredictionRun(self._top_k(scored.mean_probs, kept, top_k), unreadable)
 
-    def _top_k(self, logits: torch.Tensor, paths: Sequence[str | None], top_k: int) -> list[Prediction]:
-        probs = logits.float().softmax(dim=-1)
-        values, indices = probs.topk(min(top_k, len(self.classes)), dim=-1)
+    def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], top_k: int) -> list[Prediction]:
+        k = min(top_k, len(self.classes))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [
-            Prediction(
-                path,
-                tuple(
-                    ClassScore(self.classes[i], i, float(v))
-                    for v, i in zip(vals.tolist(), idx.tolist(), strict=True)
-                ),
-            )
-            for path, vals, idx in zip(paths, values, indices, strict=True)
+            Prediction(path, tuple(ClassScore(self.classes[i], int(i), float(row[i])) for i in top))
+            for path, row, top in zip(paths, probs, order, strict=True)
         ]
 
     def _score(
-        self, paths: Sequence[Path], cache: FeatureCache, batch_size: int, workers: int
-    ) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
-        extraction = extract_features(
-            self.model,
-            paths,
-            self.preprocessing,
-            cache=cache,
-            batch_size=batch_size,
-            workers=workers,
-        )
-        with torch.inference_mode():
-            features = torch.from_numpy(extraction.features)
-            logits = (
-                self.model.get_classifier()(features)
-                if len(features)
-                else torch.zeros((0, len(self.classes)))
+        self, paths: Sequence[Path], *, tta: bool, cache_dir: Path | None, batch_size: int, workers: int
+    ) -> _Scores:
+        """Class probabilities of each readable image under each view; features come from
+        (and go to) the disk cache when ``cache_dir`` is given, else a throw-away one."""
+        scores = _Scores(views=list(_views(tta)))
+        for view in scores.views:
+            pre, flip = view_settings(self.preprocessing, view)
+            space = feature_space(self.model, pre, flip=flip)
+            cache = FeatureCache(cache_dir, space)
+            extraction = extract_features(
+                self.model, paths, pre, cache=cache, flip=flip, batch_size=batch_size, workers=workers
             )
-        return logits, extraction.readable, extraction.failures
-
-    def feature_cache(self, cache_dir: Path | None = None) -> FeatureCache:
-        if self._space is None:
-            self._space = feature_space(self.model, self.preprocessing)
-        return FeatureCache(cache_dir or default_cache_dir(), self._space)
+            with torch.inference_mode():
+                features = torch.from_numpy(extraction.features)
+                logits = (
+                    self.model.get_classifier()(features)
+                    if len(features)
+                    else torch.zeros((0, len(self.classes)))
+                )
+            scores.probs.append(logits.float().softmax(dim=-1).numpy())
+            scores.readable, scores.failures = extraction.readable, extraction.failures
+        return scores
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -258,14 +276,17 @@ class Classifier:
         data: str | Path,
         *,
         split: str = "val",
+        tta: bool = False,
         batch_size: int = 32,
         workers: int = 0,
         cache_dir: Path | None = None,
     ) -> Evaluation:
-        """Accuracy, per-class metrics and confusion matrix on one split of a labelled folder.
+        """Metrics on one split of a labelled folder (see ``metrics.classification_report``).
 
-        ``split`` is ``val``, ``test`` or ``all``. A split with its own folder is used as
-        is; otherwise the ``splits.csv`` written at training time says which images it holds.
+        ``split`` is ``val``, ``test``, ``train`` or ``all``. A split with its own folder is
+        used as is; otherwise the ``splits.csv`` written at training time says which images
+        it holds. With ``tta`` the report is for averaged views, and ``Evaluation.tta``
+        compares it with the plain centre crop.
         """
         scan = scan_dataset(data, min_classes=1)
         records = self._select(scan, split)
@@ -276,14 +297,27 @@ class Classifier:
                 f"the model's classes are {self.classes}"
             )
         paths = [scan.absolute(r) for r in records]
-        logits, readable, failures = self._score(paths, self.feature_cache(cache_dir), batch_size, workers)
-        y_true = np.array(
-            [self.classes.index(r.label) for r, ok in zip(records, readable, strict=True) if ok],
-            dtype=np.int64,
+        scored = self._score(
+            paths, tta=tta, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, workers=workers
         )
-        y_pred = logits.argmax(dim=-1).numpy()
-        report = classification_report(y_true, y_pred, self.classes)
-        return Evaluation(split, report, {records[i].path: reason for i, reason in failures.items()})
+        index = {name: i for i, name in enumerate(self.classes)}
+        y_true = np.array(
+            [index[r.label] for r, ok in zip(records, scored.readable, strict=True) if ok], dtype=np.int64
+        )
+        report = classification_report(y_true, scored.mean_probs, self.classes)
+        evaluation = Evaluation(
+            split, report, {records[i].path: reason for i, reason in scored.failures.items()}
+        )
+        if tta:
+            plain = classification_report(y_true, scored.probs[0], self.classes)
+            evaluation.tta = {
+                "views": scored.views,
+                "accuracy_without": plain["accuracy"],
+                "accuracy_with": report["accuracy"],
+                "log_loss_without": plain["log_loss"],
+                "log_loss_with": report["log_loss"],
+            }
+        return evaluation
 
     def _select(self, scan: DatasetScan, split: str) -> list[ImageRecord]:
         if split == "all":
@@ -311,6 +345,10 @@ class Classifier:
             if candidate.is_file():
                 return candidate
         return None
+
+
+def _views(tta: bool) -> tuple[str, ...]:
+    return TTA_VIEWS if tta else TTA_VIEWS[:1]
 
 
 def _model_dir(path: Path) -> Path:

@@ -67,6 +67,7 @@ class TrainConfig:
     input_size: int | None = None
     cache_dir: str | None = None
     use_cache: bool = True
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)

@@ -48,12 +48,12 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
 
 
-def feature_space(model: nn.Module, pre: Preprocessing) -> str:
+def feature_space(model: nn.Module, pre: Preprocessing, *, flip: bool = False) -> str:
     """Digest of everything that decides a feature vector: backbone tensors + preprocessing."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(
         json.dumps(
-            {"format": CACHE_FORMAT, "pre": pre.to_dict(), "net": type(model).__name__},
+            {"format": CACHE_FORMAT, "pre": pre.to_dict(), "flip": flip, "net": type(model).__name__},
             sort_keys=True,
         ).encode()
     )
@@ -118,9 +118,9 @@ class Extraction:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], indices: Sequence[int], pre: Preprocessing) -> None:
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], pre: Preprocessing, flip: bool) -> None:
         self.paths, self.indices = paths, indices
-        self.transform = eval_transform(pre)
+        self.transform = eval_transform(pre, flip=flip)
         self.min_side = pre.resize_size
 
     def __len__(self) -> int:
@@ -156,11 +156,15 @@ def extract_features(
     pre: Preprocessing,
     *,
     cache: FeatureCache,
+    flip: bool = False,
     batch_size: int = 32,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Extraction:
-    """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise."""
+    """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise.
+
+    ``cache`` must belong to the feature space of ``model``, ``pre`` and ``flip``.
+    """
     started = time.perf_counter()
     failures: dict[int, str] = {}
     digests: list[str | None] = []
@@ -172,7 +176,13 @@ def extract_features(
             failures[index] = f"cannot read file ({exc.strerror})"
     known = cache.lookup([d for d in digests if d is not None])
     todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
-    computed = _compute(model, paths, todo, digests, pre, cache, failures, batch_size, workers, progress)
+    loader = DataLoader(
+        _ImageFiles(paths, todo, pre, flip),
+        batch_size=batch_size,
+        num_workers=workers if todo else 0,
+        collate_fn=_collate,
+    )
+    computed = _compute(model, loader, digests, cache, failures, progress)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started
@@ -181,24 +191,16 @@ def extract_features(
 
 def _compute(
     model: nn.Module,
-    paths: Sequence[Path],
-    todo: list[int],
+    loader: DataLoader,
     digests: list[str | None],
-    pre: Preprocessing,
     cache: FeatureCache,
     failures: dict[int, str],
-    batch_size: int,
-    workers: int,
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, np.ndarray]:
-    if not todo:
+    """Run the images the cache lacks through the backbone; add them to the cache in shards."""
+    total = len(loader.dataset)  # type: ignore[arg-type]
+    if not total:
         return {}
-    loader = DataLoader(
-        _ImageFiles(paths, todo, pre),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-    )
     computed: dict[str, np.ndarray] = {}
     pending: list[str] = []
     done = 0
@@ -215,7 +217,7 @@ def _compute(
                 pending = []
             done += len(indices) + len(batch_failures)
             if progress is not None:
-                progress(done, len(todo))
+                progress(done, total)
     if pending:
         cache.add(pending, np.stack([computed[d] for d in pending]))
     return computed

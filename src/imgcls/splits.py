@@ -132,3 +132,51 @@ def splits_from_manifest(
             )
         splits.append(entry[1] if entry else None)
     return splits
+
+
+def assign_folds(records: Sequence[ImageRecord], *, folds: int, seed: int) -> list[int]:
+    """A stratified, seeded fold number in ``range(folds)`` for each record.
+
+    Each class is shuffled with its own generator and dealt round-robin, starting where the
+    previous class stopped, so folds differ in size by at most one image.
+    """
+    if folds < 2:
+        raise DataError(f"cross-validation needs at least 2 folds, got {folds}")
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, record in enumerate(records):
+        by_class[record.label].append(i)
+    too_small = sorted(label for label, idx in by_class.items() if len(idx) < 2)
+    if too_small:
+        raise DataError(
+            f"classes {too_small} have fewer than 2 images; cross-validation cannot hold them out"
+        )
+    assignment = [0] * len(records)
+    start = 0
+    for label, indices in sorted(by_class.items()):
+        if len(indices) < folds:
+            log.warning(
+                "class %r has %d images, fewer than %d folds: some folds will lack it",
+                label,
+                len(indices),
+                folds,
+            )
+        indices.sort(key=lambda i: records[i].path)
+        order = _class_rng(seed, label).permutation(len(indices))
+        for position, j in enumerate(order):
+            assignment[indices[j]] = (start + position) % folds
+        start = (start + len(indices)) % folds
+    return assignment
+
+
+def write_fold_manifest(
+    path: Path, records: Sequence[ImageRecord], folds_by_repeat: Sequence[Sequence[int]]
+) -> None:
+    """Write ``path,label,repeat,fold`` rows, one per record and repeat."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "repeat", "fold"])
+        for repeat, folds in enumerate(folds_by_repeat):
+            for record, fold in zip(records, folds, strict=True):
+                writer.writerow([record.path, record.label, repeat, fold])
+    tmp.replace(path)

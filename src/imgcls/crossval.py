@@ -1,0 +1,192 @@
+"""Cross-validation and backbone comparison for the probe strategy.
+
+Features are extracted once per backbone and reused by every fold and repeat; each fold
+runs the same ``fit_and_score`` step as ``train`` (including the inner choice of the
+regulariser on that fold's training images only), so there is no second implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgcls.api import prepare_output_dir, run_config, write_skipped
+from imgcls.backbone import count_parameters
+from imgcls.config import TrainConfig
+from imgcls.data import TEST, TRAIN, VAL, scan_dataset
+from imgcls.errors import ConfigError, DataError
+from imgcls.model_io import write_json
+from imgcls.probe import FeaturedDataset, featurize, fit_and_score
+from imgcls.splits import assign_folds, write_fold_manifest
+from imgcls.stats import corrected_paired_t_test, summarize
+
+log = logging.getLogger(__name__)
+
+FOLD_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece")
+EXCLUDED = "excluded"
+
+
+@dataclass
+class CrossValidation:
+    """Per-fold metrics and their summary for one backbone."""
+
+    backbone: str
+    folds: int
+    repeats: int
+    n_images: int
+    per_fold: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]
+    timing: dict[str, float]
+    params: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [row["accuracy"] for row in self.per_fold]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cross_validate(
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    config: TrainConfig | None = None,
+    folds: int = 5,
+    repeats: int = 1,
+    overwrite: bool = False,
+) -> CrossValidation:
+    """Stratified k-fold cross-validation of the probe on all non-test images of ``data``.
+
+    Recipe: resolve config -> scan data -> extract features once -> for each repeat, assign
+    seeded stratified folds -> for each fold, fit on the other folds and score this one ->
+    summarise (mean, std, 95% interval) -> save ``cv.json`` and ``cv_splits.csv``.
+    """
+    cfg = _cv_config(config, folds=folds, repeats=repeats)
+    run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
+    started = time.perf_counter()
+    featured = featurize(scan_dataset(data), cfg)
+    result, folds_by_repeat = _run_folds(featured, cfg, folds=folds, repeats=repeats)
+    result.timing["total_s"] = round(time.perf_counter() - started, 2)
+    if run_dir is not None:
+        pool = [r for r in featured.records if r.folder_split != TEST]
+        write_fold_manifest(run_dir / "cv_splits.csv", pool, folds_by_repeat)
+        write_skipped(run_dir / "skipped.csv", featured.unreadable)
+        write_json(run_dir / "cv.json", result.to_dict())
+        write_json(
+            run_dir / "run_config.json",
+            {**run_config(featured, cfg), "cv": {"folds": folds, "repeats": repeats}},
+        )
+    return result
+
+
+def _cv_config(config: TrainConfig | None, *, folds: int, repeats: int) -> TrainConfig:
+    if folds < 2 or repeats < 1:
+        raise ConfigError(f"need --folds >= 2 and --repeats >= 1, got {folds} and {repeats}")
+    cfg = config or TrainConfig()
+    if cfg.calibrate:
+        # The held-out fold would both fit and judge the temperature.
+        log.warning("calibration is not cross-validated; ignoring --calibrate")
+        cfg = dataclasses.replace(cfg, calibrate=False)
+    return cfg
+
+
+def _run_folds(
+    featured: FeaturedDataset, cfg: TrainConfig, *, folds: int, repeats: int
+) -> tuple[CrossValidation, list[list[int]]]:
+    pool = [i for i, r in enumerate(featured.records) if r.folder_split != TEST]
+    if not pool:
+        raise DataError(f"{featured.scan.root} has no images outside its test/ folder to cross-validate")
+    pool_records = [featured.records[i] for i in pool]
+    per_fold: list[dict[str, Any]] = []
+    folds_by_repeat: list[list[int]] = []
+    fit_started = time.perf_counter()
+    for repeat in range(repeats):
+        assignment = assign_folds(pool_records, folds=folds, seed=cfg.seed + repeat)
+        folds_by_repeat.append(assignment)
+        for fold in range(folds):
+            splits = [EXCLUDED] * len(featured.records)
+            for i, f in zip(pool, assignment, strict=True):
+                splits[i] = VAL if f == fold else TRAIN
+            fit = fit_and_score(featured, splits, cfg)
+            row = {
+                "repeat": repeat,
+                "fold": fold,
+                "n_train": fit.metrics[TRAIN]["n"],
+                "n_val": fit.metrics[VAL]["n"],
+            }
+            row.update({m: fit.metrics[VAL][m] for m in FOLD_METRICS})
+            per_fold.append(row)
+            log.info("repeat %d fold %d: accuracy %.4f", repeat, fold, row["accuracy"])
+    result = CrossValidation(
+        backbone=featured.spec.name,
+        folds=folds,
+        repeats=repeats,
+        n_images=len(pool),
+        per_fold=per_fold,
+        summary={m: summarize([row[m] for row in per_fold]) for m in FOLD_METRICS},
+        timing={
+            "extract_s": round(featured.extract_seconds, 2),
+            "fit_s": round(time.perf_counter() - fit_started, 2),
+        },
+        params=count_parameters(featured.spec),
+        unreadable=featured.unreadable,
+    )
+    return result, folds_by_repeat
+
+
+@dataclass
+class Comparison:
+    """Cross-validated backbones side by side, and a paired test between the best two."""
+
+    results: list[CrossValidation]
+    paired_test: dict[str, Any] | None
+
+    def ranked(self) -> list[CrossValidation]:
+        return sorted(self.results, key=lambda r: -r.summary["accuracy"]["mean"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbones": [r.to_dict() for r in self.ranked()],
+            "paired_test": self.paired_test,
+        }
+
+
+def compare(
+    data: str | Path,
+    backbones: list[str],
+    output: str | Path | None = None,
+    *,
+    config: TrainConfig | None = None,
+    folds: int = 5,
+    repeats: int = 1,
+    overwrite: bool = False,
+) -> Comparison:
+    """Cross-validate each backbone on the same folds; test the best two against each other."""
+    if len(set(backbones)) < 2:
+        raise ConfigError(f"compare needs at least two different backbones, got {backbones}")
+    run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
+    base = config or TrainConfig()
+    results = []
+    for name in backbones:
+        sub_dir = run_dir / name if run_dir is not None else None
+        cfg = dataclasses.replace(base, backbone=name)
+        results.append(
+            cross_validate(data, sub_dir, config=cfg, folds=folds, repeats=repeats, overwrite=overwrite)
+        )
+    comparison = Comparison(results, None)
+    best, second = comparison.ranked()[:2]
+    comparison.paired_test = {
+        "method": "corrected resampled t-test (Nadeau & Bengio) on per-fold accuracy",
+        "a": best.backbone,
+        "b": second.backbone,
+        **corrected_paired_t_test(best.accuracies, second.accuracies, test_train_ratio=1.0 / (folds - 1)),
+    }
+    if run_dir is not None:
+        write_json(run_dir / "compare.json", comparison.to_dict())
+    return comparison
