@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 LAYERS = [
     {"errors"},
     {"config", "images", "registry", "metrics", "calibration", "stats"},
-    {"data", "transforms", "weights", "head", "model_io"},
+    {"data", "transforms", "weights", "head", "model_io", "report"},
     {"splits", "backbone"},
     {"features"},
     {"classifier", "probe"},

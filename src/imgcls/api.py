@@ -17,7 +17,8 @@ from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, scan_dataset
 from imgcls.errors import DataError
 from imgcls.model_io import versions, write_json
-from imgcls.probe import FeaturedDataset, ProbeFit, featurize, fit_and_score, install_head
+from imgcls.probe import FeaturedDataset, ProbeFit, featurize, fit_and_score, install_head, split_mistakes
+from imgcls.report import write_report
 from imgcls.splits import MANIFEST_NAME, assign_splits, check_splits, split_counts, write_manifest
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def train(
     )
     if run_dir is not None:
         _save_run(run_dir, clf, featured, splits, cfg, fit.metrics)
+        if cfg.report:
+            _write_train_report(run_dir, featured, fit)
     return clf
 
 
@@ -130,6 +133,20 @@ def _save_run(
     write_json(run_dir / "run_config.json", run_config(featured, cfg))
     clf.save(run_dir / "model")
     log.info("saved run to %s", run_dir)
+
+
+def _write_train_report(run_dir: Path, featured: FeaturedDataset, fit: ProbeFit) -> None:
+    split = VAL if VAL in fit.probs else TEST if TEST in fit.probs else None
+    if split is None:
+        return
+    write_report(
+        run_dir / "report.html",
+        title=f"imgcls: {featured.spec.name} on {featured.scan.root.name} ({split} split)",
+        facts=[("backbone", featured.spec.name), ("split", split), ("run directory", str(run_dir))],
+        report=fit.metrics[split],
+        classes=featured.classes,
+        mistakes=split_mistakes(featured, fit, split),
+    )
 
 
 def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:

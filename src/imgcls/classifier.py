@@ -39,6 +39,7 @@ from imgcls.images import decode_rgb, load_rgb, to_rgb
 from imgcls.metrics import classification_report
 from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
 from imgcls.registry import get_backbone
+from imgcls.report import Mistake, confident_mistakes
 from imgcls.splits import MANIFEST_NAME, SPLITS, read_manifest, splits_from_manifest
 from imgcls.transforms import TTA_VIEWS, eval_transform, view_settings
 
@@ -94,6 +95,7 @@ class Evaluation:
     report: dict[str, Any]
     unreadable: dict[str, str] = field(default_factory=dict)
     tta: dict[str, Any] | None = None
+    mistakes: list[Mistake] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -305,9 +307,12 @@ class Classifier:
             [index[r.label] for r, ok in zip(records, scored.readable, strict=True) if ok], dtype=np.int64
         )
         report = classification_report(y_true, scored.mean_probs, self.classes)
-        evaluation = Evaluation(
-            split, report, {records[i].path: reason for i, reason in scored.failures.items()}
+        kept = [r for r, ok in zip(records, scored.readable, strict=True) if ok]
+        mistakes = confident_mistakes(
+            [scan.absolute(r) for r in kept], [r.path for r in kept], y_true, scored.mean_probs, self.classes
         )
+        unreadable = {records[i].path: reason for i, reason in scored.failures.items()}
+        evaluation = Evaluation(split, report, unreadable, mistakes=mistakes)
         if tta:
             plain = classification_report(y_true, scored.probs[0], self.classes)
             evaluation.tta = {

@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = 130
 # every forward pass; a large top pad and mmap threshold keep them, which measured 2x faster
 # CPU inference on 2 cores. The setting has to be in the environment when the process starts.
 ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=536870912"
-_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo"})
+_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "cv", "compare"})
 
 
 def entry() -> None:
@@ -81,13 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 # -- train ------------------------------------------------------------------------------------
 
 
-def _add_train(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by train, cv and compare (everything that shapes features and the head)."""
     p.add_argument("data", help="image folder: one sub-folder per class, optionally under train/ val/ test/")
-    p.add_argument("-o", "--output", help="run directory to write (default: runs/<data>-<time>)")
-    p.add_argument(
-        "--backbone",
-        help="backbone name, 'arch.tag', or any timm architecture (default: efficientnet_lite0)",
-    )
     p.add_argument(
         "--weights",
         metavar="FILE",
@@ -105,17 +101,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         choices=_strategies(),
         help="how to train (default: probe = linear head on frozen features)",
     )
-    p.add_argument("--seed", type=int, help="seed for splits and training (default: 0)")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        help="validation share of train when there is no val/ folder (default: 0.2)",
-    )
-    p.add_argument(
-        "--test-fraction",
-        type=float,
-        help="test share carved from train when there is no test/ folder (default: 0)",
-    )
+    p.add_argument("--seed", type=int, help="seed for splits, folds and training (default: 0)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
     p.add_argument("--workers", type=int, help="image-decoding processes (default: automatic)")
     p.add_argument("--input-size", type=int, help="network input size in pixels (default: the backbone's)")
@@ -130,6 +116,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         help="do not read or write the feature cache",
     )
     p.add_argument(
+        "--no-report", dest="report", action="store_false", default=None, help="do not write report.html"
+    )
+    p.add_argument(
         "--config",
         metavar="FILE",
         help="JSON or TOML settings (e.g. a saved run_config.json); flags override it",
@@ -137,9 +126,34 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="allow writing into an existing non-empty run directory",
+        help="allow writing into an existing non-empty output directory",
     )
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument("-o", "--output", help="run directory to write (default: runs/<data>-<time>)")
+    p.add_argument(
+        "--backbone",
+        help="backbone name, 'arch.tag', or any timm architecture (default: efficientnet_lite0)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="validation share of train when there is no val/ folder (default: 0.2)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help="test share carved from train when there is no test/ folder (default: 0)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        default=None,
+        help="fit temperature scaling on the validation split so probabilities mean what they say",
+    )
 
 
 def _strategies() -> Sequence[str]:
@@ -148,20 +162,26 @@ def _strategies() -> Sequence[str]:
     return STRATEGIES
 
 
-_TRAIN_FIELDS = (
+_CONFIG_FIELDS = (
     "backbone", "weights", "pretrained", "strategy", "seed", "val_fraction", "test_fraction",
-    "batch_size", "workers", "input_size", "cache_dir", "use_cache",
+    "batch_size", "workers", "input_size", "cache_dir", "use_cache", "calibrate", "report",
 )  # fmt: skip
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from imgcls.api import train
+def _config_from_args(args: argparse.Namespace) -> Any:
+    """defaults < --config file < flags."""
     from imgcls.config import TrainConfig, load_config_file
 
     config = TrainConfig()
     if args.config:
         config = config.with_overrides(load_config_file(args.config))
-    config = config.with_overrides({name: getattr(args, name) for name in _TRAIN_FIELDS})
+    return config.with_overrides({name: getattr(args, name, None) for name in _CONFIG_FIELDS})
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from imgcls.api import train
+
+    config = _config_from_args(args)
     output = Path(args.output) if args.output else _default_run_dir(args.data)
     started = time.perf_counter()
     clf = train(args.data, output, config=config, overwrite=args.overwrite)
@@ -200,8 +220,97 @@ def _print_train_summary(clf: Any, output: Path, seconds: float) -> None:
             m = metrics[split]
             label = f"{split} accuracy"
             print(f"{label:<14}{m['accuracy']:.4f}  (balanced {m['balanced_accuracy']:.4f}, n={m['n']})")
+    calibration = clf.config["head"].get("temperature")
+    if calibration is not None:
+        print(f"calibration   temperature {calibration:.3f} (ECE before/after in metrics.json)")
     print(f"time          {seconds:.1f} s")
     print(f"run dir       {output}")
+
+
+# -- cv and compare ---------------------------------------------------------------------------
+
+
+def _add_cv(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument("-o", "--output", help="directory for cv.json, cv_splits.csv and report.html")
+    p.add_argument("--backbone", help="backbone name (default: efficientnet_lite0)")
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
+    p.add_argument("--repeats", type=int, default=1, help="repeat with new fold seeds (default: 1)")
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from imgcls.crossval import cross_validate
+
+    result = cross_validate(
+        args.data,
+        args.output,
+        config=_config_from_args(args),
+        folds=args.folds,
+        repeats=args.repeats,
+        overwrite=args.overwrite,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"{'repeat':>6} {'fold':>4} {'train':>6} {'val':>5} {'accuracy':>9} {'ECE':>7}")
+    for row in result.per_fold:
+        print(
+            f"{row['repeat']:>6} {row['fold']:>4} {row['n_train']:>6} {row['n_val']:>5} "
+            f"{row['accuracy']:>9.4f} {row['ece']:>7.4f}"
+        )
+    acc = result.summary["accuracy"]
+    low, high = acc["ci95"]
+    timing = result.timing
+    n = len(result.per_fold)
+    print(f"\n{result.backbone}: accuracy {acc['mean']:.4f} +/- {acc['std']:.4f} over {n} folds")
+    print(f"95% confidence interval of the mean: {low:.4f} - {high:.4f}")
+    print(f"time: {timing['total_s']:.1f} s (features {timing['extract_s']:.1f} s, ", end="")
+    print(f"heads {timing['fit_s']:.1f} s)")
+    return 0
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument(
+        "--backbones",
+        required=True,
+        help="comma-separated backbone names, e.g. efficientnet_lite0,efficientnet_lite2",
+    )
+    p.add_argument("-o", "--output", help="directory for compare.json and one cv folder per backbone")
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
+    p.add_argument("--repeats", type=int, default=1, help="repeat with new fold seeds (default: 1)")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from imgcls.crossval import compare
+
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    comparison = compare(
+        args.data,
+        backbones,
+        args.output,
+        config=_config_from_args(args),
+        folds=args.folds,
+        repeats=args.repeats,
+        overwrite=args.overwrite,
+    )
+    if args.json:
+        _print_json(comparison.to_dict())
+        return 0
+    print(f"{'backbone':<22}{'accuracy':>18}{'95% CI':>18}{'time s':>9}{'params':>9}{'size MB':>9}")
+    for r in comparison.ranked():
+        acc = r.summary["accuracy"]
+        ci = f"{acc['ci95'][0]:.4f}-{acc['ci95'][1]:.4f}"
+        print(
+            f"{r.backbone:<22}{acc['mean']:>10.4f} +/- {acc['std']:.4f}{ci:>18}{r.timing['total_s']:>9.1f}"
+            f"{r.params / 1e6:>8.1f}M{r.params * 4 / 1e6:>9.1f}"
+        )
+    test = comparison.paired_test
+    print(
+        f"\n{test['a']} vs {test['b']}: mean accuracy difference {test['mean_difference']:+.4f}, "
+        f"t = {test['t']:.3f}, p = {test['p_value']:.4f} ({test['method']})"
+    )
+    return 0
 
 
 # -- evaluate ---------------------------------------------------------------------------------
@@ -218,6 +327,14 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
+    p.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="write an HTML report (default: RUN_DIR/report-<split>.html, with evaluation-<split>.json)",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -226,14 +343,46 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from imgcls.metrics import format_report
 
     clf = Classifier.load(args.model)
-    result = clf.evaluate(args.data, split=args.split, batch_size=args.batch_size, workers=args.workers)
+    result = clf.evaluate(
+        args.data, split=args.split, tta=args.tta, batch_size=args.batch_size, workers=args.workers
+    )
+    if args.report is not None:
+        _write_evaluation_report(clf, result, args)
     if args.json:
         _print_json(result.to_dict())
         return 0
     print(f"model {clf.directory}  split {result.split}")
     print(format_report(result.report, clf.classes))
+    if result.tta:
+        tta = result.tta
+        print(
+            f"\ntest-time augmentation: accuracy {tta['accuracy_without']:.4f} -> {tta['accuracy_with']:.4f}"
+        )
     _print_unreadable(result.unreadable)
     return 0
+
+
+def _write_evaluation_report(clf: Any, result: Any, args: argparse.Namespace) -> None:
+    from imgcls.model_io import write_json
+    from imgcls.report import write_report
+
+    run_dir = clf.directory.parent if clf.directory.name == "model" else clf.directory
+    path = Path(args.report) if args.report else run_dir / f"report-{result.split}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path.with_name(f"evaluation-{result.split}.json"), result.to_dict())
+    write_report(
+        path,
+        title=f"imgcls evaluate: {clf.backbone} on {Path(args.data).name} ({result.split})",
+        facts=[
+            ("model", str(clf.directory)),
+            ("split", result.split),
+            ("test-time augmentation", str(args.tta)),
+        ],
+        report=result.report,
+        classes=clf.classes,
+        mistakes=result.mistakes,
+    )
+    print(f"report: {path}", file=sys.stderr)
 
 
 # -- predict ----------------------------------------------------------------------------------
@@ -246,6 +395,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="with a backbone name: local ImageNet state dict to use")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
     p.add_argument(
         "--json",
         action="store_true",
@@ -263,7 +413,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         clf = Classifier.load(args.model)
     else:
         clf = Classifier.pretrained(args.model, weights=args.weights)
-    run = clf.predict_paths(args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers)
+    run = clf.predict_paths(
+        args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size, workers=args.workers
+    )
     if args.json:
         _print_json([p.to_dict() for p in run.predictions])
     else:
@@ -355,6 +507,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
         _run_predict,
         "classify images with a trained model or a pretrained backbone",
     ),
+    "cv": (_add_cv, _run_cv, "k-fold cross-validation with mean, std and a 95% interval"),
+    "compare": (_add_compare, _run_compare, "cross-validate several backbones on the same folds"),
     "models": (_add_models, _run_models, "list the named backbones and where their weights are"),
     "demo": (
         _add_demo,

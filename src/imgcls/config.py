@@ -68,6 +68,7 @@ class TrainConfig:
     cache_dir: str | None = None
     use_cache: bool = True
     calibrate: bool = False
+    report: bool = True
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)

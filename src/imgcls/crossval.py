@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imgcls.api import prepare_output_dir, run_config, write_skipped
 from imgcls.backbone import count_parameters
 from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, scan_dataset
 from imgcls.errors import ConfigError, DataError
+from imgcls.metrics import classification_report
 from imgcls.model_io import write_json
 from imgcls.probe import FeaturedDataset, featurize, fit_and_score
+from imgcls.report import Mistake, confident_mistakes, write_report
 from imgcls.splits import assign_folds, write_fold_manifest
 from imgcls.stats import corrected_paired_t_test, summarize
 
@@ -43,13 +47,17 @@ class CrossValidation:
     timing: dict[str, float]
     params: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)
+    out_of_fold: dict[str, Any] = field(default_factory=dict)
+    mistakes: list[Mistake] = field(default_factory=list)
 
     @property
     def accuracies(self) -> list[float]:
         return [row["accuracy"] for row in self.per_fold]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data.pop("mistakes")
+        return data
 
 
 def cross_validate(
@@ -78,6 +86,8 @@ def cross_validate(
         write_fold_manifest(run_dir / "cv_splits.csv", pool, folds_by_repeat)
         write_skipped(run_dir / "skipped.csv", featured.unreadable)
         write_json(run_dir / "cv.json", result.to_dict())
+        if cfg.report:
+            _write_cv_report(run_dir / "report.html", result, featured)
         write_json(
             run_dir / "run_config.json",
             {**run_config(featured, cfg), "cv": {"folds": folds, "repeats": repeats}},
@@ -105,6 +115,7 @@ def _run_folds(
     pool_records = [featured.records[i] for i in pool]
     per_fold: list[dict[str, Any]] = []
     folds_by_repeat: list[list[int]] = []
+    out_of_fold = np.zeros((len(featured.records), len(featured.classes)))
     fit_started = time.perf_counter()
     for repeat in range(repeats):
         assignment = assign_folds(pool_records, folds=folds, seed=cfg.seed + repeat)
@@ -114,6 +125,8 @@ def _run_folds(
             for i, f in zip(pool, assignment, strict=True):
                 splits[i] = VAL if f == fold else TRAIN
             fit = fit_and_score(featured, splits, cfg)
+            if repeat == 0:
+                out_of_fold[fit.rows[VAL]] = fit.probs[VAL]
             row = {
                 "repeat": repeat,
                 "fold": fold,
@@ -137,7 +150,54 @@ def _run_folds(
         params=count_parameters(featured.spec),
         unreadable=featured.unreadable,
     )
+    _add_out_of_fold(result, featured, pool, out_of_fold[pool])
     return result, folds_by_repeat
+
+
+def _add_out_of_fold(
+    result: CrossValidation, featured: FeaturedDataset, pool: list[int], probs: np.ndarray
+) -> None:
+    """Every pooled image was held out exactly once in the first repeat: score those predictions."""
+    labels = featured.labels[pool]
+    records = [featured.records[i] for i in pool]
+    result.out_of_fold = classification_report(labels, probs, featured.classes)
+    result.mistakes = confident_mistakes(
+        [featured.scan.absolute(r) for r in records],
+        [r.path for r in records],
+        labels,
+        probs,
+        featured.classes,
+    )
+
+
+def _write_cv_report(path: Path, result: CrossValidation, featured: FeaturedDataset) -> None:
+    rows = [
+        [
+            str(r["repeat"]),
+            str(r["fold"]),
+            str(r["n_train"]),
+            str(r["n_val"]),
+            f"{r['accuracy']:.4f}",
+            f"{r['ece']:.4f}",
+        ]
+        for r in result.per_fold
+    ]
+    acc = result.summary["accuracy"]
+    low, high = acc["ci95"]
+    write_report(
+        path,
+        title=f"imgcls cross-validation: {result.backbone} on {featured.scan.root.name}",
+        facts=[
+            ("backbone", result.backbone),
+            ("folds x repeats", f"{result.folds} x {result.repeats}"),
+            ("accuracy over folds", f"{acc['mean']:.4f} +/- {acc['std']:.4f} (95% CI {low:.4f}-{high:.4f})"),
+            ("figures below", "out-of-fold predictions of the first repeat"),
+        ],
+        report=result.out_of_fold,
+        classes=featured.classes,
+        mistakes=result.mistakes,
+        tables=[("Per fold", ("repeat", "fold", "train", "val", "accuracy", "ECE"), rows)],
+    )
 
 
 @dataclass

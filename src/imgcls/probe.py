@@ -25,6 +25,7 @@ from imgcls.features import Extraction, FeatureCache, default_cache_dir, extract
 from imgcls.head import LinearHead, fit_linear_head
 from imgcls.metrics import classification_report, expected_calibration_error, softmax
 from imgcls.registry import BackboneSpec, get_backbone
+from imgcls.report import Mistake, confident_mistakes
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,13 @@ def resolve_workers(workers: int | None, n_images: int) -> int:
 
 @dataclass
 class ProbeFit:
-    """A fitted head and its metrics on each split of one train/val/test assignment."""
+    """A fitted head, its metrics on each split of one train/val/test assignment, and the
+    class probabilities of the images of each split (``rows`` selects them)."""
 
     head: LinearHead
     metrics: dict[str, Any]
+    rows: dict[str, np.ndarray]
+    probs: dict[str, np.ndarray]
 
 
 def fit_and_score(data: FeaturedDataset, splits: list[str], cfg: TrainConfig) -> ProbeFit:
@@ -127,10 +131,11 @@ def fit_and_score(data: FeaturedDataset, splits: list[str], cfg: TrainConfig) ->
     if cfg.calibrate:
         head, calibration = _calibrate(data, rows, head)
     metrics: dict[str, Any] = {}
+    probs: dict[str, np.ndarray] = {}
     for split, mask in rows.items():
         if mask.any():
-            probs = softmax(head.logits(data.features[mask]))
-            report = classification_report(data.labels[mask], probs, data.classes)
+            probs[split] = softmax(head.logits(data.features[mask]))
+            report = classification_report(data.labels[mask], probs[split], data.classes)
             metrics[split] = {"accuracy": report["accuracy"], "n": report["n"]} if split == TRAIN else report
     metrics["head"] = {
         "type": "logistic_regression",
@@ -139,7 +144,7 @@ def fit_and_score(data: FeaturedDataset, splits: list[str], cfg: TrainConfig) ->
     }
     if calibration is not None:
         metrics["calibration"] = calibration
-    return ProbeFit(head, metrics)
+    return ProbeFit(head, metrics, rows, probs)
 
 
 def _calibrate(
@@ -157,6 +162,20 @@ def _calibrate(
             summary[f"{split}_ece_after"] = expected_calibration_error(y, softmax(calibrated.logits(x)))
     log.info("temperature scaling: T=%.3f fitted on val", temperature)
     return calibrated, summary
+
+
+def split_mistakes(data: FeaturedDataset, fit: ProbeFit, split: str) -> list[Mistake]:
+    """The most confidently wrong images of one split, for the report's gallery."""
+    if split not in fit.probs:
+        return []
+    records = [r for r, keep in zip(data.records, fit.rows[split], strict=True) if keep]
+    return confident_mistakes(
+        [data.scan.absolute(r) for r in records],
+        [r.path for r in records],
+        data.labels[fit.rows[split]],
+        fit.probs[split],
+        data.classes,
+    )
 
 
 def install_head(model: nn.Module, head: LinearHead) -> None:

@@ -1,0 +1,119 @@
+"""Cross-validation, backbone comparison, calibration, TTA and the HTML report (tiny models)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import imgcls
+from imgcls.config import TrainConfig
+from imgcls.crossval import compare, cross_validate
+from imgcls.data import ImageRecord
+from imgcls.errors import ConfigError
+from imgcls.splits import assign_folds
+from imgcls.stats import corrected_paired_t_test, summarize
+from tests.conftest import TINY_BACKBONE
+from tests.test_train import run_cli
+
+TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64)
+
+
+def test_folds_are_stratified_balanced_and_seeded():
+    records = [ImageRecord(f"{c}/{i}.png", c) for c, n in (("a", 23), ("b", 11)) for i in range(n)]
+    folds = assign_folds(records, folds=5, seed=0)
+    sizes = Counter(folds)
+    assert max(sizes.values()) - min(sizes.values()) <= 1
+    per_class = Counter((r.label, f) for r, f in zip(records, folds, strict=True))
+    assert all(per_class[("a", f)] in (4, 5) for f in range(5))
+    assert folds == assign_folds(records, folds=5, seed=0)
+    assert folds != assign_folds(records, folds=5, seed=1)
+
+
+def test_summary_and_corrected_t_test():
+    summary = summarize([0.8, 0.9, 1.0])
+    assert summary["mean"] == pytest.approx(0.9) and summary["std"] == pytest.approx(0.1)
+    low, high = summary["ci95"]
+    assert low == pytest.approx(0.9 - 4.302653 * 0.1 / np.sqrt(3), rel=1e-5) and high > 1.0
+    a, b = [0.90, 0.92, 0.91, 0.93, 0.92], [0.85, 0.86, 0.88, 0.86, 0.87]
+    test = corrected_paired_t_test(a, b, test_train_ratio=0.25)
+    diff = np.subtract(a, b)
+    t = diff.mean() / np.sqrt((1 / 5 + 0.25) * diff.var(ddof=1))
+    assert test["t"] == pytest.approx(t) and test["p_value"] < 0.01
+
+
+def test_cross_validate_holds_every_image_out_once(image_folder, tmp_path):
+    result = cross_validate(image_folder, tmp_path / "cv", config=TINY, folds=3, repeats=2)
+    assert len(result.per_fold) == 6 and result.n_images == 36
+    assert all(row["n_val"] == 12 and row["n_train"] == 24 for row in result.per_fold)
+    assert result.summary["accuracy"]["mean"] >= 0.8
+    assert result.out_of_fold["n"] == 36
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["summary"]["accuracy"]["mean"] == pytest.approx(result.summary["accuracy"]["mean"])
+    rows = list(csv.DictReader((tmp_path / "cv" / "cv_splits.csv").open()))
+    assert len(rows) == 72
+    first_repeat = Counter(r["path"] for r in rows if r["repeat"] == "0")
+    assert set(first_repeat.values()) == {1}
+    assert (tmp_path / "cv" / "report.html").stat().st_size > 10_000
+
+
+def test_cv_cli_prints_mean_std_and_interval(image_folder, tmp_path):
+    out = run_cli("cv", str(image_folder), "--folds", "3", "--backbone", TINY_BACKBONE, "--no-pretrained",
+                  "--input-size", "64", "--output", str(tmp_path / "cv")).stdout  # fmt: skip
+    assert "+/-" in out and "95% confidence interval" in out
+    assert out.count("\n") >= 6  # one line per fold plus the summary
+
+
+def test_compare_uses_the_same_folds_and_reports_a_paired_test(image_folder, tmp_path):
+    config = TrainConfig(pretrained=False, input_size=64)
+    comparison = compare(
+        image_folder, ["test_efficientnet", "test_resnet"], tmp_path / "cmp", config=config, folds=3
+    )
+    ranked = comparison.ranked()
+    assert [r.n_images for r in ranked] == [36, 36]
+    assert comparison.paired_test["a"] == ranked[0].backbone
+    assert "p_value" in comparison.paired_test
+    assert (tmp_path / "cmp" / "compare.json").is_file()
+    assert (tmp_path / "cmp" / "test_resnet" / "cv.json").is_file()
+    with pytest.raises(ConfigError, match="at least two"):
+        compare(image_folder, ["test_resnet"], config=config)
+
+
+def test_calibrate_lowers_validation_ece_and_keeps_accuracy(tmp_path):
+    from tests.conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "data", per_class=30)
+    plain = imgcls.train(data, config=TINY)
+    calibrated = imgcls.train(data, tmp_path / "run", config=TINY.with_overrides({"calibrate": True}))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] > 0
+    assert calibration["val_ece_after"] <= calibration["val_ece_before"] + 1e-9
+    assert calibrated.metrics["val"]["accuracy"] == plain.metrics["val"]["accuracy"]
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["head"]["temperature"] > 0
+
+
+def test_tta_evaluate_and_predict(image_folder, tmp_path):
+    imgcls.train(image_folder, tmp_path / "run", config=TINY)
+    clf = imgcls.load(tmp_path / "run")
+    evaluation = clf.evaluate(image_folder, split="all", tta=True)
+    assert evaluation.tta["views"] == ["center", "center_flip", "full", "full_flip"]
+    assert 0 <= evaluation.tta["accuracy_with"] <= 1
+    path = next(image_folder.rglob("*.png"))
+    single = clf.predict(path, tta=True)
+    batch = clf.predict_paths([str(path)], tta=True).predictions[0]
+    assert single.label == batch.label
+    assert single.probability == pytest.approx(batch.probability, abs=1e-5)
+    assert single.probability != pytest.approx(clf.predict(path).probability, abs=1e-7)
+
+
+def test_evaluate_report_cli_writes_html_and_json(image_folder, tmp_path):
+    run = tmp_path / "run"
+    imgcls.train(image_folder, run, config=TINY)
+    run_cli("evaluate", str(run), str(image_folder), "--split", "all", "--report")
+    html = (run / "report-all.html").read_text()
+    assert 'id="confusion-matrix"' in html and 'id="reliability"' in html and "data:image/png;base64," in html
+    assert json.loads((run / "evaluation-all.json").read_text())["n"] == 36
