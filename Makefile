@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imgcls-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-unit lint format clean
+.PHONY: install browser demo test test-unit lint format clean
 
 install: $(STAMP)
 
@@ -27,7 +27,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-test: lint
+# Browser tests drive Debian's chromium (never a downloaded browser); as root we install it,
+# otherwise those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed and cannot be installed here: browser tests will skip"
+
+test: lint browser
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)

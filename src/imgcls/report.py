@@ -95,15 +95,14 @@ def _facts_html(facts: Sequence[tuple[str, str]], report: dict[str, Any]) -> str
         ("expected calibration error", f"{report['ece']:.4f}"),
     ]
     rows += [(f"top-{k} accuracy", f"{v:.4f}") for k, v in report["top_k_accuracy"].items()]
-    return _table_html("Summary", ("", ""), rows)
+    return _table_html("Summary", (), rows)
 
 
 def _table_html(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return (
-        f"<h2>{html.escape(caption)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
+    return f"<h2>{html.escape(caption)}</h2><table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _gallery_html(mistakes: Sequence[Mistake]) -> str:
@@ -134,6 +133,9 @@ def _thumbnail(path: Path) -> str:
 
         image = Image.new("RGB", (THUMBNAIL_PX, THUMBNAIL_PX), (200, 200, 200))
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    if max(image.size) < THUMBNAIL_PX // 2:  # tiny images (digits, CIFAR): enlarge, keep pixels sharp
+        scale = THUMBNAIL_PX // 2 // max(image.size) + 1
+        image = image.resize((image.width * scale, image.height * scale), resample=0)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
