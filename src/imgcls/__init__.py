@@ -19,6 +19,8 @@ __all__ = [
     "Prediction",
     "TrainConfig",
     "__version__",
+    "compare",
+    "cross_validate",
     "load",
     "train",
 ]
@@ -27,12 +29,15 @@ if TYPE_CHECKING:
     from imgcls.api import load, train
     from imgcls.classifier import Classifier, Evaluation, Prediction
     from imgcls.config import TrainConfig
+    from imgcls.crossval import compare, cross_validate
     from imgcls.errors import ImgclsError
 
 # Imported on first use so that ``import imgcls`` (and ``imgcls --help``) does not load torch.
 _LAZY = {
     "train": "imgcls.api",
     "load": "imgcls.api",
+    "cross_validate": "imgcls.crossval",
+    "compare": "imgcls.crossval",
     "Classifier": "imgcls.classifier",
     "Evaluation": "imgcls.classifier",
     "Prediction": "imgcls.classifier",
