@@ -9,17 +9,30 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 
 # Each module may import only modules of a lower layer (or its own).
 LAYERS = [
-    {"errors"},
+    {"errors", "predictions"},
     {"config", "images", "registry", "metrics", "calibration", "stats"},
-    {"data", "transforms", "weights", "head", "model_io", "report"},
-    {"splits", "backbone"},
+    {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
+    {"splits", "backbone", "onnx_runtime", "server"},
     {"features"},
     {"classifier", "probe"},
-    {"api", "catalog"},
+    {"api", "catalog", "export"},
     {"crossval"},
     {"demo"},
     {"cli", "__main__", "__init__"},
 ]
+
+# What an inference-only install (numpy, Pillow, onnxruntime, FastAPI) runs: no torch anywhere.
+TORCH_FREE = {
+    "errors",
+    "predictions",
+    "config",
+    "images",
+    "data",
+    "pixels",
+    "batch",
+    "onnx_runtime",
+    "server",
+}
 
 
 def _layer_of(module: str) -> int:
@@ -60,3 +73,19 @@ def test_only_backbone_calls_the_timm_model_factory_and_only_transforms_builds_t
             assert "create_model(" not in text, path.name
         if path.stem != "transforms":
             assert "T.Compose" not in text and "Normalize(" not in text, path.name
+
+
+def test_the_onnx_inference_path_never_imports_torch():
+    heavy = {"torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib", "safetensors"}
+    for name in TORCH_FREE:
+        path = PACKAGE / f"{name}.py"
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                if isinstance(node, ast.Import) else []
+            )  # fmt: skip
+            for module in modules:
+                assert module.split(".")[0] not in heavy, f"{name} imports {module}"
+                if module.startswith("imgcls."):
+                    assert module.split(".")[1] in TORCH_FREE, f"{name} imports {module}"

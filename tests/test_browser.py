@@ -62,3 +62,43 @@ def test_report_images_render_in_chromium(tmp_path):
     mistakes = [(w, h) for name, w, h in sizes if name == "mistake"]
     assert mistakes and all(w > 0 and h > 0 for w, h in mistakes)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
+    import httpx
+    import skimage.data
+    from PIL import Image
+
+    from tests.conftest import write_class_folders
+    from tests.server_helpers import running_server
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    data = write_class_folders(tmp_path / "data")
+    imgcls.train(
+        data,
+        tmp_path / "run",
+        config=TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64),
+    )
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()).save(photo)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_server(tmp_path / "run") as url:
+        expected = httpx.post(
+            f"{url}/predict", files=[("file", ("chelsea.png", photo.read_bytes()))], timeout=30
+        )
+        expected_label = expected.json()[0]["predictions"][0]["label"]
+        with sync_api.sync_playwright() as playwright:
+            browser = _browser(playwright)
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#classes:has-text('3 classes')")
+            page.set_input_files("#file", str(photo))
+            label = page.wait_for_selector(".card .top .label", timeout=30_000)
+            shown = label.inner_text()
+            bars = page.eval_on_selector_all(
+                ".card .fill", "els => els.map(e => e.getBoundingClientRect().width)"
+            )
+            page.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
+            browser.close()
+    assert shown == expected_label
+    assert len(bars) == 3 and max(bars) > 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from imgcls.calibration import fit_temperature
-from imgcls.metrics import expected_calibration_error, softmax
+from imgcls.metrics import expected_calibration_error
+from imgcls.predictions import softmax
 
 
 def test_recovers_the_temperature_of_overconfident_logits():

@@ -11,8 +11,8 @@ from imgcls.metrics import (
     expected_calibration_error,
     format_report,
     reliability_bins,
-    softmax,
 )
+from imgcls.predictions import softmax
 
 
 def _fixed_predictions(seed: int, n: int = 300, classes: int = 6) -> tuple[np.ndarray, np.ndarray]:

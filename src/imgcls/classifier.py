@@ -38,6 +38,7 @@ from imgcls.features import (
 from imgcls.images import decode_rgb, load_rgb, to_rgb
 from imgcls.metrics import classification_report
 from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
+from imgcls.predictions import PathScores, Prediction, PredictionRun, rank_classes
 from imgcls.registry import get_backbone
 from imgcls.report import Mistake, confident_mistakes
 from imgcls.splits import MANIFEST_NAME, SPLITS, read_manifest, splits_from_manifest
@@ -46,45 +47,6 @@ from imgcls.transforms import TTA_VIEWS, eval_transform, view_settings
 log = logging.getLogger(__name__)
 
 ImageInput = str | Path | Image.Image | np.ndarray | bytes
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    index: int
-    probability: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Top-k classes for one image, most likely first."""
-
-    path: str | None
-    scores: tuple[ClassScore, ...]
-
-    @property
-    def label(self) -> str:
-        return self.scores[0].label
-
-    @property
-    def probability(self) -> float:
-        return self.scores[0].probability
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "predictions": [
-                {"label": s.label, "index": s.index, "probability": s.probability} for s in self.scores
-            ],
-        }
-
-
-@dataclass
-class PredictionRun:
-    """Predictions for the readable inputs and the reason each unreadable one was skipped."""
-
-    predictions: list[Prediction]
-    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,13 +201,23 @@ class Classifier:
         unreadable = {str(paths[i]): reason for i, reason in scored.failures.items()}
         return PredictionRun(self._top_k(scored.mean_probs, kept, top_k), unreadable)
 
-    def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], top_k: int) -> list[Prediction]:
-        k = min(top_k, len(self.classes))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [
-            Prediction(path, tuple(ClassScore(self.classes[i], int(i), float(row[i])) for i in top))
-            for path, row, top in zip(paths, probs, order, strict=True)
-        ]
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Class probabilities (images x classes) of decoded images, in one batch."""
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        transform = eval_transform(self.preprocessing)
+        batch = torch.stack([transform(to_rgb(image)) for image in images])
+        with torch.inference_mode():
+            logits = self.model.get_classifier()(pooled_features(self.model, batch))
+        return logits.float().softmax(dim=-1).numpy()
+
+    def score_paths(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0) -> PathScores:
+        """Class probabilities of the readable files among ``paths`` (no feature cache)."""
+        scored = self._score(paths, tta=False, cache_dir=None, batch_size=batch_size, workers=workers)
+        return PathScores(scored.mean_probs, scored.readable, scored.failures)
+
+    def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
+        return rank_classes(probs, self.classes, paths, k)
 
     def _score(
         self, paths: Sequence[Path], *, tta: bool, cache_dir: Path | None, batch_size: int, workers: int

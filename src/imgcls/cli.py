@@ -25,7 +25,12 @@ EXIT_INTERRUPTED = 130
 # every forward pass; a large top pad and mmap threshold keep them, which measured 2x faster
 # CPU inference on 2 cores. The setting has to be in the environment when the process starts.
 ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=536870912"
-_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "cv", "compare"})
+_EXTRA_FOR_MODULE = {
+    "torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "sklearn": "train",
+    "scipy": "train", "matplotlib": "train", "onnx": "train", "onnxruntime": "onnx",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
+}  # fmt: skip
+_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve"})
 
 
 def entry() -> None:
@@ -59,6 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgcls: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_FOR_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"imgcls: error: '{args.command}' needs {exc.name}: pip install 'imgcls[{extra}]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +411,17 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
     p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch, or ONNX Runtime on the model's export (model.onnx; no torch import)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="stream results to a .csv or .jsonl file; a rerun skips paths already written",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help='print [{"path", "predictions": [{"label", "index", "probability"}]}]',
@@ -404,18 +429,23 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from imgcls.classifier import Classifier
     from imgcls.errors import ConfigError
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    if _looks_like_model_dir(args.model):
-        clf = Classifier.load(args.model)
+    clf = _load_predictor(args)
+    if args.output:
+        return _predict_to_file(clf, args)
+    if args.runtime == "onnx":
+        if args.tta:
+            raise ConfigError("--tta is not available with --runtime onnx")
+        run = clf.predict_paths(
+            args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers
+        )
     else:
-        clf = Classifier.pretrained(args.model, weights=args.weights)
-    run = clf.predict_paths(
-        args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size, workers=args.workers
-    )
+        run = clf.predict_paths(
+            args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size, workers=args.workers
+        )
     if args.json:
         _print_json([p.to_dict() for p in run.predictions])
     else:
@@ -426,9 +456,128 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_predictor(args: argparse.Namespace) -> Any:
+    """The ONNX Runtime model (no torch import), a saved model, or a pretrained backbone."""
+    if args.runtime == "onnx":
+        from imgcls.onnx_runtime import OnnxClassifier
+
+        return OnnxClassifier.load(args.model)
+    from imgcls.classifier import Classifier
+
+    if _looks_like_model_dir(args.model):
+        return Classifier.load(args.model)
+    return Classifier.pretrained(args.model, weights=getattr(args, "weights", None))
+
+
+def _predict_to_file(clf: Any, args: argparse.Namespace) -> int:
+    from imgcls.batch import predict_to_file
+    from imgcls.data import expand_inputs
+
+    paths = expand_inputs(args.paths)
+    summary = predict_to_file(
+        clf,
+        paths,
+        Path(args.output),
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=_progress_printer("predicting"),
+    )
+    print(
+        f"wrote {summary.written} rows to {args.output} ({summary.unreadable} unreadable, "
+        f"{summary.skipped_existing} already there) in {summary.seconds:.1f} s"
+    )
+    return 0
+
+
+def _progress_printer(what: str) -> Callable[[int, int], None]:
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        eta = (total - done) / rate if rate else 0.0
+        print(f"\r{what}: {done}/{total} images, {rate:.0f} img/s, ETA {eta:.0f} s", end="", file=sys.stderr)
+        if done >= total:
+            print(file=sys.stderr)
+
+    return report
+
+
 def _looks_like_model_dir(value: str) -> bool:
     path = Path(value)
     return path.is_dir() or "/" in value or value.startswith(".")
+
+
+# -- export and serve -------------------------------------------------------------------------
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory (RUN_DIR or RUN_DIR/model)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument(
+        "--output", metavar="FILE", help="default: model.onnx / model.torchscript.pt in the model directory"
+    )
+    p.add_argument(
+        "--check-images",
+        nargs="+",
+        default=(),
+        metavar="PATH",
+        help="images for the parity check (default: validation images of the training run)",
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max |logit difference| allowed (default: 1e-4)"
+    )
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from imgcls.export import export_model
+
+    report = export_model(
+        args.model,
+        format=args.format,
+        output=args.output,
+        check_images=args.check_images,
+        tolerance=args.tolerance,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    print(f"exported {report.format} to {report.path}")
+    print(
+        f"parity on {report.images} images: max |logit diff| {report.max_abs_logit_diff:.2e}, "
+        f"top-1 agreement {report.top1_agreement:.4f}"
+    )
+    return 0
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory (with model.onnx for --runtime onnx)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch (default: 32)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long an image waits for others (default: 5)"
+    )
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="per-file upload limit (default: 10)")
+    p.add_argument("--max-files", type=int, default=16, help="files per request (default: 16)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from imgcls.server import ServeLimits, serve
+
+    args.weights = None
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_files=args.max_files,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        top_k=args.top_k,
+    )
+    serve(_load_predictor(args), runtime=args.runtime, host=args.host, port=args.port, limits=limits)
+    return 0
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -507,6 +656,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
         _run_predict,
         "classify images with a trained model or a pretrained backbone",
     ),
+    "export": (_add_export, _run_export, "export a model to ONNX or TorchScript, with a parity check"),
+    "serve": (_add_serve, _run_serve, "serve a model over HTTP with a web page (FastAPI + uvicorn)"),
     "cv": (_add_cv, _run_cv, "k-fold cross-validation with mean, std and a 95% interval"),
     "compare": (_add_compare, _run_compare, "cross-validate several backbones on the same folds"),
     "models": (_add_models, _run_models, "list the named backbones and where their weights are"),

@@ -16,12 +16,6 @@ TOP_K = (3, 5)
 _EPS = 1e-15
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """``matrix[t, p]`` counts images of true class ``t`` predicted as ``p``."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

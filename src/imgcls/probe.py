@@ -23,7 +23,8 @@ from imgcls.data import TEST, TRAIN, VAL, DatasetScan, ImageRecord
 from imgcls.errors import DataError
 from imgcls.features import Extraction, FeatureCache, default_cache_dir, extract_features, feature_space
 from imgcls.head import LinearHead, fit_linear_head
-from imgcls.metrics import classification_report, expected_calibration_error, softmax
+from imgcls.metrics import classification_report, expected_calibration_error
+from imgcls.predictions import softmax
 from imgcls.registry import BackboneSpec, get_backbone
 from imgcls.report import Mistake, confident_mistakes
 

@@ -1,0 +1,185 @@
+"""Export a saved model to ONNX or TorchScript, then prove the export computes the same thing.
+
+The export takes the preprocessed image batch (N x 3 x H x W, dynamic N) and returns logits;
+class names, preprocessing and backbone travel in its metadata. After writing, the exported
+model and the PyTorch model run on the same real images; the maximum absolute logit
+difference and the top-1 agreement are reported, and an export that disagrees is deleted and
+reported as an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.classifier import Classifier
+from imgcls.errors import ConfigError, ImgclsError
+from imgcls.images import UnreadableImageError, load_rgb
+from imgcls.onnx_runtime import METADATA_KEY, ONNX_FILE
+from imgcls.pixels import to_input_array
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_NAMES = {"onnx": ONNX_FILE, "torchscript": "model.torchscript.pt"}
+DEFAULT_TOLERANCE = 1e-4
+MAX_CHECK_IMAGES = 16
+OPSET = 17
+
+
+class ExportError(ImgclsError):
+    """The exported model does not reproduce the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    format: str
+    images: int
+    max_abs_logit_diff: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def export_model(
+    model_dir: str | Path,
+    *,
+    format: str,
+    output: str | Path | None = None,
+    check_images: Sequence[str | Path] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportReport:
+    """Export ``model_dir`` and run the parity check; see the module docstring."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    clf = Classifier.load(model_dir)
+    model = clf.model.to(memory_format=torch.contiguous_format).eval()
+    path = Path(output) if output else clf.directory / DEFAULT_NAMES[format]  # type: ignore[operator]
+    metadata = json.dumps(_metadata(clf))
+    size = clf.preprocessing.input_size
+    example = torch.zeros(2, 3, size, size)
+    if format == "onnx":
+        _export_onnx(model, example, path, metadata)
+    else:
+        _export_torchscript(model, example, path, metadata)
+    batch = _check_batch(clf, check_images)
+    report = _parity(model, format, path, batch, tolerance)
+    log.info(
+        "exported %s: max |logit diff| %.2e, top-1 agreement %.4f",
+        path,
+        report.max_abs_logit_diff,
+        report.top1_agreement,
+    )
+    return report
+
+
+def _metadata(clf: Classifier) -> dict[str, Any]:
+    return {
+        "format_version": 1,
+        "classes": clf.classes,
+        "preprocessing": clf.preprocessing.to_dict(),
+        "backbone": {"name": clf.backbone, "timm_arch": clf.config["backbone"].get("timm_arch")},
+        "input": "float32 N x 3 x H x W, preprocessed",
+        "output": "logits N x classes",
+    }
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.onnx.export(
+        model,
+        (example,),
+        str(tmp),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.jit.save(traced, str(tmp), _extra_files={"imgcls.json": metadata})
+    tmp.replace(path)
+
+
+def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndarray:
+    """Preprocessed real images: the given ones, else validation images of the training run."""
+    paths = [Path(p) for p in check_images] or _run_images(clf)
+    arrays = []
+    for path in paths[:MAX_CHECK_IMAGES]:
+        try:
+            arrays.append(
+                to_input_array(load_rgb(path, min_side=clf.preprocessing.resize_size), clf.preprocessing)
+            )
+        except UnreadableImageError as exc:
+            log.warning("parity check skips %s: %s", path, exc.reason)
+    if not arrays:
+        raise ConfigError(
+            "no readable images for the parity check: pass --check-images PATH... (the training "
+            "data named in the run's run_config.json was not found)"
+        )
+    return np.stack(arrays)
+
+
+def _run_images(clf: Classifier) -> list[Path]:
+    run_dir = clf.directory.parent if clf.directory is not None else None
+    if (
+        run_dir is None
+        or not (run_dir / "run_config.json").is_file()
+        or not (run_dir / "splits.csv").is_file()
+    ):
+        return []
+    root = Path(json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))["data"])
+    with (run_dir / "splits.csv").open(newline="", encoding="utf-8") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda r: r["split"] != "val")
+    return [root / r["path"] for r in rows if (root / r["path"]).is_file()][:MAX_CHECK_IMAGES]
+
+
+def _parity(model: nn.Module, format: str, path: Path, batch: np.ndarray, tolerance: float) -> ExportReport:
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch)).float().numpy()
+    actual = _run_export(format, path, batch)
+    diff = float(np.abs(actual - expected).max())
+    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    report = ExportReport(path, format, len(batch), diff, agreement)
+    if diff > tolerance or agreement < 1.0:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"the {format} export does not reproduce the PyTorch model on {len(batch)} images: "
+            f"max |logit diff| {diff:.3e} (tolerance {tolerance:.1e}), top-1 agreement {agreement:.4f}; "
+            f"the export was deleted"
+        )
+    return report
+
+
+def _run_export(format: str, path: Path, batch: np.ndarray) -> np.ndarray:
+    if format == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+    loaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        return loaded(torch.from_numpy(batch)).float().numpy()

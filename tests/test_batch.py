@@ -1,0 +1,114 @@
+"""Streaming batch prediction: CSV/JSON Lines, unreadable files listed, resumable after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import imgcls
+from imgcls.batch import predict_to_file
+from imgcls.config import TrainConfig
+from imgcls.data import expand_inputs
+from tests.conftest import make_image, shared_dataset
+
+TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64)
+
+
+@pytest.fixture
+def model(image_folder, tmp_path):
+    imgcls.train(image_folder, tmp_path / "run", config=TINY)
+    return tmp_path / "run"
+
+
+def test_csv_and_jsonl_rows_with_unreadable_files(model, image_folder):
+    (image_folder / "red" / "broken.jpg").write_text("not a jpeg")
+    clf = imgcls.load(model)
+    paths = expand_inputs([str(image_folder)])
+    csv_out, jsonl_out = model / "out.csv", model / "out.jsonl"
+    summary = predict_to_file(clf, paths, csv_out, top_k=2)
+    assert summary.written == 37 and summary.unreadable == 1
+    rows = list(csv.DictReader(csv_out.open()))
+    assert len(rows) == 37 and len({r["path"] for r in rows}) == 37
+    broken = next(r for r in rows if r["path"].endswith("broken.jpg"))
+    assert "not an image" in broken["error"] and broken["label"] == ""
+    good = next(r for r in rows if not r["error"])
+    assert len(json.loads(good["top_k"])) == 2
+    predict_to_file(clf, paths, jsonl_out, top_k=2)
+    lines = [json.loads(line) for line in jsonl_out.read_text().splitlines()]
+    assert set(lines[0]) == {"path", "predictions"} and len(lines[0]["predictions"]) == 2
+
+
+def test_rerun_after_a_torn_write_finishes_without_duplicates(model, image_folder):
+    clf = imgcls.load(model)
+    paths = expand_inputs([str(image_folder)])
+    out = model / "out.jsonl"
+    predict_to_file(clf, paths[:10], out)
+    with out.open("a") as handle:
+        handle.write('{"path": "torn')  # what a kill in mid-write leaves
+    summary = predict_to_file(clf, paths, out)
+    assert summary.skipped_existing == 10 and summary.written == 26
+    written = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert sorted(written) == sorted(map(str, paths))
+
+
+def _rows(path) -> int:
+    return max(0, sum(1 for _ in path.open()) - 1) if path.exists() else 0
+
+
+def _kill_midway_and_resume(model, data, out, total, kill_after) -> list[tuple[int, float]]:
+    """Run, SIGKILL once ``kill_after`` rows are written, rerun; return (rows, RSS MB) samples."""
+    command = [sys.executable, "-m", "imgcls", "predict", str(model), str(data), "--output", str(out), "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rss = []
+    deadline = time.monotonic() + 600
+    while process.poll() is None and _rows(out) < kill_after and time.monotonic() < deadline:
+        rss.append((_rows(out), _rss_mb(process.pid)))
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 0 < _rows(out) < total, "the run should have been killed midway"
+    subprocess.run(command, check=True, capture_output=True)
+    return rss
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):  # noqa: SIM115
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def test_killed_batch_run_resumes_without_duplicates(model, tmp_path):
+    data = tmp_path / "many"
+    for i in range(1500):
+        folder = data / f"part{i // 500}"
+        folder.mkdir(parents=True, exist_ok=True)
+        make_image((i % 255, 80, 160), seed=i).save(folder / f"{i:05d}.png")
+    out = tmp_path / "predictions.csv"
+    _kill_midway_and_resume(model, data, out, total=1500, kill_after=600)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1500 and len({r["path"] for r in rows}) == 1500
+
+
+@pytest.mark.slow
+def test_ten_thousand_cifar_images_flat_memory_and_resume(model, tmp_path):
+    data = shared_dataset("cifar10_subset") / "test"
+    out = tmp_path / "cifar.csv"
+    rss = _kill_midway_and_resume(model, data, out, total=10_000, kill_after=6000)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 10_000 and len({r["path"] for r in rows}) == 10_000
+    assert not any(r["error"] for r in rows)
+    # After the first chunk (model loaded, buffers allocated) memory must stay flat.
+    steady = [mb for rows_done, mb in rss if rows_done >= 1024]
+    assert len(steady) >= 3, rss
+    assert max(steady) - steady[0] < 100, f"memory grew from {steady[0]:.0f} MB to {max(steady):.0f} MB"

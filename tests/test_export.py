@@ -1,0 +1,88 @@
+"""Export to ONNX and TorchScript with a parity check; ONNX inference without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+import imgcls
+from imgcls.config import TrainConfig
+from imgcls.export import ExportError, export_model
+
+TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64)
+
+
+@pytest.fixture(scope="module")
+def real_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real")
+    paths = []
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        path = folder / f"{name}.png"
+        Image.fromarray(getattr(skimage.data, name)()).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def trained(image_folder, tmp_path):
+    imgcls.train(image_folder, tmp_path / "run", config=TINY)
+    return tmp_path / "run"
+
+
+def test_onnx_and_torchscript_exports_match_pytorch_on_real_images(trained, real_images):
+    onnx_report = export_model(trained, format="onnx", check_images=real_images)
+    script_report = export_model(trained, format="torchscript", check_images=real_images)
+    for report in (onnx_report, script_report):
+        assert report.images == 4
+        assert report.max_abs_logit_diff <= 1e-4
+        assert report.top1_agreement == 1.0
+    assert onnx_report.path == trained / "model" / "model.onnx"
+    extra = {"imgcls.json": ""}
+    loaded = torch.jit.load(str(script_report.path), _extra_files=extra)
+    assert json.loads(extra["imgcls.json"])["classes"] == ["blue", "green", "red"]
+    assert loaded(torch.zeros(3, 3, 64, 64)).shape == (3, 3)  # dynamic batch
+
+
+def test_onnx_model_predicts_in_a_process_that_never_imports_torch(trained, real_images):
+    export_model(trained, format="onnx", check_images=real_images)
+    expected = [imgcls.load(trained).predict(p).to_dict() for p in real_images]
+    script = (
+        "import json, sys\n"
+        "from imgcls.cli import main\n"
+        "code = main(['predict', sys.argv[1], *sys.argv[2:], '--runtime', 'onnx', '--json', '-q'])\n"
+        "assert code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(trained), *map(str, real_images)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    for e, g in zip(expected, got, strict=True):
+        assert e["predictions"][0]["label"] == g["predictions"][0]["label"]
+        assert e["predictions"][0]["probability"] == pytest.approx(
+            g["predictions"][0]["probability"], abs=1e-4
+        )
+
+
+def test_failed_parity_deletes_the_export(trained, real_images):
+    with pytest.raises(ExportError, match="does not reproduce"):
+        export_model(trained, format="onnx", check_images=real_images, tolerance=-1.0)  # impossible tolerance
+    assert not (trained / "model" / "model.onnx").exists()
+
+
+def test_export_cli_uses_the_runs_validation_images(trained):
+    out = subprocess.run(
+        [sys.executable, "-m", "imgcls", "export", str(trained), "--format", "onnx", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["images"] >= 6 and report["top1_agreement"] == 1.0
