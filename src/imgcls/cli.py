@@ -244,12 +244,16 @@ def _print_train_summary(clf: Any, output: Path, seconds: float) -> None:
 # -- cv and compare ---------------------------------------------------------------------------
 
 
+def _add_fold_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
+    p.add_argument("--repeats", type=int, default=1, help="repeat with new fold seeds (default: 1)")
+
+
 def _add_cv(p: argparse.ArgumentParser) -> None:
     _add_model_options(p)
     p.add_argument("-o", "--output", help="directory for cv.json, cv_splits.csv and report.html")
     p.add_argument("--backbone", help="backbone name (default: efficientnet_lite0)")
-    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
-    p.add_argument("--repeats", type=int, default=1, help="repeat with new fold seeds (default: 1)")
+    _add_fold_options(p)
 
 
 def _run_cv(args: argparse.Namespace) -> int:
@@ -291,8 +295,7 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
         help="comma-separated backbone names, e.g. efficientnet_lite0,efficientnet_lite2",
     )
     p.add_argument("-o", "--output", help="directory for compare.json and one cv folder per backbone")
-    p.add_argument("--folds", type=int, default=5, help="number of stratified folds (default: 5)")
-    p.add_argument("--repeats", type=int, default=1, help="repeat with new fold seeds (default: 1)")
+    _add_fold_options(p)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -327,6 +330,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (default: 0, inline)")
+    p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
+
+
 # -- evaluate ---------------------------------------------------------------------------------
 
 
@@ -339,9 +348,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
         choices=("val", "test", "train", "all"),
         help="which images to score (default: val)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
+    _add_inference_options(p)
     p.add_argument(
         "--report",
         nargs="?",
@@ -407,9 +414,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default: 5)")
     p.add_argument("--weights", metavar="FILE", help="with a backbone name: local ImageNet state dict to use")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
+    _add_inference_options(p)
     p.add_argument(
         "--runtime",
         choices=("torch", "onnx"),
