@@ -33,3 +33,15 @@ def test_models_lists_backbones_with_weight_availability():
         [sys.executable, "-m", "imgcls", "models"], capture_output=True, text=True, check=True
     ).stdout
     assert "efficientnet_lite2" in text and "package" in text
+
+
+def test_every_command_has_working_help(capsys):
+    import pytest
+
+    from imgcls.cli import COMMANDS, main
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0, command
+        assert f"usage: imgcls {command}" in capsys.readouterr().out

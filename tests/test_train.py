@@ -32,12 +32,8 @@ def test_train_writes_a_complete_run_directory(image_folder, tmp_path):
     run = tmp_path / "run"
     clf = imgcls.train(image_folder, run, config=TINY)
     assert sorted(p.name for p in run.iterdir()) == [
-        "metrics.json",
-        "model",
-        "run_config.json",
-        "skipped.csv",
-        "splits.csv",
-    ]
+        "metrics.json", "model", "report.html", "run_config.json", "skipped.csv", "splits.csv",
+    ]  # fmt: skip
     assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["accuracy"] >= 0.8  # colours are easy even for random features

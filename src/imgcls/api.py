@@ -114,7 +114,7 @@ def _model_config(featured: FeaturedDataset, cfg: TrainConfig, fit: ProbeFit) ->
         "strategy": cfg.strategy,
         "head": head,
         "seed": cfg.seed,
-        "metrics": {k: v for k, v in fit.metrics.items() if k in (VAL, TEST, TRAIN)},
+        "metrics": {k: v for k, v in fit.metrics.items() if k in (VAL, TEST, TRAIN, "calibration")},
         "unreadable": featured.unreadable,
     }
 

@@ -119,8 +119,27 @@ def _no_weights_message(spec: BackboneSpec) -> str:
     )
 
 
-def resolve_preprocessing(spec: BackboneSpec, *, input_size: int | None = None) -> Preprocessing:
-    """The backbone's preprocessing from its timm pretrained config; user overrides win."""
+# Frozen features are extracted at 1.25x the resolution the backbone was pretrained at (to a
+# multiple of 32). Networks pretrained on random-resized crops see objects larger in training
+# than in a centre crop of the same size, so they describe an image better at a higher test
+# resolution (Touvron et al., "Fixing the train-test resolution discrepancy", 2019). Measured
+# with Lite0 (224 -> 288): hymenoptera val 0.948 -> 0.974, clothing_small test 0.890 -> 0.917.
+FEATURE_RESOLUTION_SCALE = 1.25
+
+
+def feature_input_size(native: int) -> int:
+    return int(32 * round(native * FEATURE_RESOLUTION_SCALE / 32))
+
+
+def resolve_preprocessing(
+    spec: BackboneSpec, *, input_size: int | None = None, for_features: bool = True
+) -> Preprocessing:
+    """The backbone's preprocessing from its timm pretrained config; user overrides win.
+
+    Without an explicit ``input_size``, features are taken at ``feature_input_size`` of the
+    pretraining resolution (unless the architecture fixes its input size, like ViTs), while
+    ``for_features=False`` (the pretrained ImageNet head) keeps the native resolution.
+    """
     import timm
 
     cfg = timm.models.get_pretrained_cfg(spec.pretrained_name) or timm.models.get_pretrained_cfg(
@@ -128,7 +147,9 @@ def resolve_preprocessing(spec: BackboneSpec, *, input_size: int | None = None) 
     )
     if cfg is None:
         raise BackboneError(f"timm has no preprocessing config for {spec.pretrained_name}")
-    size = input_size or int(cfg.input_size[-1])
+    native = int(cfg.input_size[-1])
+    scaled = for_features and not getattr(cfg, "fixed_input_size", False)
+    size = input_size or (feature_input_size(native) if scaled else native)
     if size < 16:
         raise BackboneError(f"input size must be at least 16 pixels, got {size}")
     return Preprocessing(

@@ -144,7 +144,7 @@ class Classifier:
         return cls(
             model,
             classes=imagenet_class_names(),
-            preprocessing=resolve_preprocessing(spec),
+            preprocessing=resolve_preprocessing(spec, for_features=False),
             config=config,
         )
 

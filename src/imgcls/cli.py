@@ -599,10 +599,14 @@ def _run_models(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'name':<20}{'input':>6}{'params':>9}  pretrained weights on this machine")
+    print(f"{'name':<20}{'input':>6}{'probe':>6}{'params':>9}  pretrained weights on this machine")
     for row in rows:
-        print(f"{row['name']:<20}{row['input_size']:>6}{row['params'] / 1e6:>8.1f}M  {row['weights']}")
-    print("\nAny timm architecture name also works, with --weights FILE or hub weights.")
+        print(
+            f"{row['name']:<20}{row['input_size']:>6}{row['feature_input_size']:>6}"
+            f"{row['params'] / 1e6:>8.1f}M  {row['weights']}"
+        )
+    print("\ninput: pretraining resolution; probe: resolution frozen features are extracted at.")
+    print("Any timm architecture name also works, with --weights FILE or hub weights.")
     return 0
 
 
@@ -663,7 +667,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
     ),
     "export": (_add_export, _run_export, "export a model to ONNX or TorchScript, with a parity check"),
     "serve": (_add_serve, _run_serve, "serve a model over HTTP with a web page (FastAPI + uvicorn)"),
-    "cv": (_add_cv, _run_cv, "k-fold cross-validation with mean, std and a 95% interval"),
+    "cv": (_add_cv, _run_cv, "k-fold cross-validation with mean, std and a 95%% interval"),
     "compare": (_add_compare, _run_compare, "cross-validate several backbones on the same folds"),
     "models": (_add_models, _run_models, "list the named backbones and where their weights are"),
     "demo": (
