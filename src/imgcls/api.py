@@ -41,7 +41,7 @@ def train(
 
     Args:
         data: the image folder; ``train/`` + ``val/`` + ``test/`` sub-folders are honoured.
-        output: run directory to write (model/, metrics.json, splits.csv, run_config.json,
+        output: run directory to write (model/, metrics.json, report.html, splits.csv, run_config.json,
             skipped.csv); ``None`` keeps everything in memory.
         config: full settings; the keyword arguments below override its fields.
         overwrite: allow writing into an existing, non-empty run directory.
