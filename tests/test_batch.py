@@ -112,3 +112,15 @@ def test_ten_thousand_cifar_images_flat_memory_and_resume(model, tmp_path):
     steady = [mb for rows_done, mb in rss if rows_done >= 1024]
     assert len(steady) >= 3, rss
     assert max(steady) - steady[0] < 100, f"memory grew from {steady[0]:.0f} MB to {max(steady):.0f} MB"
+
+
+def test_tta_reaches_batch_prediction(model, image_folder):
+    clf = imgcls.load(model)
+    paths = expand_inputs([str(image_folder / "red")])[:3]
+    plain, averaged = model / "plain.jsonl", model / "tta.jsonl"
+    predict_to_file(clf, paths, plain)
+    predict_to_file(clf, paths, averaged, tta=True)
+    expected = [clf.predict(p, tta=True).probability for p in paths]
+    got = [json.loads(line)["predictions"][0]["probability"] for line in averaged.read_text().splitlines()]
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert plain.read_text() != averaged.read_text()

@@ -29,7 +29,9 @@ CSV_FIELDS = ("path", "label", "index", "probability", "top_k", "error")
 class PathScorer(Protocol):
     classes: list[str]
 
-    def score_paths(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0) -> PathScores: ...
+    def score_paths(
+        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+    ) -> PathScores: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ def predict_to_file(
     top_k: int = 5,
     batch_size: int = 32,
     workers: int = 0,
+    tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchSummary:
     """Append a row per path to ``output`` (``.csv`` or ``.jsonl``), skipping paths already there."""
@@ -58,7 +61,7 @@ def predict_to_file(
     written = unreadable = 0
     with _open_for_append(output, kind) as (handle, write_row):
         for chunk in _chunks(todo, CHUNK):
-            scores = predictor.score_paths(chunk, batch_size=batch_size, workers=workers)
+            scores = predictor.score_paths(chunk, batch_size=batch_size, workers=workers, tta=tta)
             for row in _rows(chunk, scores, predictor.classes, top_k):
                 write_row(row)
                 unreadable += bool(row["error"])

@@ -211,9 +211,11 @@ class Classifier:
             logits = self.model.get_classifier()(pooled_features(self.model, batch))
         return logits.float().softmax(dim=-1).numpy()
 
-    def score_paths(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0) -> PathScores:
+    def score_paths(
+        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+    ) -> PathScores:
         """Class probabilities of the readable files among ``paths`` (no feature cache)."""
-        scored = self._score(paths, tta=False, cache_dir=None, batch_size=batch_size, workers=workers)
+        scored = self._score(paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
         return PathScores(scored.mean_probs, scored.readable, scored.failures)
 
     def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:

@@ -438,12 +438,12 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.runtime == "onnx" and args.tta:
+        raise ConfigError("--tta is not available with --runtime onnx")
     clf = _load_predictor(args)
     if args.output:
         return _predict_to_file(clf, args)
     if args.runtime == "onnx":
-        if args.tta:
-            raise ConfigError("--tta is not available with --runtime onnx")
         run = clf.predict_paths(
             args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers
         )
@@ -486,6 +486,7 @@ def _predict_to_file(clf: Any, args: argparse.Namespace) -> int:
         top_k=args.top_k,
         batch_size=args.batch_size,
         workers=args.workers,
+        tta=args.tta,
         progress=_progress_printer("predicting"),
     )
     print(

@@ -18,7 +18,7 @@ from PIL import Image
 
 from imgcls.config import Preprocessing
 from imgcls.data import expand_inputs
-from imgcls.errors import DataError, ModelFormatError
+from imgcls.errors import ConfigError, DataError, ModelFormatError
 from imgcls.images import UnreadableImageError, load_rgb, to_rgb
 from imgcls.pixels import to_input_array
 from imgcls.predictions import PathScores, Prediction, PredictionRun, rank_classes, softmax
@@ -84,8 +84,12 @@ class OnnxClassifier:
     def _top(self, images: Sequence[Image.Image], paths: Sequence[str | None], k: int) -> list[Prediction]:
         return rank_classes(self.probabilities(images), self.classes, paths, k)
 
-    def score_paths(self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0) -> PathScores:
+    def score_paths(
+        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+    ) -> PathScores:
         """Decode (``workers`` threads) and score files in batches; unreadable ones are listed."""
+        if tta:
+            raise ConfigError("test-time augmentation is not available with the ONNX runtime")
         failures: dict[int, str] = {}
         probs: list[np.ndarray] = []
         with ThreadPoolExecutor(max(workers, 1)) as pool:
