@@ -172,6 +172,8 @@ def test_bad_values_are_clear_errors(image_folder, capsys):
     assert "unknown backbone 'no_such_net'" in capsys.readouterr().err
     assert main(["evaluate", str(image_folder), str(image_folder)]) == 2
     assert "not an imgcls model directory" in capsys.readouterr().err
+    assert main(["predict", str(image_folder), str(image_folder), "--weights", "w.pth"]) == 2
+    assert "--weights goes with a backbone name" in capsys.readouterr().err
 
 
 def test_three_line_api_with_in_memory_image(image_folder, tmp_path):

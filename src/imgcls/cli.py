@@ -468,10 +468,16 @@ def _load_predictor(args: argparse.Namespace) -> Any:
 
         return OnnxClassifier.load(args.model)
     from imgcls.classifier import Classifier
+    from imgcls.errors import ConfigError
 
+    weights = getattr(args, "weights", None)
     if _looks_like_model_dir(args.model):
+        if weights:
+            raise ConfigError(
+                "--weights goes with a backbone name; a trained model directory has its own weights"
+            )
         return Classifier.load(args.model)
-    return Classifier.pretrained(args.model, weights=getattr(args, "weights", None))
+    return Classifier.pretrained(args.model, weights=weights)
 
 
 def _predict_to_file(clf: Any, args: argparse.Namespace) -> int:
