@@ -229,7 +229,8 @@ class Classifier:
         scores = _Scores(views=list(_views(tta)))
         for view in scores.views:
             pre, flip = view_settings(self.preprocessing, view)
-            space = feature_space(self.model, pre, flip=flip)
+            # Digesting the weights costs a pass over them: only worth it for the disk cache.
+            space = feature_space(self.model, pre, flip=flip) if cache_dir is not None else ""
             cache = FeatureCache(cache_dir, space)
             extraction = extract_features(
                 self.model, paths, pre, cache=cache, flip=flip, batch_size=batch_size, workers=workers
