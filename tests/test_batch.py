@@ -124,3 +124,14 @@ def test_tta_reaches_batch_prediction(model, image_folder):
     got = [json.loads(line)["predictions"][0]["probability"] for line in averaged.read_text().splitlines()]
     assert got == pytest.approx(expected, abs=1e-5)
     assert plain.read_text() != averaged.read_text()
+
+
+def test_a_complete_last_row_without_newline_is_rewritten_not_lost(model, image_folder):
+    clf = imgcls.load(model)
+    paths = expand_inputs([str(image_folder / "red")])[:4]
+    out = model / "rows.jsonl"
+    predict_to_file(clf, paths[:2], out)
+    out.write_text(out.read_text().rstrip("\n"))  # killed right before the newline
+    predict_to_file(clf, paths, out)
+    written = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert sorted(written) == sorted(map(str, paths))

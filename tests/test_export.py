@@ -71,10 +71,12 @@ def test_onnx_model_predicts_in_a_process_that_never_imports_torch(trained, real
         )
 
 
-def test_failed_parity_deletes_the_export(trained, real_images):
+def test_failed_parity_keeps_the_previous_export(trained, real_images):
+    good = export_model(trained, format="onnx", check_images=real_images).path.read_bytes()
     with pytest.raises(ExportError, match="does not reproduce"):
         export_model(trained, format="onnx", check_images=real_images, tolerance=-1.0)  # impossible tolerance
-    assert not (trained / "model" / "model.onnx").exists()
+    assert (trained / "model" / "model.onnx").read_bytes() == good
+    assert not list((trained / "model").glob(".*.tmp"))
 
 
 def test_export_cli_uses_the_runs_validation_images(trained):

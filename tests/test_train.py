@@ -181,3 +181,20 @@ def test_three_line_api_with_in_memory_image(image_folder, tmp_path):
     assert clf.evaluate(image_folder, split="val").accuracy >= 0.8
     prediction = clf.predict(np.asarray(make_image((200, 30, 30), 7)))
     assert prediction.label == "red" and 0 < prediction.probability <= 1
+
+
+def test_interrupted_cache_shard_is_ignored(image_folder, tmp_path, _private_cache):
+    imgcls.train(image_folder, config=TINY)
+    space = next((_private_cache / "features").iterdir())
+    shard = next(space.glob("*.npz"))
+    (space / ".half-written.tmp").write_bytes(shard.read_bytes()[:100])  # what a kill leaves
+    (space / "0-torn.npz").write_bytes(shard.read_bytes()[:100])  # a damaged shard
+    assert imgcls.train(image_folder, config=TINY).metrics["val"]["n"] == 6
+
+
+def test_evaluate_train_split_excludes_the_carved_validation_images(tmp_path):
+    data = write_class_folders(tmp_path / "data" / "train", per_class=10)
+    clf = imgcls.train(tmp_path / "data", tmp_path / "run", config=TINY)
+    loaded = imgcls.load(tmp_path / "run")
+    assert loaded.evaluate(data.parent, split="train").report["n"] == clf.metrics["train"]["n"] == 24
+    assert loaded.evaluate(data.parent, split="val").report["n"] == 6

@@ -55,6 +55,7 @@ def predict_to_file(
 ) -> BatchSummary:
     """Append a row per path to ``output`` (``.csv`` or ``.jsonl``), skipping paths already there."""
     kind = _kind(output)
+    _truncate_partial_line(output)  # before reading: a row without its newline was never finished
     done = already_written(output, kind)
     todo = [p for p in paths if str(p) not in done]
     started = time.perf_counter()
@@ -100,14 +101,13 @@ def already_written(output: Path, kind: str) -> set[str]:
 
 
 class _open_for_append:
-    """Open ``output`` for appending; drop a torn last line first; write the CSV header once."""
+    """Open ``output`` for appending; write the CSV header once."""
 
     def __init__(self, output: Path, kind: str) -> None:
         self.output, self.kind = output, kind
         self.handle: TextIO | None = None
 
     def __enter__(self) -> tuple[TextIO, Callable[[dict[str, Any]], None]]:
-        _truncate_partial_line(self.output)
         new = not self.output.is_file() or self.output.stat().st_size == 0
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.handle = self.output.open("a", encoding="utf-8", newline="")
@@ -125,12 +125,18 @@ class _open_for_append:
 
 
 def _truncate_partial_line(output: Path) -> None:
+    """Drop a last line that has no newline (what a kill in mid-write leaves)."""
     if not output.is_file() or output.stat().st_size == 0:
         return
-    data = output.read_bytes()
-    if not data.endswith(b"\n"):
-        with output.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+    with output.open("r+b") as handle:
+        size = handle.seek(0, 2)
+        start = max(0, size - 65536)
+        handle.seek(start)
+        tail = handle.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        handle.truncate(start + cut + 1 if cut >= 0 else start)
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:

@@ -277,6 +277,10 @@ class Classifier:
         scored = self._score(
             paths, tta=tta, cache_dir=cache_dir or default_cache_dir(), batch_size=batch_size, workers=workers
         )
+        if not scored.readable.any():
+            raise DataError(
+                f"none of the {len(paths)} images of the {split} split in {scan.root} could be read"
+            )
         index = {name: i for i, name in enumerate(self.classes)}
         y_true = np.array(
             [index[r.label] for r, ok in zip(records, scored.readable, strict=True) if ok], dtype=np.int64
@@ -304,15 +308,19 @@ class Classifier:
             return scan.records
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; choose val, test, train or all")
-        if split in scan.folder_splits:
-            return [r for r in scan.records if r.folder_split == split]
+        # The training run's manifest wins when it covers these images: a val split carved from
+        # train/ must not be scored as train. Other data falls back to its split folders.
         manifest_path = self._manifest_path()
-        if manifest_path is None:
+        splits: list[str | None] = [None] * len(scan.records)
+        if manifest_path is not None:
+            splits = splits_from_manifest(scan.records, read_manifest(manifest_path), source=manifest_path)
+        if not any(splits) and split in scan.folder_splits:
+            return [r for r in scan.records if r.folder_split == split]
+        if not any(splits):
             raise DataError(
-                f"{scan.root} has no {split}/ folder and no {MANIFEST_NAME} was found beside the "
-                f"model to say which images form the {split} split; use --split all to score every image"
+                f"{scan.root} has no {split}/ folder and no {MANIFEST_NAME} beside the model lists its "
+                f"images, so nothing says which images form the {split} split; use --split all"
             )
-        splits = splits_from_manifest(scan.records, read_manifest(manifest_path), source=manifest_path)
         selected = [r for r, s in zip(scan.records, splits, strict=True) if s == split]
         if not selected:
             raise DataError(f"the {split} split in {manifest_path} holds no images of {scan.root}")

@@ -330,9 +330,27 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (default: 0, inline)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="images per forward pass (default: 32)"
+    )
+    p.add_argument(
+        "--workers", type=_non_negative_int, default=0, help="image-decoding processes (default: 0)"
+    )
     p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
 
 
@@ -463,14 +481,17 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _load_predictor(args: argparse.Namespace) -> Any:
     """The ONNX Runtime model (no torch import), a saved model, or a pretrained backbone."""
+    from imgcls.errors import ConfigError
+
+    weights = getattr(args, "weights", None)
     if args.runtime == "onnx":
+        if weights:
+            raise ConfigError("--weights goes with a backbone name and the torch runtime")
         from imgcls.onnx_runtime import OnnxClassifier
 
         return OnnxClassifier.load(args.model)
     from imgcls.classifier import Classifier
-    from imgcls.errors import ConfigError
 
-    weights = getattr(args, "weights", None)
     if _looks_like_model_dir(args.model):
         if weights:
             raise ConfigError(
@@ -483,8 +504,11 @@ def _load_predictor(args: argparse.Namespace) -> Any:
 def _predict_to_file(clf: Any, args: argparse.Namespace) -> int:
     from imgcls.batch import predict_to_file
     from imgcls.data import expand_inputs
+    from imgcls.errors import DataError
 
     paths = expand_inputs(args.paths)
+    if not paths:
+        raise DataError(f"no image files found in {', '.join(args.paths)}")
     summary = predict_to_file(
         clf,
         paths,
@@ -580,7 +604,6 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from imgcls.server import ServeLimits, serve
 
-    args.weights = None
     limits = ServeLimits(
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_files=args.max_files,

@@ -82,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.input_size is not None and self.input_size < 16:
+            raise ConfigError(f"input_size must be at least 16 pixels, got {self.input_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.weights is not None and not self.pretrained:

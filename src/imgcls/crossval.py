@@ -25,7 +25,7 @@ from imgcls.metrics import classification_report
 from imgcls.model_io import write_json
 from imgcls.probe import FeaturedDataset, featurize, fit_and_score
 from imgcls.report import Mistake, confident_mistakes, write_report
-from imgcls.splits import assign_folds, write_fold_manifest
+from imgcls.splits import assign_folds, check_splits, write_fold_manifest
 from imgcls.stats import corrected_paired_t_test, summarize
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def _run_folds(
     if not pool:
         raise DataError(f"{featured.scan.root} has no images outside its test/ folder to cross-validate")
     pool_records = [featured.records[i] for i in pool]
+    check_splits(pool_records, [TRAIN] * len(pool_records), featured.classes)  # every class readable
     per_fold: list[dict[str, Any]] = []
     folds_by_repeat: list[list[int]] = []
     out_of_fold = np.zeros((len(featured.records), len(featured.classes)))
@@ -228,7 +229,8 @@ def compare(
     overwrite: bool = False,
 ) -> Comparison:
     """Cross-validate each backbone on the same folds; test the best two against each other."""
-    if len(set(backbones)) < 2:
+    backbones = list(dict.fromkeys(backbones))  # a name given twice is run once
+    if len(backbones) < 2:
         raise ConfigError(f"compare needs at least two different backbones, got {backbones}")
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
     base = config or TrainConfig()

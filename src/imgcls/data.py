@@ -48,12 +48,6 @@ class DatasetScan:
     def absolute(self, record: ImageRecord) -> Path:
         return self.root / record.path
 
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.classes, 0)
-        for record in self.records:
-            counts[record.label] += 1
-        return counts
-
 
 def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
     """List every image under ``root`` with its class; validate the class layout."""

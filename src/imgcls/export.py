@@ -10,6 +10,7 @@ reported as an error.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -69,12 +70,19 @@ def export_model(
     metadata = json.dumps(_metadata(clf))
     size = clf.preprocessing.input_size
     example = torch.zeros(2, 3, size, size)
-    if format == "onnx":
-        _export_onnx(model, example, path, metadata)
-    else:
-        _export_torchscript(model, example, path, metadata)
     batch = _check_batch(clf, check_images)
-    report = _parity(model, format, path, batch, tolerance)
+    # Written and checked under a temporary name: a failed export never replaces a good one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if format == "onnx":
+            _export_onnx(model, example, tmp, metadata)
+        else:
+            _export_torchscript(model, example, tmp, metadata)
+        report = _parity(model, format, tmp, batch, tolerance)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report = dataclasses.replace(report, path=path)
     log.info(
         "exported %s: max |logit diff| %.2e, top-1 agreement %.4f",
         path,
@@ -90,6 +98,7 @@ def _metadata(clf: Classifier) -> dict[str, Any]:
         "classes": clf.classes,
         "preprocessing": clf.preprocessing.to_dict(),
         "backbone": {"name": clf.backbone, "timm_arch": clf.config["backbone"].get("timm_arch")},
+        "metrics": clf.metrics,
         "input": "float32 N x 3 x H x W, preprocessed",
         "output": "logits N x classes",
     }
@@ -98,30 +107,26 @@ def _metadata(clf: Classifier) -> dict[str, Any]:
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     import onnx
 
-    tmp = path.with_name(f".{path.name}.tmp")
     torch.onnx.export(
         model,
         (example,),
-        str(tmp),
+        str(path),
         input_names=["image"],
         output_names=["logits"],
         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         opset_version=OPSET,
         dynamo=False,
     )
-    proto = onnx.load(str(tmp))
+    proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    onnx.save(proto, str(path))
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     with torch.no_grad():
         traced = torch.jit.trace(model, example)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.jit.save(traced, str(tmp), _extra_files={"imgcls.json": metadata})
-    tmp.replace(path)
+    torch.jit.save(traced, str(path), _extra_files={"imgcls.json": metadata})
 
 
 def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndarray:
@@ -165,11 +170,10 @@ def _parity(model: nn.Module, format: str, path: Path, batch: np.ndarray, tolera
     agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
     report = ExportReport(path, format, len(batch), diff, agreement)
     if diff > tolerance or agreement < 1.0:
-        path.unlink(missing_ok=True)
         raise ExportError(
             f"the {format} export does not reproduce the PyTorch model on {len(batch)} images: "
             f"max |logit diff| {diff:.3e} (tolerance {tolerance:.1e}), top-1 agreement {agreement:.4f}; "
-            f"the export was deleted"
+            f"nothing was written"
         )
     return report
 

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,14 @@ def feature_space(model: nn.Module, pre: Preprocessing, *, flip: bool = False) -
     digest = hashlib.blake2b(digest_size=12)
     digest.update(
         json.dumps(
-            {"format": CACHE_FORMAT, "pre": pre.to_dict(), "flip": flip, "net": type(model).__name__},
+            {
+                "format": CACHE_FORMAT,
+                "pre": pre.to_dict(),
+                "flip": flip,
+                "net": type(model).__name__,
+                # BatchNorm eps and padding mode are not in the state dict; the architecture name is.
+                "arch": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+            },
             sort_keys=True,
         ).encode()
     )
@@ -86,19 +94,20 @@ class FeatureCache:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = self.directory / f".{name}.tmp.npz"
-        np.savez(tmp, digests=np.array(digests, dtype="S32"), features=features.astype(np.float32))
+        tmp = self.directory / f".{name}.tmp"  # not *.npz: readers never see a half-written shard
+        with tmp.open("wb") as handle:
+            np.savez(handle, digests=np.array(digests, dtype="S32"), features=features.astype(np.float32))
         tmp.replace(self.directory / f"{name}.npz")
 
     def _load(self) -> None:
         if self._loaded or self.directory is None or not self.directory.is_dir():
             self._loaded = True
             return
-        for shard in sorted(self.directory.glob("*.npz")):
+        for shard in sorted(self.directory.glob("[!.]*.npz")):
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     digests, features = data["digests"], data["features"]
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 log.warning("ignoring unreadable feature cache shard %s (%s)", shard, exc)
                 continue
             for digest, row in zip(digests, features, strict=True):
@@ -169,6 +178,9 @@ def extract_features(
     failures: dict[int, str] = {}
     digests: list[str | None] = []
     for index, path in enumerate(paths):
+        if cache.directory is None:  # nothing to look up or keep: key by position, skip hashing
+            digests.append(f"#{index}")
+            continue
         try:
             digests.append(file_digest(path))
         except OSError as exc:

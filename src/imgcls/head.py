@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgcls.errors import DataError
+
 log = logging.getLogger(__name__)
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -86,7 +88,9 @@ def _cross_validate(
 def _fit(x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     model = _fit_sklearn(x, y, c=c)
     if len(model.classes_) != num_classes:
-        raise ValueError(f"every class needs training data; got {len(model.classes_)} of {num_classes}")
+        raise DataError(
+            f"every class needs readable training images; {len(model.classes_)} of {num_classes} have some"
+        )
     if num_classes == 2:
         # sklearn's binary model has one row: softmax([0, z]) equals sigmoid(z).
         weight = np.vstack([np.zeros_like(model.coef_[0]), model.coef_[0]])

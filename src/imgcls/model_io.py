@@ -22,6 +22,8 @@ FORMAT_NAME = "imgcls-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# Exports of an earlier model in the same directory would silently serve the old weights.
+EXPORT_FILES = ("model.onnx", "model.torchscript.pt")
 
 
 def versions() -> dict[str, str]:
@@ -39,6 +41,8 @@ def save_model_dir(directory: Path, model: nn.Module, config: dict[str, Any]) ->
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in EXPORT_FILES:
+        (directory / stale).unlink(missing_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp_weights = directory / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp_weights), metadata={"format": FORMAT_NAME})

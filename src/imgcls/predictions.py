@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ClassScore:
@@ -65,6 +67,8 @@ def rank_classes(
     probs: np.ndarray, classes: Sequence[str], paths: Sequence[str | None], k: int
 ) -> list[Prediction]:
     """One ``Prediction`` per row of ``probs`` with its ``k`` most probable classes."""
+    if k < 1:
+        raise ConfigError(f"top-k must be at least 1, got {k}")
     k = min(k, len(classes))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [

@@ -122,10 +122,6 @@ def _index(table: tuple[BackboneSpec, ...]) -> dict[str, BackboneSpec]:
 BACKBONES: dict[str, BackboneSpec] = _index(_TABLE)
 
 
-def backbone_names() -> list[str]:
-    return list(BACKBONES)
-
-
 def get_backbone(name: str) -> BackboneSpec:
     """Resolve ``arch`` or ``arch.tag`` to a spec; unknown names raise with suggestions."""
     arch, _, tag = name.partition(".")

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from imgcls.config import Preprocessing
 from imgcls.images import UnreadableImageError, decode_rgb
 from imgcls.predictions import rank_classes
 
@@ -34,6 +35,7 @@ class ImagePredictor(Protocol):
     classes: list[str]
     backbone: str
     config: dict[str, Any]
+    preprocessing: Preprocessing
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
@@ -56,7 +58,8 @@ class MicroBatcher:
         self.predict, self.max_batch, self.max_wait_s = predict, max_batch, max_wait_s
         self.queue: asyncio.Queue[tuple[Image.Image, asyncio.Future]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="imgcls-model")
-        self.batches: list[int] = []  # sizes of the batches run, for tests and /health
+        self.batches_run = 0
+        self.largest_batch = 0
 
     async def submit(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -80,7 +83,8 @@ class MicroBatcher:
     async def _run_batch(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Image.Image, asyncio.Future]]
     ) -> None:
-        self.batches.append(len(batch))
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
         try:
             probs = await loop.run_in_executor(self.executor, self.predict, [image for image, _ in batch])
         except Exception as exc:  # the model failed: fail these requests, keep serving
@@ -127,8 +131,8 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
         return {
             "status": "ok",
             "runtime": runtime,
-            "batches_run": len(batcher.batches),
-            "largest_batch": max(batcher.batches, default=0),
+            "batches_run": batcher.batches_run,
+            "largest_batch": batcher.largest_batch,
         }
 
     @app.get("/model")
@@ -138,7 +142,7 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
             "classes": predictor.classes,
             "runtime": runtime,
             "metrics": predictor.config.get("metrics", {}),
-            "preprocessing": predictor.config.get("preprocessing"),
+            "preprocessing": predictor.preprocessing.to_dict(),
         }
 
     @app.post("/predict")
@@ -147,7 +151,8 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
     ) -> list[dict[str, Any]]:
         if len(file) > limits.max_files:
             raise HTTPException(413, f"{len(file)} files in one request; the limit is {limits.max_files}")
-        images = [await _decode_upload(upload, limits) for upload in file]
+        min_side = predictor.preprocessing.resize_size  # the same reduced JPEG decode as the CLI
+        images = [await _decode_upload(upload, limits, min_side) for upload in file]
         probs = await batcher.submit(images)
         names = [upload.filename for upload in file]
         ranked = rank_classes(np.stack(probs), predictor.classes, names, limits.top_k)
@@ -160,7 +165,7 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
     return app
 
 
-async def _decode_upload(upload: UploadFile, limits: ServeLimits) -> Image.Image:
+async def _decode_upload(upload: UploadFile, limits: ServeLimits, min_side: int) -> Image.Image:
     """Read at most the size limit, then decode off the event loop; 413/415 with a reason."""
     data = await upload.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
@@ -168,7 +173,7 @@ async def _decode_upload(upload: UploadFile, limits: ServeLimits) -> Image.Image
             413, f"{upload.filename}: larger than the {limits.max_upload_bytes}-byte upload limit"
         )
     try:
-        return await run_in_threadpool(decode_rgb, data, name=upload.filename or "upload")
+        return await run_in_threadpool(decode_rgb, data, name=upload.filename or "upload", min_side=min_side)
     except UnreadableImageError as exc:
         status = 413 if "decompression bomb" in exc.reason else 415
         raise HTTPException(status, f"{upload.filename}: {exc.reason}") from exc
