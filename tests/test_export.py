@@ -88,3 +88,21 @@ def test_export_cli_uses_the_runs_validation_images(trained):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["images"] >= 6 and report["top1_agreement"] == 1.0
+
+
+def test_onnx_classifier_takes_the_same_inputs_as_the_torch_one(trained, real_images):
+    import numpy as np
+
+    from imgcls.errors import ConfigError
+    from imgcls.onnx_runtime import OnnxClassifier
+
+    export_model(trained, format="onnx", check_images=real_images)
+    clf = OnnxClassifier.load(trained)
+    path = real_images[0]
+    by_path = clf.predict(path)
+    by_bytes = clf.predict(path.read_bytes())
+    by_array = clf.predict(np.asarray(Image.open(path).convert("RGB")))
+    assert by_path.label == by_bytes.label == by_array.label
+    assert by_path.probability == pytest.approx(by_bytes.probability, abs=1e-6)
+    with pytest.raises(ConfigError, match="not available with the ONNX runtime"):
+        clf.predict(path, tta=True)

@@ -35,7 +35,7 @@ from imgcls.features import (
     feature_space,
     pooled_features,
 )
-from imgcls.images import decode_rgb, load_rgb, to_rgb
+from imgcls.images import ImageInput, as_rgb_image, to_rgb
 from imgcls.metrics import classification_report
 from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
 from imgcls.predictions import PathScores, Prediction, PredictionRun, rank_classes
@@ -45,8 +45,6 @@ from imgcls.splits import MANIFEST_NAME, SPLITS, read_manifest, splits_from_mani
 from imgcls.transforms import TTA_VIEWS, eval_transform, view_settings
 
 log = logging.getLogger(__name__)
-
-ImageInput = str | Path | Image.Image | np.ndarray | bytes
 
 
 @dataclass
@@ -172,7 +170,7 @@ class Classifier:
         With ``tta``, probabilities are averaged over the centre crop, the whole image and
         the mirror image of each.
         """
-        path, pil = _as_image(image, min_side=self.preprocessing.resize_size)
+        path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
         views = []
         for view in _views(tta):
             pre, flip = view_settings(self.preprocessing, view)
@@ -341,22 +339,6 @@ def _views(tta: bool) -> tuple[str, ...]:
 
 def _model_dir(path: Path) -> Path:
     return path / "model" if (path / "model" / "config.json").is_file() else path
-
-
-def _as_image(image: ImageInput, *, min_side: int) -> tuple[str | None, Image.Image]:
-    if isinstance(image, str | Path):
-        return str(image), load_rgb(image, min_side=min_side)
-    if isinstance(image, bytes):
-        return None, decode_rgb(image, min_side=min_side)
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise DataError(
-                f"an image array must be HxW or HxWxC uint8; got {image.dtype} with shape {image.shape}"
-            )
-        return None, to_rgb(Image.fromarray(image))
-    if isinstance(image, Image.Image):
-        return None, to_rgb(image)
-    raise DataError(f"cannot classify a {type(image).__name__}; pass a path, PIL image, uint8 array or bytes")
 
 
 def imagenet_class_names() -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import DataError, ImgclsError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
@@ -122,3 +122,24 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
         peak = 255.0
     scaled = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(scaled, mode="L").convert("RGB")
+
+
+ImageInput = str | Path | Image.Image | np.ndarray | bytes
+
+
+def as_rgb_image(image: ImageInput, *, min_side: int | None = None) -> tuple[str | None, Image.Image]:
+    """Any single-image input (path, encoded bytes, uint8 array, PIL image) as RGB, with its
+    path when it has one."""
+    if isinstance(image, str | Path):
+        return str(image), load_rgb(image, min_side=min_side)
+    if isinstance(image, bytes):
+        return None, decode_rgb(image, min_side=min_side)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise DataError(
+                f"an image array must be HxW or HxWxC uint8; got {image.dtype} with shape {image.shape}"
+            )
+        return None, to_rgb(Image.fromarray(image))
+    if isinstance(image, Image.Image):
+        return None, to_rgb(image)
+    raise DataError(f"cannot classify a {type(image).__name__}; pass a path, PIL image, uint8 array or bytes")

@@ -35,6 +35,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequen
     precision, recall, f1, support = _per_class(matrix)
     present = support > 0
     weights = support / support.sum()
+    reliability = reliability_bins(y_true, probs)
     report: dict[str, Any] = {
         "n": len(y_true),
         "accuracy": float((y_true == y_pred).mean()),
@@ -48,7 +49,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequen
         "weighted_f1": float((f1 * weights).sum()),
         "log_loss": log_loss(y_true, probs),
         "brier": brier_score(y_true, probs),
-        "ece": expected_calibration_error(y_true, probs),
+        "ece": _ece(reliability, len(y_true)),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -59,7 +60,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequen
             for i, name in enumerate(classes)
         },
         "confusion_matrix": matrix.tolist(),
-        "reliability": reliability_bins(y_true, probs),
+        "reliability": reliability,
     }
     return report
 
@@ -121,8 +122,11 @@ def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
     """Count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    rows = reliability_bins(y_true, probs, bins)
-    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / len(y_true))
+    return _ece(reliability_bins(y_true, probs, bins), len(y_true))
+
+
+def _ece(rows: list[dict[str, float]], n: int) -> float:
+    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / n)
 
 
 def format_report(report: dict[str, Any], classes: Sequence[str]) -> str:

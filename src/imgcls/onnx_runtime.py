@@ -19,7 +19,7 @@ from PIL import Image
 from imgcls.config import Preprocessing
 from imgcls.data import expand_inputs
 from imgcls.errors import ConfigError, DataError, ModelFormatError
-from imgcls.images import UnreadableImageError, load_rgb, to_rgb
+from imgcls.images import ImageInput, UnreadableImageError, as_rgb_image, load_rgb, to_rgb
 from imgcls.pixels import to_input_array
 from imgcls.predictions import PathScores, Prediction, PredictionRun, rank_classes, softmax
 
@@ -75,11 +75,12 @@ class OnnxClassifier:
         logits = self.session.run(None, {self._input: batch})[0]
         return softmax(logits.astype(np.float64)).astype(np.float32)
 
-    def predict(self, image: str | Path | Image.Image, *, top_k: int = 5) -> Prediction:
-        if isinstance(image, Image.Image):
-            return self._top([image], [None], top_k)[0]
-        pil = load_rgb(image, min_side=self.preprocessing.resize_size)
-        return self._top([pil], [str(image)], top_k)[0]
+    def predict(self, image: ImageInput, *, top_k: int = 5, tta: bool = False) -> Prediction:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes."""
+        if tta:
+            raise ConfigError("test-time augmentation is not available with the ONNX runtime")
+        path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
+        return self._top([pil], [path], top_k)[0]
 
     def _top(self, images: Sequence[Image.Image], paths: Sequence[str | None], k: int) -> list[Prediction]:
         return rank_classes(self.probabilities(images), self.classes, paths, k)
