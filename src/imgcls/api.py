@@ -6,7 +6,6 @@ features -> split -> fit head (and calibrate) -> evaluate -> save.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from imgcls.classifier import Classifier
 from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, scan_dataset
 from imgcls.errors import DataError
-from imgcls.model_io import versions, write_json
+from imgcls.model_io import versions, write_csv_atomic, write_json
 from imgcls.probe import FeaturedDataset, ProbeFit, featurize, fit_and_score, install_head, split_mistakes
 from imgcls.report import write_report
 from imgcls.splits import MANIFEST_NAME, assign_splits, check_splits, split_counts, write_manifest
@@ -162,7 +161,4 @@ def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def write_skipped(path: Path, unreadable: dict[str, str]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "reason"])
-        writer.writerows(sorted(unreadable.items()))
+    write_csv_atomic(path, ["path", "reason"], sorted(unreadable.items()))

@@ -113,6 +113,13 @@ class Classifier:
         return str(self.config["backbone"]["name"])
 
     @property
+    def run_dir(self) -> Path | None:
+        """The training run's directory (``RUN_DIR`` of ``RUN_DIR/model``), if saved."""
+        if self.directory is None:
+            return None
+        return self.directory.parent if self.directory.name == "model" else self.directory
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.config.get("metrics", {}))
 

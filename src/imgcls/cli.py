@@ -405,7 +405,7 @@ def _write_evaluation_report(clf: Any, result: Any, args: argparse.Namespace) ->
     from imgcls.model_io import write_json
     from imgcls.report import write_report
 
-    run_dir = clf.directory.parent if clf.directory.name == "model" else clf.directory
+    run_dir = clf.run_dir
     path = Path(args.report) if args.report else run_dir / f"report-{result.split}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path.with_name(f"evaluation-{result.split}.json"), result.to_dict())

@@ -149,7 +149,7 @@ def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndar
 
 
 def _run_images(clf: Classifier) -> list[Path]:
-    run_dir = clf.directory.parent if clf.directory is not None else None
+    run_dir = clf.run_dir
     if (
         run_dir is None
         or not (run_dir / "run_config.json").is_file()

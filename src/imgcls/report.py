@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.model_io import write_text_atomic
+
 GALLERY_SIZE = 24
 THUMBNAIL_PX = 192
 
@@ -77,9 +79,7 @@ def write_report(
         ),
         _gallery_html(mistakes),
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_PAGE.format(title=html.escape(title), body="\n".join(parts)), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, _PAGE.format(title=html.escape(title), body="\n".join(parts)))
     return path
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from imgcls.data import TEST, TRAIN, VAL, ImageRecord
 from imgcls.errors import DataError
+from imgcls.model_io import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,8 @@ def split_counts(splits: Sequence[str]) -> dict[str, int]:
 
 def write_manifest(path: Path, records: Sequence[ImageRecord], splits: Sequence[str]) -> None:
     """Write ``path,label,split`` rows (paths relative to the data root)."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        for record, split in zip(records, splits, strict=True):
-            writer.writerow([record.path, record.label, split])
-    tmp.replace(path)
+    rows = ([r.path, r.label, split] for r, split in zip(records, splits, strict=True))
+    write_csv_atomic(path, ["path", "label", "split"], rows)
 
 
 def read_manifest(path: Path) -> dict[str, tuple[str, str]]:
@@ -172,11 +168,9 @@ def write_fold_manifest(
     path: Path, records: Sequence[ImageRecord], folds_by_repeat: Sequence[Sequence[int]]
 ) -> None:
     """Write ``path,label,repeat,fold`` rows, one per record and repeat."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "repeat", "fold"])
-        for repeat, folds in enumerate(folds_by_repeat):
-            for record, fold in zip(records, folds, strict=True):
-                writer.writerow([record.path, record.label, repeat, fold])
-    tmp.replace(path)
+    rows = (
+        [record.path, record.label, repeat, fold]
+        for repeat, folds in enumerate(folds_by_repeat)
+        for record, fold in zip(records, folds, strict=True)
+    )
+    write_csv_atomic(path, ["path", "label", "repeat", "fold"], rows)
