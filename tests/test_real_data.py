@@ -44,3 +44,16 @@ def test_clothing_small_probe_and_calibration_on_the_test_split(tmp_path):
     # ECE 0.029) and the validation temperature (1.11) raises it to 0.044 (see BENCHMARKS.md).
     assert calibrated.metrics["val"]["log_loss"] <= plain.metrics["val"]["log_loss"] + 1e-9
     assert calibrated.metrics["calibration"]["test_ece_before"] == pytest.approx(plain.metrics["test"]["ece"])
+
+
+def test_hymenoptera_finetune(tmp_path):
+    data = shared_dataset("hymenoptera")
+    clf = imgcls.train(data, tmp_path / "run", config=TrainConfig(strategy="finetune"))
+    val = clf.metrics["val"]
+    assert val["accuracy"] >= 0.96
+    tuned = clf.metrics["finetune"]
+    # Early stopping keeps the best epoch, the fitted probe head (epoch 0) included.
+    assert val["accuracy"] >= tuned["probe"]["val"]["accuracy"]
+    assert (tmp_path / "run" / "history.csv").is_file() and (tmp_path / "run" / "curves.png").is_file()
+    reloaded = imgcls.load(tmp_path / "run")
+    assert reloaded.evaluate(data, split="val").accuracy == pytest.approx(val["accuracy"])

@@ -22,11 +22,12 @@ __all__ = [
     "compare",
     "cross_validate",
     "load",
+    "resume",
     "train",
 ]
 
 if TYPE_CHECKING:
-    from imgcls.api import load, train
+    from imgcls.api import load, resume, train
     from imgcls.classifier import Classifier, Evaluation, Prediction
     from imgcls.config import TrainConfig
     from imgcls.crossval import compare, cross_validate
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "train": "imgcls.api",
     "load": "imgcls.api",
+    "resume": "imgcls.api",
     "cross_validate": "imgcls.crossval",
     "compare": "imgcls.crossval",
     "Classifier": "imgcls.classifier",

@@ -6,15 +6,20 @@ features -> split -> fit head (and calibrate) -> evaluate -> save.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from imgcls.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from imgcls.classifier import Classifier
 from imgcls.config import TrainConfig
-from imgcls.data import TEST, TRAIN, VAL, scan_dataset
+from imgcls.data import TEST, TRAIN, VAL, DatasetScan, scan_dataset
 from imgcls.errors import DataError
+from imgcls.finetune import Finetuned, finetune
+from imgcls.finetune_plan import choose_strategy, resolve_device
+from imgcls.history import write_history
 from imgcls.model_io import versions, write_csv_atomic, write_json
 from imgcls.probe import FeaturedDataset, ProbeFit, featurize, fit_and_score, install_head, split_mistakes
 from imgcls.report import write_report
@@ -23,6 +28,7 @@ from imgcls.splits import MANIFEST_NAME, assign_splits, check_splits, split_coun
 log = logging.getLogger(__name__)
 
 SKIPPED_NAME = "skipped.csv"
+RUN_CONFIG_NAME = "run_config.json"
 
 
 def train(
@@ -34,6 +40,7 @@ def train(
     weights: str | Path | None = None,
     pretrained: bool | None = None,
     seed: int | None = None,
+    strategy: str | None = None,
     overwrite: bool = False,
 ) -> Classifier:
     """Train a classifier on a folder of labelled images (one sub-folder per class).
@@ -41,8 +48,10 @@ def train(
     Args:
         data: the image folder; ``train/`` + ``val/`` + ``test/`` sub-folders are honoured.
         output: run directory to write (model/, metrics.json, report.html, splits.csv, run_config.json,
-            skipped.csv); ``None`` keeps everything in memory.
+            skipped.csv, and for fine-tuning history.csv, curves.png and a checkpoint while it
+            runs); ``None`` keeps everything in memory.
         config: full settings; the keyword arguments below override its fields.
+        strategy: ``probe`` (linear head on frozen features), ``finetune`` or ``auto``.
         overwrite: allow writing into an existing, non-empty run directory.
 
     Returns:
@@ -54,17 +63,49 @@ def train(
         "weights": str(weights) if weights else None,
         "pretrained": pretrained,
         "seed": seed,
+        "strategy": strategy,
     }
     cfg = (config or TrainConfig()).with_overrides(overrides)
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
-    featured = featurize(scan_dataset(data), cfg)
-    splits = assign_splits(
-        featured.records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
-    )
-    check_splits(featured.records, splits, featured.classes)
-    log.info("splits: %s", ", ".join(f"{k} {v}" for k, v in split_counts(splits).items()))
-    fit = fit_and_score(featured, splits, cfg)
-    install_head(featured.model, fit.head)
+    return _train(scan_dataset(data), cfg, run_dir, started=started)
+
+
+def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
+    """Continue an interrupted fine-tuning run from its last checkpoint (same settings and seed).
+
+    ``data`` overrides the data folder recorded in the run (if it moved).
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    cfg = TrainConfig().with_overrides(saved["train"])
+    if cfg.strategy == "probe":
+        raise DataError(f"{run_dir} is a probe run; probes are not checkpointed, train it again")
+    payload = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    return _train(scan_dataset(data or saved["data"]), cfg, run_dir, started=started, resume_from=payload)
+
+
+def _train(
+    scan: DatasetScan,
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    *,
+    started: float,
+    resume_from: dict[str, Any] | None = None,
+) -> Classifier:
+    if run_dir is not None:  # first, so that an interrupted run can be resumed
+        write_json(run_dir / RUN_CONFIG_NAME, {"train": cfg.to_dict(), "data": str(scan.root.resolve())})
+    choice = _resolve_auto(scan, cfg) if cfg.strategy == "auto" else None
+    if cfg.strategy == "probe" or (choice is not None and choice["strategy"] == "probe"):
+        featured, splits, fit = _probe(scan, cfg)
+        tuned = None
+    else:
+        deadline = started + cfg.time_limit if cfg.time_limit else None
+        tuned = finetune(scan, cfg, run_dir=run_dir, deadline=deadline, resume=resume_from)
+        featured, splits, fit = tuned.featured, tuned.splits, tuned.fit
+        fit.metrics["finetune"] = tuned.summary()
+    if choice is not None:
+        fit.metrics["auto"] = choice
     fit.metrics["timing"] = {
         "extract_s": round(featured.extract_seconds, 2),
         "total_s": round(time.perf_counter() - started, 2),
@@ -73,13 +114,38 @@ def train(
         featured.model,
         classes=featured.classes,
         preprocessing=featured.preprocessing,
-        config=_model_config(featured, cfg, fit),
+        config=_model_config(featured, cfg, fit, tuned),
     )
     if run_dir is not None:
         _save_run(run_dir, clf, featured, splits, cfg, fit.metrics)
+        if tuned is not None:
+            write_history(run_dir, tuned.state.history)
+            (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # finished: nothing left to resume
         if cfg.report:
             _write_train_report(run_dir, featured, fit)
     return clf
+
+
+def _resolve_auto(scan: DatasetScan, cfg: TrainConfig) -> dict[str, str]:
+    splits = assign_splits(
+        scan.records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
+    n_train = sum(s == TRAIN for s in splits)
+    strategy, reason = choose_strategy(n_train, resolve_device(cfg.device), cfg.time_limit)
+    log.info("strategy auto -> %s: %s", strategy, reason)
+    return {"strategy": strategy, "reason": reason}
+
+
+def _probe(scan: DatasetScan, cfg: TrainConfig) -> tuple[FeaturedDataset, list[str], ProbeFit]:
+    featured = featurize(scan, cfg)
+    splits = assign_splits(
+        featured.records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
+    check_splits(featured.records, splits, featured.classes)
+    log.info("splits: %s", ", ".join(f"{k} {v}" for k, v in split_counts(splits).items()))
+    fit = fit_and_score(featured, splits, cfg)
+    install_head(featured.model, fit.head)
+    return featured, splits, fit
 
 
 def load(directory: str | Path) -> Classifier:
@@ -100,8 +166,12 @@ def prepare_output_dir(path: Path, *, overwrite: bool) -> Path:
     return path
 
 
-def _model_config(featured: FeaturedDataset, cfg: TrainConfig, fit: ProbeFit) -> dict[str, Any]:
+def _model_config(
+    featured: FeaturedDataset, cfg: TrainConfig, fit: ProbeFit, tuned: Finetuned | None
+) -> dict[str, Any]:
     head: dict[str, Any] = {"type": "logistic_regression", "C": fit.head.c}
+    if tuned is not None:
+        head = {"type": "finetuned", "initial_head_C": fit.head.c, "best_epoch": tuned.state.best_epoch}
     if "calibration" in fit.metrics:
         head["temperature"] = fit.metrics["calibration"]["temperature"]
     return {
@@ -110,7 +180,8 @@ def _model_config(featured: FeaturedDataset, cfg: TrainConfig, fit: ProbeFit) ->
             "timm_arch": featured.spec.timm_arch,
             "weights": featured.weights.to_dict(),
         },
-        "strategy": cfg.strategy,
+        "strategy": "finetune" if tuned is not None else "probe",  # what ran (auto picks one)
+        "finetune": tuned.plan.to_dict() if tuned is not None else None,
         "head": head,
         "seed": cfg.seed,
         "metrics": {k: v for k, v in fit.metrics.items() if k in (VAL, TEST, TRAIN, "calibration")},
@@ -129,7 +200,7 @@ def _save_run(
     write_manifest(run_dir / MANIFEST_NAME, featured.records, splits)
     write_skipped(run_dir / SKIPPED_NAME, featured.unreadable)
     write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "run_config.json", run_config(featured, cfg))
+    write_json(run_dir / RUN_CONFIG_NAME, run_config(featured, cfg))
     clf.save(run_dir / "model")
     log.info("saved run to %s", run_dir)
 
@@ -158,6 +229,16 @@ def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:
         "backbone": {"name": featured.spec.name, "weights": featured.weights.to_dict()},
         "versions": versions(),
     }
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_CONFIG_NAME
+    if not path.is_file():
+        raise DataError(f"{run_dir} is not a run directory: it has no {RUN_CONFIG_NAME}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def write_skipped(path: Path, unreadable: dict[str, str]) -> None:

@@ -52,12 +52,15 @@ class WeightsInfo:
         return data
 
 
-def create_network(spec: BackboneSpec, *, num_classes: int) -> nn.Module:
-    """An untrained timm network for ``spec`` (no download ever happens here)."""
+def create_network(
+    spec: BackboneSpec, *, num_classes: int, options: dict[str, Any] | None = None
+) -> nn.Module:
+    """An untrained timm network for ``spec`` (no download ever happens here); ``options`` are
+    extra model arguments such as ``drop_rate`` and ``drop_path_rate``."""
     import timm
 
     try:
-        return timm.create_model(spec.timm_arch, pretrained=False, num_classes=num_classes)
+        return timm.create_model(spec.timm_arch, pretrained=False, num_classes=num_classes, **(options or {}))
     except Exception as exc:  # timm raises RuntimeError/ValueError/TypeError for bad arch args
         raise BackboneError(f"cannot build backbone {spec.name} ({spec.timm_arch}): {exc}") from exc
 
@@ -68,24 +71,25 @@ def build_network(
     num_classes: int,
     weights: str | Path | None = None,
     pretrained: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, WeightsInfo]:
     """A network with its pretrained weights; see the module docstring for the search order."""
     if weights is not None:
-        model = create_network(spec, num_classes=num_classes)
+        model = create_network(spec, num_classes=num_classes, options=options)
         report = load_matching(model, read_state_dict(weights), source=f"file {weights}", arch=spec.name)
         return model, WeightsInfo("file", str(weights), report)
     if not pretrained:
-        return create_network(spec, num_classes=num_classes), WeightsInfo("random-init")
+        return create_network(spec, num_classes=num_classes, options=options), WeightsInfo("random-init")
     local = locate_local_weights(spec)
     if local is not None:
-        return _from_local(spec, local, num_classes=num_classes)
-    return _from_hub(spec, num_classes=num_classes)
+        return _from_local(spec, local, num_classes=num_classes, options=options)
+    return _from_hub(spec, num_classes=num_classes, options=options)
 
 
 def _from_local(
-    spec: BackboneSpec, local: LocalWeights, *, num_classes: int
+    spec: BackboneSpec, local: LocalWeights, *, num_classes: int, options: dict[str, Any] | None
 ) -> tuple[nn.Module, WeightsInfo]:
-    model = create_network(spec, num_classes=num_classes)
+    model = create_network(spec, num_classes=num_classes, options=options)
     state_dict = read_state_dict(local.path)
     # Packaged weights must map exactly; anything else goes through the tolerant matcher.
     strict = local.kind == "package"
@@ -94,14 +98,18 @@ def _from_local(
     return model, WeightsInfo(local.kind, str(local.path), report)
 
 
-def _from_hub(spec: BackboneSpec, *, num_classes: int) -> tuple[nn.Module, WeightsInfo]:
+def _from_hub(
+    spec: BackboneSpec, *, num_classes: int, options: dict[str, Any] | None
+) -> tuple[nn.Module, WeightsInfo]:
     if spec.pretrained_tag is None or not hub_reachable():
         raise WeightsError(_no_weights_message(spec))
     import timm
 
     log.info("downloading pretrained weights for %s from the hub", spec.pretrained_name)
     try:
-        model = timm.create_model(spec.pretrained_name, pretrained=True, num_classes=num_classes)
+        model = timm.create_model(
+            spec.pretrained_name, pretrained=True, num_classes=num_classes, **(options or {})
+        )
     except Exception as exc:  # network, HTTP and file errors from huggingface_hub/torch.hub
         raise WeightsError(
             f"downloading weights for {spec.pretrained_name} failed: {exc}. {_no_weights_message(spec)}"

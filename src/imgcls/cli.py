@@ -95,9 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 # -- train ------------------------------------------------------------------------------------
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False) -> None:
     """Options shared by train, cv and compare (everything that shapes features and the head)."""
-    p.add_argument("data", help="image folder: one sub-folder per class, optionally under train/ val/ test/")
+    p.add_argument(
+        "data",
+        nargs="?" if data_optional else None,
+        help="image folder: one sub-folder per class, optionally under train/ val/ test/"
+        + (" (with --resume: the run's own)" if data_optional else ""),
+    )
     p.add_argument(
         "--weights",
         metavar="FILE",
@@ -146,8 +151,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    _add_model_options(p)
+    _add_model_options(p, data_optional=True)
     p.add_argument("-o", "--output", help="run directory to write (default: runs/<data>-<time>)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted fine-tuning run from its checkpoint (its saved settings apply)",
+    )
+    _add_finetune_options(p)
     p.add_argument(
         "--backbone",
         help="backbone name, 'arch.tag', or any timm architecture (default: efficientnet_lite0)",
@@ -170,6 +181,42 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_finetune_options(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import AUGMENT_PRESETS, CLASS_WEIGHTS, DEVICES, PRECISIONS
+
+    group = p.add_argument_group("fine-tuning (--strategy finetune or auto)")
+    group.add_argument("--epochs", type=_positive_int, help="most epochs to train (default: by data size)")
+    group.add_argument(
+        "--lr", type=float, help="peak AdamW learning rate of the top layer (default: by mode)"
+    )
+    group.add_argument(
+        "--freeze-epochs",
+        type=_non_negative_int,
+        help="epochs that train only the head before the body unfreezes (default: 0; the head starts fitted)",
+    )
+    group.add_argument(
+        "--unfreeze",
+        metavar="all|last-N|auto",
+        help="which stages train: all, or the last N on cached activations (default: auto = "
+        "last-2 on a CPU, all on a GPU)",
+    )
+    group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
+    group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
+    group.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: auto)")
+    group.add_argument("--patience", type=_positive_int, help="early-stopping patience in epochs")
+    group.add_argument(
+        "--time-limit",
+        type=_duration,
+        metavar="DURATION",
+        help="stop gracefully by this wall time (e.g. 90s, 10m, 1h) and keep the best model",
+    )
+    group.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        help="auto: weight the loss by inverse class frequency (default: none)",
+    )
+
+
 def _strategies() -> Sequence[str]:
     from imgcls.config import STRATEGIES
 
@@ -179,6 +226,8 @@ def _strategies() -> Sequence[str]:
 _CONFIG_FIELDS = (
     "backbone", "weights", "pretrained", "strategy", "seed", "val_fraction", "test_fraction",
     "batch_size", "workers", "input_size", "cache_dir", "use_cache", "calibrate", "report",
+    "epochs", "lr", "freeze_epochs", "unfreeze", "augment", "device", "precision", "patience",
+    "time_limit", "class_weights",
 )  # fmt: skip
 
 
@@ -193,12 +242,18 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from imgcls.api import train
+    from imgcls.api import resume, train
 
-    config = _config_from_args(args)
-    output = Path(args.output) if args.output else _default_run_dir(args.data)
     started = time.perf_counter()
-    clf = train(args.data, output, config=config, overwrite=args.overwrite)
+    if args.resume:
+        output = Path(args.resume)
+        clf = resume(output, data=args.data)
+    elif args.data is None:
+        raise SystemExit("imgcls train: the image folder DATA is required (unless --resume RUN_DIR)")
+    else:
+        config = _config_from_args(args)
+        output = Path(args.output) if args.output else _default_run_dir(args.data)
+        clf = train(args.data, output, config=config, overwrite=args.overwrite)
     if args.json:
         _print_json({"run_dir": str(output), "metrics": clf.metrics, "unreadable": clf.config["unreadable"]})
         return 0
@@ -328,6 +383,16 @@ def _run_compare(args: argparse.Namespace) -> int:
         f"t = {test['t']:.3f}, p = {test['p_value']:.4f} ({test['method']})"
     )
     return 0
+
+
+def _duration(text: str) -> float:
+    from imgcls.config import parse_duration
+    from imgcls.errors import ConfigError
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -643,6 +708,51 @@ def _run_models(args: argparse.Namespace) -> int:
 # -- demo -------------------------------------------------------------------------------------
 
 
+def _add_inspect_data(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import AUGMENT_PRESETS, DEFAULT_BACKBONE
+
+    p.add_argument("data", help="image folder: one sub-folder per class, optionally under train/ val/ test/")
+    p.add_argument("--augment", choices=AUGMENT_PRESETS, default="standard", help="preset to show")
+    p.add_argument("--output", metavar="PNG", help="save a grid of augmented views here")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="whose preprocessing to use")
+    p.add_argument("--input-size", type=_positive_int, help="view size in pixels (default: the backbone's)")
+    p.add_argument("--rows", type=_positive_int, default=6, help="images in the grid (default: 6)")
+    p.add_argument("--views", type=_positive_int, default=6, help="augmented views per image (default: 6)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="as for train (default: 0.2)")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="as for train (default: 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+
+def _run_inspect_data(args: argparse.Namespace) -> int:
+    from imgcls.data import scan_dataset
+    from imgcls.inspect_data import augmentation_grid, summarise
+
+    scan = scan_dataset(args.data)
+    summary = summarise(
+        scan, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+    )
+    grid = None
+    if args.output:
+        grid = augmentation_grid(
+            scan,
+            Path(args.output),
+            backbone=args.backbone,
+            augment=args.augment,
+            input_size=args.input_size,
+            rows=args.rows,
+            views=args.views,
+            seed=args.seed,
+        )
+    if args.json:
+        _print_json({**summary.to_dict(), "grid": str(grid) if grid else None})
+        return 0
+    print(summary.table())
+    if grid is not None:
+        print(f"\naugmentation grid ({args.augment}): {grid}  (first column: the eval view)")
+    return 0
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
@@ -700,6 +810,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
     "cv": (_add_cv, _run_cv, "k-fold cross-validation with mean, std and a 95%% interval"),
     "compare": (_add_compare, _run_compare, "cross-validate several backbones on the same folds"),
     "models": (_add_models, _run_models, "list the named backbones and where their weights are"),
+    "inspect-data": (
+        _add_inspect_data,
+        _run_inspect_data,
+        "class counts per split, and a picture grid of augmented training views",
+    ),
     "demo": (
         _add_demo,
         _run_demo,

@@ -16,7 +16,11 @@ from typing import Any
 from imgcls.errors import ConfigError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-STRATEGIES = ("probe",)
+STRATEGIES = ("probe", "finetune", "auto")
+AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLASS_WEIGHTS = ("none", "auto")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,18 @@ class TrainConfig:
     use_cache: bool = True
     calibrate: bool = False
     report: bool = True
+    # Fine-tuning (strategy finetune/auto); None = a default that depends on the data size.
+    epochs: int | None = None
+    lr: float | None = None
+    freeze_epochs: int = 0
+    unfreeze: str = "auto"
+    augment: str = "standard"
+    device: str = "auto"
+    precision: str = "auto"
+    patience: int | None = None
+    time_limit: float | None = None
+    class_weights: str = "none"
+    label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)
@@ -86,6 +102,23 @@ class TrainConfig:
             raise ConfigError(f"input_size must be at least 16 pixels, got {self.input_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        _check_choice("augment", self.augment, AUGMENT_PRESETS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        parse_unfreeze(self.unfreeze)
+        for name in ("epochs", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ConfigError(f"time_limit must be positive seconds, got {self.time_limit}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weights is not None and not self.pretrained:
             raise ConfigError("--weights and --no-pretrained contradict each other; pick one")
 
@@ -100,6 +133,40 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def parse_unfreeze(value: str) -> int | None:
+    """``all`` -> ``None`` (every stage), ``last-N`` -> N, ``auto`` -> 0 (decided per device)."""
+    if value == "all":
+        return None
+    if value == "auto":
+        return 0
+    prefix, _, count = value.partition("-")
+    if prefix != "last" or not count.isdigit() or int(count) < 1:
+        raise ConfigError(
+            f"unfreeze must be 'auto', 'all' or 'last-N' with N >= 1 (e.g. last-2), got {value!r}"
+        )
+    return int(count)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale is not None else text
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ConfigError(f"cannot read duration {text!r}; write e.g. 90s, 10m or 1.5h") from None
+    if seconds <= 0:
+        raise ConfigError(f"duration must be positive, got {text!r}")
+    return seconds
 
 
 def _check_fraction(name: str, value: float) -> None:

@@ -49,22 +49,24 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
 
 
-def feature_space(model: nn.Module, pre: Preprocessing, *, flip: bool = False) -> str:
-    """Digest of everything that decides a feature vector: backbone tensors + preprocessing."""
+def feature_space(model: nn.Module, pre: Preprocessing, *, flip: bool = False, output: str = "pooled") -> str:
+    """Digest of everything that decides a feature vector: backbone tensors + preprocessing.
+
+    ``output`` names what is stored: ``pooled`` features, or e.g. ``trunk-5`` (the activation
+    maps after the first five stages).
+    """
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(
-        json.dumps(
-            {
-                "format": CACHE_FORMAT,
-                "pre": pre.to_dict(),
-                "flip": flip,
-                "net": type(model).__name__,
-                # BatchNorm eps and padding mode are not in the state dict; the architecture name is.
-                "arch": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
-            },
-            sort_keys=True,
-        ).encode()
-    )
+    described = {
+        "format": CACHE_FORMAT,
+        "pre": pre.to_dict(),
+        "flip": flip,
+        "net": type(model).__name__,
+        # BatchNorm eps and padding mode are not in the state dict; the architecture name is.
+        "arch": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+    }
+    if output != "pooled":
+        described["output"] = output
+    digest.update(json.dumps(described, sort_keys=True).encode())
     head = classifier_prefix(model) + "."
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(head):
@@ -96,7 +98,7 @@ class FeatureCache:
         name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp = self.directory / f".{name}.tmp"  # not *.npz: readers never see a half-written shard
         with tmp.open("wb") as handle:
-            np.savez(handle, digests=np.array(digests, dtype="S32"), features=features.astype(np.float32))
+            np.savez(handle, digests=np.array(digests, dtype="S32"), features=features)
         tmp.replace(self.directory / f"{name}.npz")
 
     def _load(self) -> None:
@@ -153,6 +155,15 @@ def _collate(
     return [i for i, _ in ok], batch, failures
 
 
+Embedding = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _storage_dtype(output: torch.Tensor) -> np.ndarray:
+    """float32, also for activation maps: a model scored on cached maps must score exactly as
+    it does on images."""
+    return output.float().contiguous().numpy()
+
+
 def pooled_features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """The backbone's pooled, pre-logits features (what the classifier sees)."""
     batch = batch.contiguous(memory_format=torch.channels_last)
@@ -169,10 +180,12 @@ def extract_features(
     batch_size: int = 32,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    embed: Embedding | None = None,
 ) -> Extraction:
     """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise.
 
-    ``cache`` must belong to the feature space of ``model``, ``pre`` and ``flip``.
+    ``embed`` maps an input batch to features (default: the pooled features of ``model``);
+    ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip`` and ``embed``.
     """
     started = time.perf_counter()
     failures: dict[int, str] = {}
@@ -194,7 +207,8 @@ def extract_features(
         num_workers=workers if todo else 0,
         collate_fn=_collate,
     )
-    computed = _compute(model, loader, digests, cache, failures, progress)
+    embed = embed or (lambda batch: pooled_features(model, batch))
+    computed = _compute(embed, loader, digests, cache, failures, progress)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started
@@ -202,7 +216,7 @@ def extract_features(
 
 
 def _compute(
-    model: nn.Module,
+    embed: Embedding,
     loader: DataLoader,
     digests: list[str | None],
     cache: FeatureCache,
@@ -220,7 +234,7 @@ def _compute(
         for indices, batch, batch_failures in loader:
             failures.update(batch_failures)
             if batch is not None:
-                feats = pooled_features(model, batch).float().numpy()
+                feats = _storage_dtype(embed(batch.contiguous(memory_format=torch.channels_last)))
                 for index, row in zip(indices, feats, strict=True):
                     computed[digests[index]] = row  # type: ignore[index]
                     pending.append(digests[index])  # type: ignore[arg-type]
@@ -245,5 +259,5 @@ def _assemble(
 ) -> Extraction:
     readable = np.array([i not in failures for i in range(len(paths))], dtype=bool)
     rows = [known[d] for i, d in enumerate(digests) if readable[i] and d is not None]
-    features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+    features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     return Extraction(features=features, readable=readable, failures=failures, computed=computed_count)

@@ -44,20 +44,26 @@ def fit_linear_head(
     num_classes: int,
     seed: int,
     c_grid: tuple[float, ...] = C_GRID,
+    balanced: bool = False,
 ) -> LinearHead:
-    """Fit the head; ``labels`` are class indices in ``range(num_classes)``."""
+    """Fit the head; ``labels`` are class indices in ``range(num_classes)``.
+
+    ``balanced`` weights every class equally (inverse class frequency) and picks C by
+    balanced accuracy.
+    """
     mean = features.mean(axis=0)
     scale = features.std(axis=0) + 1e-6
     standardised = (features - mean) / scale
-    scores = _cross_validate(standardised, labels, c_grid=c_grid, seed=seed)
+    scores = _cross_validate(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
     best_c = max(scores, key=lambda c: (round(scores[c], 6), -abs(np.log10(c))))
     log.info(
-        "logistic head: C=%s chosen by %d-fold CV on train (accuracy %.3f)",
+        "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f)",
         best_c,
         CV_FOLDS,
+        "balanced " if balanced else "",
         scores[best_c],
     )
-    weight, bias = _fit(standardised, labels, c=best_c, num_classes=num_classes)
+    weight, bias = _fit(standardised, labels, c=best_c, num_classes=num_classes, balanced=balanced)
     # Fold the standardisation into the layer: w' = w / s, b' = b - w' . mean
     weight = weight / scale
     bias = bias - weight @ mean
@@ -67,8 +73,9 @@ def fit_linear_head(
 
 
 def _cross_validate(
-    x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int
+    x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
 ) -> dict[float, float]:
+    from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedKFold
 
     folds = min(CV_FOLDS, int(np.bincount(y).min()))
@@ -77,16 +84,21 @@ def _cross_validate(
     if len(c_grid) == 1:
         return {c_grid[0]: float("nan")}
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    correct = dict.fromkeys(c_grid, 0)
+    predicted = {c: np.empty_like(y) for c in c_grid}
     for train_idx, test_idx in splitter.split(x, y):
         for c in c_grid:
-            model = _fit_sklearn(x[train_idx], y[train_idx], c=c)
-            correct[c] += int((model.predict(x[test_idx]) == y[test_idx]).sum())
-    return {c: correct[c] / len(y) for c in c_grid}
+            predicted[c][test_idx] = _fit_sklearn(x[train_idx], y[train_idx], c=c, balanced=balanced).predict(
+                x[test_idx]
+            )
+    if balanced:
+        return {c: float(balanced_accuracy_score(y, p)) for c, p in predicted.items()}
+    return {c: float((p == y).mean()) for c, p in predicted.items()}
 
 
-def _fit(x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    model = _fit_sklearn(x, y, c=c)
+def _fit(
+    x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int, balanced: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    model = _fit_sklearn(x, y, c=c, balanced=balanced)
     if len(model.classes_) != num_classes:
         raise DataError(
             f"every class needs readable training images; {len(model.classes_)} of {num_classes} have some"
@@ -99,11 +111,12 @@ def _fit(x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int) -> tuple[n
     return model.coef_, model.intercept_
 
 
-def _fit_sklearn(x: np.ndarray, y: np.ndarray, *, c: float):  # noqa: ANN202 - sklearn estimator
+def _fit_sklearn(x: np.ndarray, y: np.ndarray, *, c: float, balanced: bool = False):  # noqa: ANN202
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     with warnings.catch_warnings():
         # lbfgs may stop at MAX_ITER on hard data; the chosen C is still the best we found.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(C=c, max_iter=MAX_ITER, tol=1e-4).fit(x, y)
+        weights = "balanced" if balanced else None
+        return LogisticRegression(C=c, max_iter=MAX_ITER, tol=1e-4, class_weight=weights).fit(x, y)

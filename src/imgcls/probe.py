@@ -55,8 +55,19 @@ def featurize(scan: DatasetScan, cfg: TrainConfig) -> FeaturedDataset:
     """Build the configured backbone and extract features for every image in ``scan``."""
     spec = get_backbone(cfg.backbone)
     pre = resolve_preprocessing(spec, input_size=cfg.input_size)
-    model, info = _build(spec, cfg, num_classes=len(scan.classes))
-    extraction = _extract(model, scan, pre, cfg)
+    model, info = build_model(spec, cfg, num_classes=len(scan.classes))
+    return featured_dataset(scan, spec, pre, model, info, extract_for(model, scan, pre, cfg))
+
+
+def featured_dataset(
+    scan: DatasetScan,
+    spec: BackboneSpec,
+    pre: Preprocessing,
+    model: nn.Module,
+    info: WeightsInfo,
+    extraction: Extraction,
+) -> FeaturedDataset:
+    """Pair the readable images with their features and class indices."""
     readable = [r for r, ok in zip(scan.records, extraction.readable, strict=True) if ok]
     index = {name: i for i, name in enumerate(scan.classes)}
     labels = np.array([index[r.label] for r in readable], dtype=np.int64)
@@ -66,9 +77,15 @@ def featurize(scan: DatasetScan, cfg: TrainConfig) -> FeaturedDataset:
     )
 
 
-def _build(spec: BackboneSpec, cfg: TrainConfig, *, num_classes: int) -> tuple[nn.Module, WeightsInfo]:
+def build_model(
+    spec: BackboneSpec, cfg: TrainConfig, *, num_classes: int, options: dict[str, Any] | None = None
+) -> tuple[nn.Module, WeightsInfo]:
+    """The configured network with its pretrained weights, in eval mode and channels_last;
+    ``options`` go to the model factory (e.g. dropout rates)."""
     torch.manual_seed(cfg.seed)  # random init (and any new head) is reproducible
-    model, info = build_network(spec, num_classes=num_classes, weights=cfg.weights, pretrained=cfg.pretrained)
+    model, info = build_network(
+        spec, num_classes=num_classes, weights=cfg.weights, pretrained=cfg.pretrained, options=options
+    )
     if not info.pretrained:
         log.warning(
             "NO PRETRAINED WEIGHTS: %s starts from random init (--no-pretrained); expect far lower accuracy",
@@ -79,9 +96,18 @@ def _build(spec: BackboneSpec, cfg: TrainConfig, *, num_classes: int) -> tuple[n
     return prepare_for_inference(model), info
 
 
-def _extract(model: nn.Module, scan: DatasetScan, pre: Preprocessing, cfg: TrainConfig) -> Extraction:
+def extract_for(
+    model: nn.Module,
+    scan: DatasetScan,
+    pre: Preprocessing,
+    cfg: TrainConfig,
+    *,
+    embed: nn.Module | None = None,
+    output: str = "pooled",
+) -> Extraction:
+    """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    cache = FeatureCache(cache_root if cfg.use_cache else None, feature_space(model, pre))
+    cache = FeatureCache(cache_root if cfg.use_cache else None, feature_space(model, pre, output=output))
     paths = [scan.absolute(r) for r in scan.records]
     extraction = extract_features(
         model,
@@ -90,7 +116,8 @@ def _extract(model: nn.Module, scan: DatasetScan, pre: Preprocessing, cfg: Train
         cache=cache,
         batch_size=cfg.batch_size,
         workers=resolve_workers(cfg.workers, len(paths)),
-        progress=ProgressLog("extracting features"),
+        progress=ProgressLog("extracting features" if output == "pooled" else "caching activations"),
+        embed=embed,
     )
     cached = len(paths) - extraction.computed - len(extraction.failures)
     log.info(
@@ -126,7 +153,11 @@ def fit_and_score(data: FeaturedDataset, splits: list[str], cfg: TrainConfig) ->
     """Fit the head on the ``train`` rows (optionally calibrate on ``val``); score every split."""
     rows = {s: np.array([x == s for x in splits], dtype=bool) for s in (TRAIN, VAL, TEST)}
     head = fit_linear_head(
-        data.features[rows[TRAIN]], data.labels[rows[TRAIN]], num_classes=len(data.classes), seed=cfg.seed
+        data.features[rows[TRAIN]],
+        data.labels[rows[TRAIN]],
+        num_classes=len(data.classes),
+        seed=cfg.seed,
+        balanced=cfg.class_weights == "auto",
     )
     calibration = None
     if cfg.calibrate:

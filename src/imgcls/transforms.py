@@ -47,3 +47,67 @@ def view_settings(pre: Preprocessing, view: str) -> tuple[Preprocessing, bool]:
 def supported_interpolation(name: str) -> str:
     """timm configs use a few other spellings; fall back to bicubic for the unknown."""
     return name if name in _INTERPOLATION else "bicubic"
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentPreset:
+    """One ``--augment`` level; every size comes from the backbone's preprocessing."""
+
+    scale: tuple[float, float] | None  # random-resized-crop area range; None: eval crop
+    flip: bool = False
+    rotation: float = 0.0
+    jitter: float = 0.0
+    trivial_augment: bool = False
+    erasing: float = 0.0
+    mixup: float = 0.0  # mixup alpha (also switches cutmix on)
+
+
+_PRESETS = {
+    "none": AugmentPreset(scale=None),
+    "light": AugmentPreset(scale=(0.35, 1.0), flip=True),
+    "standard": AugmentPreset(scale=(0.25, 1.0), flip=True, rotation=10.0, jitter=0.2),
+    "strong": AugmentPreset(
+        scale=(0.08, 1.0), flip=True, rotation=15.0, jitter=0.3, trivial_augment=True, erasing=0.25, mixup=0.2
+    ),
+}
+
+
+def augment_preset(name: str) -> AugmentPreset:
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown augment preset {name!r}; choose one of {', '.join(_PRESETS)}") from None
+
+
+def train_transform(pre: Preprocessing, preset: str) -> Callable[[Image.Image], torch.Tensor]:
+    """The random training view of an image: crop, geometry and colour per ``preset``."""
+    aug = augment_preset(preset)
+    if aug.scale is None:
+        return eval_transform(pre)
+    interpolation = _INTERPOLATION[pre.interpolation]
+    steps: list[Callable] = []
+    if aug.rotation:
+        steps.append(T.RandomRotation(aug.rotation, interpolation=T.InterpolationMode.BILINEAR))
+    steps.append(T.RandomResizedCrop(pre.input_size, scale=aug.scale, interpolation=interpolation))
+    if aug.flip:
+        steps.append(T.RandomHorizontalFlip())
+    if aug.jitter:
+        steps.append(T.ColorJitter(brightness=aug.jitter, contrast=aug.jitter, saturation=aug.jitter))
+    if aug.trivial_augment:
+        steps.append(T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR))
+    steps += [T.ToTensor(), T.Normalize(mean=pre.mean, std=pre.std)]
+    if aug.erasing:
+        steps.append(T.RandomErasing(p=aug.erasing, value="random"))
+    return T.Compose(steps)
+
+
+def batch_mixer(preset: str, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple] | None:
+    """Mixup or CutMix (one of them per batch) for presets that use it; targets become soft."""
+    aug = augment_preset(preset)
+    if not aug.mixup:
+        return None
+    from torchvision.transforms import v2
+
+    return v2.RandomChoice(
+        [v2.MixUp(alpha=aug.mixup, num_classes=num_classes), v2.CutMix(num_classes=num_classes)]
+    )

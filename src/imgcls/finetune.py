@@ -1,0 +1,301 @@
+"""The fine-tune strategy: the probe's head as the starting point, then gradient training.
+
+1. Featurise as the probe does, but keep the trunk's activation maps when only the top
+   stages will train (``activations`` mode), so each epoch costs only the top's passes.
+2. Fit the logistic head on the frozen features (the probe): the new head starts trained,
+   and the probe is candidate "epoch 0", so fine-tuning never ends worse on validation.
+3. Train with AdamW, layer-wise lr decay, warm-up + cosine, label smoothing, dropout and
+   drop-path, optional class weights and mixed precision; early stopping keeps the best
+   epoch; a checkpoint after every epoch makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from imgcls.backbone import resolve_preprocessing
+from imgcls.calibration import fit_temperature
+from imgcls.checkpoint import CHECKPOINT_NAME
+from imgcls.config import TrainConfig
+from imgcls.data import TEST, TRAIN, VAL, DatasetScan
+from imgcls.errors import DataError
+from imgcls.finetune_plan import DROP_RATES, FinetunePlan, plan_finetune, resolve_device, resolve_unfreeze
+from imgcls.metrics import classification_report, expected_calibration_error
+from imgcls.network_split import NetworkSplit, split_network, stage_count
+from imgcls.predictions import softmax
+from imgcls.probe import (
+    FeaturedDataset,
+    ProbeFit,
+    build_model,
+    extract_for,
+    featured_dataset,
+    fit_and_score,
+    install_head,
+)
+from imgcls.registry import get_backbone
+from imgcls.splits import assign_splits, check_splits
+from imgcls.tasks import ActivationTask, ImageTask, LabelledRows
+from imgcls.trainloop import (
+    LoopSettings,
+    LoopState,
+    Optimisation,
+    resume_training,
+    run_training,
+    warmup_cosine,
+)
+from imgcls.transforms import batch_mixer, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+MAX_CACHE_FRACTION = 0.4  # of the memory available, for the activation maps
+
+
+@dataclass
+class Finetuned:
+    featured: FeaturedDataset
+    splits: list[str]
+    fit: ProbeFit  # metrics of the fine-tuned model; ``head`` is the probe head it started from
+    plan: FinetunePlan
+    state: LoopState
+
+    def summary(self) -> dict[str, Any]:
+        """What ``metrics.json`` records about the fine-tuning."""
+        return {
+            "plan": self.plan.to_dict(),
+            "stopped": self.state.stopped,
+            "best_epoch": self.state.best_epoch,
+            "epochs_trained": max((r.epoch for r in self.state.history), default=0),
+            "probe": self.fit.metrics.get("probe", {}),
+        }
+
+
+def finetune(
+    scan: DatasetScan,
+    cfg: TrainConfig,
+    *,
+    run_dir: Path | None,
+    deadline: float | None,
+    resume: dict[str, Any] | None = None,
+) -> Finetuned:
+    spec = get_backbone(cfg.backbone)
+    device = resolve_device(cfg.device)
+    model, info = build_model(spec, cfg, num_classes=len(scan.classes), options=DROP_RATES)
+    trainable = resolve_unfreeze(cfg.unfreeze, device, stage_count(model))
+    split = split_network(model, trainable) if trainable is not None else None
+    pre = resolve_preprocessing(spec, input_size=cfg.input_size)
+    maps = None
+    if split is not None:
+        extraction = extract_for(model, scan, pre, cfg, embed=split.trunk, output=f"trunk-{trainable}")
+        maps = torch.from_numpy(extraction.features)
+        features = _pooled(split, maps)
+        extraction.features = features
+    else:
+        extraction = extract_for(model, scan, pre, cfg)
+    featured = featured_dataset(scan, spec, pre, model, info, extraction)
+    splits = assign_splits(
+        featured.records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
+    check_splits(featured.records, splits, featured.classes)
+    probe = fit_and_score(featured, splits, replace(cfg, calibrate=False))
+    install_head(model, probe.head)
+    rows = _rows(featured, splits)
+    plan = plan_finetune(cfg, n_train=len(rows.train), device=device, stages=stage_count(model))
+    task = _task(featured, split, maps, rows, plan, cfg)
+    opt = _optimisation(model, task.module, plan, rows, featured, cfg, steps=plan.epochs * task.num_batches())
+    settings = LoopSettings(
+        epochs=plan.epochs,
+        patience=plan.patience,
+        seed=cfg.seed,
+        device=device,
+        autocast_dtype=plan.autocast_dtype,
+        deadline=deadline,
+        checkpoint=run_dir / CHECKPOINT_NAME if run_dir is not None else None,
+    )
+    model.to(device)
+    state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
+    model.cpu()
+    fit = _score(featured, splits, task, probe, cfg)
+    fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
+    return Finetuned(featured, splits, fit, plan, state)
+
+
+def _pooled(split: NetworkSplit, maps: torch.Tensor, batch: int = 128) -> np.ndarray:
+    """The frozen network's pooled features, from the cached activation maps."""
+    split.top.eval()
+    with torch.inference_mode():
+        parts = [
+            split.top.pooled(maps[i : i + batch].float().contiguous(memory_format=torch.channels_last))
+            for i in range(0, len(maps), batch)
+        ]
+    return torch.cat(parts).float().numpy() if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def _rows(featured: FeaturedDataset, splits: list[str]) -> LabelledRows:
+    index = {
+        s: torch.tensor([i for i, x in enumerate(splits) if x == s], dtype=torch.long) for s in (TRAIN, VAL)
+    }
+    return LabelledRows(torch.from_numpy(featured.labels), index[TRAIN], index[VAL])
+
+
+def _task(
+    featured: FeaturedDataset,
+    split: NetworkSplit | None,
+    maps: torch.Tensor | None,
+    rows: LabelledRows,
+    plan: FinetunePlan,
+    cfg: TrainConfig,
+) -> ActivationTask | ImageTask:
+    num_classes = len(featured.classes)
+    if split is not None and maps is not None:
+        split.trunk.requires_grad_(False)
+        return ActivationTask(
+            split.top, maps, rows, num_classes=num_classes, batch_size=plan.batch_size, augment=plan.augment
+        )
+    paths = [featured.scan.absolute(r) for r in featured.records]
+    labels = featured.labels.tolist()
+    native = resolve_preprocessing(featured.spec, input_size=cfg.input_size, for_features=False)
+    return ImageTask(
+        featured.model,
+        ([paths[i] for i in rows.train], [labels[i] for i in rows.train]),
+        ([paths[i] for i in rows.val], [labels[i] for i in rows.val]),
+        transforms=(train_transform(native, plan.augment), eval_transform(featured.preprocessing)),
+        mixer=batch_mixer(plan.augment, num_classes),
+        num_classes=num_classes,
+        batch_size=plan.batch_size,
+        workers=cfg.workers if cfg.workers is not None else 1,
+        min_side=featured.preprocessing.resize_size,
+        device=torch.device(plan.device),
+    )
+
+
+def _optimisation(
+    model: nn.Module,
+    trained: nn.Module,
+    plan: FinetunePlan,
+    rows: LabelledRows,
+    featured: FeaturedDataset,
+    cfg: TrainConfig,
+    *,
+    steps: int,
+) -> Optimisation:
+    """AdamW over layer-wise-decayed groups of the trained parameters, warm-up + cosine."""
+    from timm.optim import param_groups_layer_decay
+
+    trained_ids = {id(p) for p in trained.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in trained_ids)
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    groups = param_groups_layer_decay(model, plan.weight_decay, no_decay, layer_decay=plan.layer_decay)
+    for group in groups:
+        group["lr"] = plan.lr * group.pop("lr_scale", 1.0)
+    optimizer = torch.optim.AdamW(groups, lr=plan.lr)
+    warmup = max(1, int(plan.warmup_fraction * steps))
+    factors = [_group_factor(g, plan, steps, warmup, model) for g in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+    weights = _class_weights(rows, len(featured.classes)) if cfg.class_weights == "auto" else None
+    scaler = torch.amp.GradScaler(plan.device) if plan.precision == "fp16" else None
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        w = weights.to(logits.device) if weights is not None else None
+        return F.cross_entropy(logits, targets, weight=w, label_smoothing=plan.label_smoothing)
+
+    return Optimisation(optimizer, scheduler, loss, scaler)
+
+
+def _group_factor(group: dict, plan: FinetunePlan, steps: int, warmup: int, model: nn.Module) -> Any:
+    """Warm-up + cosine; the body's groups stay at zero for the first ``freeze_epochs``."""
+    schedule = warmup_cosine(steps, warmup)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    if not plan.freeze_epochs or all(id(p) in head for p in group["params"]):
+        return schedule
+    frozen_steps = steps * plan.freeze_epochs // plan.epochs
+    return lambda step: 0.0 if step < frozen_steps else schedule(step)
+
+
+def _class_weights(rows: LabelledRows, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency on the training rows, mean 1 over the images."""
+    counts = torch.bincount(rows.labels[rows.train], minlength=num_classes).float()
+    if (counts == 0).any():
+        raise DataError("--class-weights auto needs training images of every class")
+    return len(rows.train) / (num_classes * counts)
+
+
+def _score(
+    featured: FeaturedDataset,
+    splits: list[str],
+    task: ActivationTask | ImageTask,
+    probe: ProbeFit,
+    cfg: TrainConfig,
+) -> ProbeFit:
+    """Metrics of the trained network on every split (and its temperature, with --calibrate)."""
+    masks = {s: np.array([x == s for x in splits], dtype=bool) for s in (TRAIN, VAL, TEST)}
+    logits = {s: _logits(task, featured, m) for s, m in masks.items() if m.any()}
+    metrics: dict[str, Any] = {}
+    if cfg.calibrate:
+        metrics["calibration"] = _calibrate(featured, masks, logits)
+    probs = {s: softmax(v) for s, v in logits.items()}
+    for split, p in probs.items():
+        report = classification_report(featured.labels[masks[split]], p, featured.classes)
+        metrics[split] = {"accuracy": report["accuracy"], "n": report["n"]} if split == TRAIN else report
+    return ProbeFit(probe.head, metrics, masks, probs)
+
+
+def _logits(task: ActivationTask | ImageTask, featured: FeaturedDataset, mask: np.ndarray) -> np.ndarray:
+    if isinstance(task, ActivationTask):
+        return task.logits(torch.from_numpy(np.flatnonzero(mask))).numpy()
+    from imgcls.features import pooled_features
+
+    model = featured.model.eval()
+    with torch.inference_mode():
+        head = model.get_classifier()
+        return _image_logits(task, featured, mask, lambda batch: head(pooled_features(model, batch)))
+
+
+def _image_logits(task: ImageTask, featured: FeaturedDataset, mask: np.ndarray, forward: Any) -> np.ndarray:
+    from torch.utils.data import DataLoader
+
+    from imgcls.tasks import _TrainImages
+
+    paths = [featured.scan.absolute(r) for r, keep in zip(featured.records, mask, strict=True) if keep]
+    images = _TrainImages(
+        paths, [0] * len(paths), eval_transform(featured.preprocessing), task.val_set.min_side
+    )
+    loader = DataLoader(images, batch_size=64, num_workers=task.workers)
+    return torch.cat([forward(x.to(task.device)).float().cpu() for x, _ in loader]).numpy()
+
+
+def _calibrate(
+    featured: FeaturedDataset, masks: dict[str, np.ndarray], logits: dict[str, np.ndarray]
+) -> dict:
+    """Fit a temperature on val, fold it into the classifier layer and the logits."""
+    if VAL not in logits:
+        raise DataError("--calibrate needs a validation split to fit the temperature on")
+    temperature = fit_temperature(logits[VAL], featured.labels[masks[VAL]])
+    summary: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": VAL}
+    for split in (VAL, TEST):
+        if split in logits:
+            y = featured.labels[masks[split]]
+            summary[f"{split}_ece_before"] = expected_calibration_error(y, softmax(logits[split]))
+            summary[f"{split}_ece_after"] = expected_calibration_error(
+                y, softmax(logits[split] / temperature)
+            )
+    for split in logits:
+        logits[split] = logits[split] / temperature
+    layer = featured.model.get_classifier()
+    with torch.no_grad():
+        layer.weight.div_(temperature)
+        layer.bias.div_(temperature)
+    log.info("temperature scaling: T=%.3f fitted on val", temperature)
+    return summary
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: report[k] for k in ("accuracy", "balanced_accuracy", "n") if k in report}

@@ -1,0 +1,170 @@
+"""Resolving ``--strategy finetune`` settings: device, precision, what to unfreeze, and the
+defaults that depend on the data size. Everything resolved here is saved with the run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls.config import TrainConfig, parse_unfreeze
+from imgcls.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# On a CPU, "auto" trains the last two stages on cached activations; on a GPU, everything.
+CPU_AUTO_STAGES = 2
+WEIGHT_DECAY = 0.05
+LAYER_DECAY = 0.75
+# Regularisation while fine-tuning (dropout before the classifier, stochastic depth); inert in eval.
+DROP_RATES = {"drop_rate": 0.2, "drop_path_rate": 0.1}
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """The resolved recipe of one fine-tuning run."""
+
+    device: str
+    precision: str
+    mode: str  # "activations" (cached trunk, train the top) or "images" (train on decoded images)
+    trainable_stages: int | None  # None: every stage
+    epochs: int
+    lr: float
+    batch_size: int
+    patience: int
+    freeze_epochs: int
+    augment: str
+    weight_decay: float = WEIGHT_DECAY
+    layer_decay: float = LAYER_DECAY
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.1
+    drop_rate: float = DROP_RATES["drop_rate"]
+    drop_path_rate: float = DROP_RATES["drop_path_rate"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available[name]:
+        raise ConfigError(f"--device {name} was asked for, but this machine has no {name.upper()} device")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run at about twice the fp32 rate."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 (or fp16) autocast on GPUs; fp32 on CPUs (measured: see BENCHMARKS.md)."""
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise ConfigError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_unfreeze(value: str, device: torch.device, stages: int | None) -> int | None:
+    """How many stages to train (``None``: all). ``stages`` is ``None`` for networks that cannot be split."""
+    count = parse_unfreeze(value)
+    if count == 0:  # auto
+        count = None if device.type != "cpu" or stages is None else min(CPU_AUTO_STAGES, stages)
+    if count is not None and stages is None:
+        raise ConfigError(
+            f"--unfreeze {value} needs a network imgcls can cut into stages (EfficientNet, ResNet); "
+            "use --unfreeze all for this backbone"
+        )
+    if count is not None and stages is not None and count >= stages:
+        return None
+    return count
+
+
+AUTO_MIN_TRAIN = 1000  # images; below this a probe at the raised feature resolution wins
+AUTO_MIN_SECONDS = 120.0
+
+
+def choose_strategy(n_train: int, device: torch.device, time_limit: float | None) -> tuple[str, str]:
+    """``--strategy auto``: ``(strategy, reason)``.
+
+    Measured on this project's CPU machines (BENCHMARKS.md): fine-tuning the top stages on
+    cached activations did not beat the logistic probe at 1.25x resolution on hymenoptera
+    or clothing_small, and full fine-tuning costs minutes per epoch. So a CPU gets the
+    probe; a GPU with enough data and time fine-tunes every stage, starting from the probe
+    (which stays the answer if no epoch beats it on validation).
+    """
+    if device.type == "cpu":
+        return "probe", "on a CPU the probe is as accurate and far faster (BENCHMARKS.md)"
+    if n_train < AUTO_MIN_TRAIN:
+        return "probe", f"{n_train} training images (< {AUTO_MIN_TRAIN}): too few to gain from fine-tuning"
+    if time_limit is not None and time_limit < AUTO_MIN_SECONDS:
+        return "probe", f"a time limit of {time_limit:.0f} s leaves no room for fine-tuning epochs"
+    return "finetune", f"{device.type} with {n_train} training images: fine-tune every stage"
+
+
+def default_epochs(n_train: int, mode: str) -> int:
+    """Fewer passes over larger data sets; cached-activation epochs are cheap, so more of them."""
+    if mode == "activations":
+        return 12 if n_train <= 2000 else 8 if n_train <= 20000 else 5
+    return 10 if n_train <= 2000 else 6 if n_train <= 20000 else 4
+
+
+def default_lr(mode: str, batch_size: int) -> float:
+    """AdamW peak learning rate of the top stage, scaled linearly with the batch size."""
+    base = 2e-4 if mode == "activations" else 3e-4
+    return base * batch_size / 32
+
+
+def plan_finetune(
+    cfg: TrainConfig, *, n_train: int, device: torch.device, stages: int | None
+) -> FinetunePlan:
+    trainable = resolve_unfreeze(cfg.unfreeze, device, stages)
+    mode = "activations" if trainable is not None else "images"
+    epochs = cfg.epochs or default_epochs(n_train, mode)
+    plan = FinetunePlan(
+        device=device.type,
+        precision=resolve_precision(cfg.precision, device),
+        mode=mode,
+        trainable_stages=trainable,
+        epochs=epochs,
+        lr=cfg.lr or default_lr(mode, cfg.batch_size),
+        batch_size=cfg.batch_size,
+        patience=cfg.patience or max(3, epochs // 3),
+        freeze_epochs=cfg.freeze_epochs,
+        augment=cfg.augment,
+        label_smoothing=cfg.label_smoothing,
+    )
+    log.info(
+        "fine-tune plan: %s, %s, train %s, %d epochs, lr %.1e, augment %s",
+        plan.device,
+        plan.precision,
+        f"the last {trainable} stages on cached activations" if trainable else "every stage on images",
+        plan.epochs,
+        plan.lr,
+        plan.augment,
+    )
+    return plan

@@ -1,0 +1,206 @@
+"""The two kinds of training task the epoch loop runs.
+
+``ActivationTask`` trains the top stages of a split network on cached trunk activations:
+the frozen lower stages ran once per image, so an epoch costs only the top's forward and
+backward pass. Its augmentation works on the activation maps (random crops of the map,
+mixup for ``strong``): convolutions commute with translation, so a crop of the map stands
+in for a crop of the image. (Mirroring a map is not the map of a mirrored image, as
+channels respond to oriented patterns, so there is no flip.)
+
+``ImageTask`` trains a whole network (or its unfrozen part) on augmented images decoded
+on the fly, for GPUs and for architectures that cannot be split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls.images import load_rgb
+from imgcls.trainloop import Validation
+
+EVAL_BATCH = 128
+
+# Side of the random square crop of an activation map, as a fraction of the map's side.
+MAP_CROP = {"none": None, "light": (0.85, 1.0), "standard": (0.7, 1.0), "strong": (0.6, 1.0)}
+MAP_MIXUP = {"strong": 0.2}
+
+
+def train_with_frozen_norms(module: nn.Module) -> None:
+    """Training mode, except that normalisation layers keep their pretrained statistics.
+
+    The head starts as a classifier fitted on the frozen features; batch statistics of small
+    (and augmented) batches would shift those features away from what it was fitted on.
+    Their affine parameters still train.
+    """
+    module.train()
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+
+
+@dataclass
+class LabelledRows:
+    """Which rows of the data train, which validate, and every row's class index."""
+
+    labels: torch.Tensor
+    train: torch.Tensor  # row indices
+    val: torch.Tensor
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Validation:
+    loss = float(F.cross_entropy(logits.float(), labels))
+    predicted = logits.argmax(dim=1)
+    recalls = [
+        float((predicted[labels == c] == c).float().mean()) for c in range(num_classes) if (labels == c).any()
+    ]
+    return Validation(loss, float((predicted == labels).float().mean()), float(np.mean(recalls)))
+
+
+class ActivationTask:
+    """Train ``top`` on cached activation maps (rows of ``maps``) with map-space augmentation."""
+
+    def __init__(
+        self,
+        top: nn.Module,
+        maps: torch.Tensor,
+        rows: LabelledRows,
+        *,
+        num_classes: int,
+        batch_size: int,
+        augment: str,
+    ) -> None:
+        self.module, self.maps, self.rows = top, maps, rows
+        self.num_classes, self.batch_size = num_classes, batch_size
+        self.crop = MAP_CROP[augment]
+        self.mixup = MAP_MIXUP.get(augment, 0.0)
+
+    def num_batches(self) -> int:
+        return -(-len(self.rows.train) // self.batch_size)
+
+    def train_mode(self) -> None:
+        train_with_frozen_norms(self.module)
+
+    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.rows.train[torch.randperm(len(self.rows.train), generator=generator)]
+        for start in range(0, len(order), self.batch_size):
+            picked = order[start : start + self.batch_size]
+            inputs = self._augment(self.maps[picked].float(), generator)
+            targets = self.rows.labels[picked]
+            if self.mixup:
+                inputs, targets = _mixup(inputs, targets, self.num_classes, self.mixup, generator)
+            yield inputs, targets
+
+    def _augment(self, maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.crop is None:
+            return maps
+        side = maps.shape[-1]
+        low, high = self.crop
+        fraction = low + (high - low) * float(torch.rand((), generator=generator))
+        crop = max(1, round(side * fraction))
+        y, x = (int(v) for v in torch.randint(0, side - crop + 1, (2,), generator=generator))
+        return maps[:, :, y : y + crop, x : x + crop]
+
+    @torch.inference_mode()
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        self.module.eval()
+        parts = [
+            self.module(
+                self.maps[rows[i : i + EVAL_BATCH]].float().contiguous(memory_format=torch.channels_last)
+            )
+            for i in range(0, len(rows), EVAL_BATCH)
+        ]
+        return torch.cat(parts).float()
+
+    def validate(self) -> Validation | None:
+        if not len(self.rows.val):
+            return None
+        return score(self.logits(self.rows.val), self.rows.labels[self.rows.val], self.num_classes)
+
+
+def _mixup(
+    inputs: torch.Tensor, targets: torch.Tensor, num_classes: int, alpha: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    seed = int(torch.randint(2**31, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(len(inputs), generator=generator)
+    soft = F.one_hot(targets, num_classes).float()
+    return lam * inputs + (1 - lam) * inputs[perm], lam * soft + (1 - lam) * soft[perm]
+
+
+class _TrainImages(Dataset):
+    """Decoded, transformed images; an unreadable file raises (it was readable when the data
+    was featurised, so it changed under us)."""
+
+    def __init__(
+        self, paths: Sequence[Path], labels: Sequence[int], transform: Callable, min_side: int
+    ) -> None:
+        self.paths, self.labels, self.transform, self.min_side = paths, labels, transform, min_side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.paths[i], min_side=self.min_side)), self.labels[i]
+
+
+class ImageTask:
+    """Train ``model`` end to end on augmented images; validate on eval-transformed ones."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: tuple[Sequence[Path], Sequence[int]],
+        val: tuple[Sequence[Path], Sequence[int]],
+        *,
+        transforms: tuple[Callable, Callable],
+        mixer: Callable | None,
+        num_classes: int,
+        batch_size: int,
+        workers: int,
+        min_side: int,
+        device: torch.device,
+    ) -> None:
+        self.module, self.num_classes, self.device = model, num_classes, device
+        self.train_set = _TrainImages(*train, transforms[0], min_side)
+        self.val_set = _TrainImages(*val, transforms[1], min_side)
+        self.mixer, self.batch_size, self.workers = mixer, batch_size, workers
+
+    def num_batches(self) -> int:
+        return -(-len(self.train_set) // self.batch_size)
+
+    def train_mode(self) -> None:
+        train_with_frozen_norms(self.module)
+
+    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.workers,
+            drop_last=len(self.train_set) > self.batch_size,  # BatchNorm needs more than one image
+            pin_memory=self.device.type == "cuda",
+        )
+        for inputs, targets in loader:
+            yield self.mixer(inputs, targets) if self.mixer is not None else (inputs, targets)
+
+    @torch.inference_mode()
+    def validate(self) -> Validation | None:
+        if not len(self.val_set):
+            return None
+        self.module.eval()
+        loader = DataLoader(self.val_set, batch_size=EVAL_BATCH // 2, num_workers=self.workers)
+        logits, labels = [], []
+        for inputs, targets in loader:
+            inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
+            logits.append(self.module(inputs).float().cpu())
+            labels.append(targets)
+        return score(torch.cat(logits), torch.cat(labels), self.num_classes)

@@ -1,0 +1,256 @@
+"""The fine-tune strategy end to end with tiny backbones: artefacts, resume, time limit,
+class weights, network splitting and the augmentation presets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import imgcls
+from imgcls.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from imgcls.cli import main
+from imgcls.config import TrainConfig, parse_duration, parse_unfreeze
+from imgcls.errors import ConfigError
+from imgcls.network_split import split_network
+from imgcls.tasks import ActivationTask, LabelledRows
+from imgcls.transforms import batch_mixer, train_transform
+from tests.conftest import TINY_ARGS, TINY_BACKBONE, write_class_folders
+
+TINY_FT = TrainConfig(
+    backbone=TINY_BACKBONE, pretrained=False, input_size=64, strategy="finetune", epochs=3, workers=0
+)
+
+
+def test_finetune_writes_history_curves_and_a_model_that_scores_as_reported(image_folder, tmp_path):
+    run = tmp_path / "run"
+    clf = imgcls.train(image_folder, run, config=TINY_FT)
+    names = {p.name for p in run.iterdir()}
+    assert {"history.csv", "curves.png", "metrics.json", "model", "report.html", "run_config.json"} <= names
+    assert CHECKPOINT_NAME not in names  # finished runs leave no checkpoint behind
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert all(float(r["train_loss"]) > 0 for r in rows[1:])
+    with Image.open(run / "curves.png") as curves:
+        assert curves.size[0] > 300 and curves.size[1] > 150
+    metrics = json.loads((run / "metrics.json").read_text())
+    tuned = metrics["finetune"]
+    assert tuned["plan"]["mode"] == "activations" and tuned["plan"]["trainable_stages"] == 2
+    assert tuned["best_epoch"] in {0, 1, 2, 3}
+    best_val = max(float(r["val_accuracy"]) for r in rows)
+    assert metrics["val"]["accuracy"] == pytest.approx(best_val)
+    reloaded = imgcls.load(run)
+    evaluation = reloaded.evaluate(image_folder, split="val")
+    assert evaluation.accuracy == pytest.approx(metrics["val"]["accuracy"])
+    assert clf.config["head"]["type"] == "finetuned"
+
+
+def test_unfreeze_all_trains_on_images_with_every_preset_shape(image_folder, tmp_path):
+    cfg = TINY_FT.with_overrides({"unfreeze": "all", "augment": "strong", "epochs": 2})
+    clf = imgcls.train(image_folder, tmp_path / "run", config=cfg)
+    plan = clf.metrics and json.loads((tmp_path / "run" / "metrics.json").read_text())["finetune"]["plan"]
+    assert plan["mode"] == "images" and plan["trainable_stages"] is None
+    assert clf.evaluate(image_folder, split="val").accuracy == pytest.approx(clf.metrics["val"]["accuracy"])
+
+
+def test_same_seed_gives_the_same_result(image_folder, tmp_path):
+    first = imgcls.train(image_folder, tmp_path / "a", config=TINY_FT)
+    second = imgcls.train(image_folder, tmp_path / "b", config=TINY_FT)
+    a = (tmp_path / "a" / "history.csv").read_text()
+    b = (tmp_path / "b" / "history.csv").read_text()
+    strip = [",".join(line.split(",")[:5]) for line in a.splitlines()]  # drop timings
+    assert strip == [",".join(line.split(",")[:5]) for line in b.splitlines()]
+    assert first.metrics["val"] == second.metrics["val"]
+
+
+def _train_command(data: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "imgcls", "train", str(data), "-o", str(run), *TINY_ARGS,
+        "--strategy", "finetune", "--unfreeze", "all", "--augment", "light", "--workers", "0",
+        "--epochs", "6", "--patience", "6", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+def test_kill_9_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    data = write_class_folders(tmp_path / "colours", per_class=60)
+    env = {**os.environ, "IMGCLS_NO_REEXEC": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(data, straight), check=True, capture_output=True, env=env)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(data, killed), stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not (killed / CHECKPOINT_NAME).exists():  # epoch 1 is done: kill somewhere in epoch 2+
+        assert process.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    stopped_at = load_checkpoint(killed / CHECKPOINT_NAME)["state"]["next_epoch"]
+    assert stopped_at <= 6
+
+    assert main(["train", "--resume", str(killed)]) == 0
+    expected = json.loads((straight / "metrics.json").read_text())
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed["val"]["accuracy"] == expected["val"]["accuracy"]
+    assert resumed["val"]["log_loss"] == pytest.approx(expected["val"]["log_loss"], rel=1e-4, abs=1e-6)
+    assert resumed["finetune"]["best_epoch"] == expected["finetune"]["best_epoch"]
+    losses = [float(r["train_loss"] or 0) for r in csv.DictReader((killed / "history.csv").open())]
+    expected_losses = [float(r["train_loss"] or 0) for r in csv.DictReader((straight / "history.csv").open())]
+    assert losses == pytest.approx(expected_losses, rel=1e-4)
+    assert not (killed / CHECKPOINT_NAME).exists()
+
+
+def test_resume_of_a_finished_or_probe_run_is_a_clear_error(image_folder, tmp_path, capsys):
+    imgcls.train(image_folder, tmp_path / "done", config=TINY_FT)
+    assert main(["train", "--resume", str(tmp_path / "done")]) != 0
+    assert "nothing to resume" in capsys.readouterr().err
+    imgcls.train(
+        image_folder, tmp_path / "probe", config=TrainConfig(backbone=TINY_BACKBONE, pretrained=False)
+    )
+    assert main(["train", "--resume", str(tmp_path / "probe")]) != 0
+    assert "probe run" in capsys.readouterr().err
+
+
+def test_time_limit_stops_within_an_epoch_and_keeps_the_best_model(tmp_path):
+    data = write_class_folders(tmp_path / "colours", per_class=60)
+    cfg = TINY_FT.with_overrides({"unfreeze": "all", "epochs": 200, "patience": 200, "time_limit": 15.0})
+    started = time.perf_counter()
+    clf = imgcls.train(data, tmp_path / "run", config=cfg)
+    elapsed = time.perf_counter() - started
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert metrics["finetune"]["stopped"] == "time limit"
+    assert 1 <= len(rows) - 1 < 200
+    slowest_epoch = max(float(r["seconds"]) for r in rows)
+    assert elapsed <= 15.0 + slowest_epoch + 10  # + saving the model and the report
+    best = max(rows, key=lambda r: (float(r["val_accuracy"]), -float(r["val_loss"])))
+    assert metrics["finetune"]["best_epoch"] == int(best["epoch"])
+    assert clf.evaluate(data, split="val").accuracy == pytest.approx(float(best["val_accuracy"]))
+
+
+def _imbalanced_folder(root: Path) -> Path:
+    """Two grey classes whose brightness overlaps, 8:1. Without weights the minority is mostly missed."""
+    rng = np.random.default_rng(0)
+    for name, count, level in (("common", 160, 120), ("rare", 20, 140)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            offset = rng.normal(0, 12)  # per image: the classes overlap
+            pixels = np.clip(level + offset + rng.normal(0, 10, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+@pytest.mark.parametrize("strategy", ["probe", "finetune"])
+def test_class_weights_auto_raises_balanced_accuracy(tmp_path, strategy):
+    data = _imbalanced_folder(tmp_path / "imbalanced")
+    base = TrainConfig(
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        input_size=32,
+        strategy=strategy,
+        val_fraction=0.45,
+        workers=0,
+    )
+    plain = imgcls.train(data, config=base)
+    weighted = imgcls.train(data, config=base.with_overrides({"class_weights": "auto"}))
+    assert weighted.metrics["val"]["balanced_accuracy"] > plain.metrics["val"]["balanced_accuracy"]
+
+
+def test_split_network_is_exact_for_every_cut():
+    for arch, stages in (("test_efficientnet", 5), ("test_resnet", 4)):
+        model = timm.create_model(arch, num_classes=3).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            expected = model(x)
+            for k in range(1, stages + 1):
+                split = split_network(model, k)
+                assert torch.allclose(split.top(split.trunk(x)), expected, atol=1e-5), (arch, k)
+    assert split_network(timm.create_model("test_vit", num_classes=3), 1) is None
+
+
+def test_activation_task_augments_maps_and_mixes_soft_targets():
+    maps = torch.randn(10, 4, 8, 8)
+    rows = LabelledRows(torch.arange(10) % 2, torch.arange(8), torch.tensor([8, 9]))
+    task = ActivationTask(torch.nn.Identity(), maps, rows, num_classes=2, batch_size=4, augment="strong")
+    batches = list(task.batches(torch.Generator().manual_seed(0)))
+    assert len(batches) == task.num_batches() == 2
+    inputs, targets = batches[0]
+    assert inputs.shape[-1] <= 8 and inputs.shape[-1] >= 4
+    assert targets.shape == (4, 2) and torch.allclose(targets.sum(1), torch.ones(4))
+    again = list(task.batches(torch.Generator().manual_seed(0)))
+    assert torch.equal(again[0][0], inputs)  # the epoch's generator decides everything
+
+
+def test_augment_presets_change_views_and_none_is_the_eval_view():
+    from imgcls.config import AUGMENT_PRESETS, Preprocessing
+
+    pre = Preprocessing(64, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    for preset in AUGMENT_PRESETS:
+        transform = train_transform(pre, preset)
+        a, b = transform(image), transform(image)
+        assert a.shape == b.shape == (3, 64, 64)
+        assert torch.equal(a, b) == (preset == "none"), preset
+    assert batch_mixer("strong", 3) is not None and batch_mixer("standard", 3) is None
+
+
+def test_inspect_data_prints_counts_and_saves_a_grid_of_different_views(image_folder, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    args = ["inspect-data", str(image_folder), "--augment", "strong", "--output", str(grid), "--rows", "2"]
+    assert main([*args, "--views", "3", "--input-size", "48", "--backbone", TINY_BACKBONE]) == 0
+    out = capsys.readouterr().out
+    assert "red" in out and "total" in out
+    pixels = np.asarray(Image.open(grid)).astype(int)
+    step = 48 + 4
+    cells = [pixels[0:48, c * step : c * step + 48] for c in range(4)]
+    assert pixels.shape[:2] == (2 * step, 4 * step)
+    for view in cells[1:]:
+        assert np.abs(view - cells[0]).mean() > 2  # each augmented view differs from the eval view
+    assert np.abs(cells[1] - cells[2]).mean() > 2
+
+
+def test_finetune_settings_are_validated(image_folder, capsys):
+    assert parse_duration("10m") == 600 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    assert parse_unfreeze("last-2") == 2 and parse_unfreeze("all") is None
+    for bad in ("last-0", "first-2", "some"):
+        with pytest.raises(ConfigError, match="last-N"):
+            parse_unfreeze(bad)
+    with pytest.raises(ConfigError, match="duration"):
+        parse_duration("soon")
+    with pytest.raises(ConfigError, match="augment"):
+        TrainConfig(augment="wild")
+    with pytest.raises(SystemExit):
+        main(["train", str(image_folder), *TINY_ARGS, "--time-limit", "soon"])
+    assert "duration" in capsys.readouterr().err
+    cfg = TINY_FT.with_overrides({"unfreeze": "last-1", "backbone": "test_vit"})
+    with pytest.raises(ConfigError, match="unfreeze all"):
+        imgcls.train(image_folder, config=cfg.with_overrides({"input_size": None}))
+
+
+def test_auto_strategy_picks_the_probe_on_a_cpu_and_says_why(image_folder, tmp_path):
+    from imgcls.finetune_plan import choose_strategy
+
+    cfg = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64, strategy="auto")
+    clf = imgcls.train(image_folder, tmp_path / "run", config=cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["auto"]["strategy"] == "probe" and "CPU" in metrics["auto"]["reason"]
+    assert clf.config["strategy"] == "probe"
+    gpu = torch.device("cuda")
+    assert choose_strategy(5000, gpu, None)[0] == "finetune"
+    assert choose_strategy(200, gpu, None)[0] == "probe"
+    assert choose_strategy(5000, gpu, 30.0)[0] == "probe"
