@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "predictions"},
     {"config", "images", "registry", "metrics", "calibration", "stats"},
     {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
-    {"checkpoint", "network_split", "finetune_plan"},
+    {"precision", "checkpoint", "network_split", "finetune_plan"},
     {"splits", "backbone", "onnx_runtime", "server", "trainloop"},
     {"features", "tasks", "history", "inspect_data"},
     {"classifier", "probe"},

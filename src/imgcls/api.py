@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from imgcls.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from imgcls.classifier import Classifier
 from imgcls.config import TrainConfig
@@ -21,6 +23,7 @@ from imgcls.finetune import Finetuned, finetune
 from imgcls.finetune_plan import choose_strategy, resolve_device
 from imgcls.history import write_history
 from imgcls.model_io import versions, write_csv_atomic, write_json
+from imgcls.precision import resolve_precision
 from imgcls.probe import FeaturedDataset, ProbeFit, featurize, fit_and_score, install_head, split_mistakes
 from imgcls.report import write_report
 from imgcls.splits import MANIFEST_NAME, assign_splits, check_splits, split_counts, write_manifest
@@ -93,15 +96,20 @@ def _train(
     started: float,
     resume_from: dict[str, Any] | None = None,
 ) -> Classifier:
-    if run_dir is not None:  # first, so that an interrupted run can be resumed
-        write_json(run_dir / RUN_CONFIG_NAME, {"train": cfg.to_dict(), "data": str(scan.root.resolve())})
     choice = _resolve_auto(scan, cfg) if cfg.strategy == "auto" else None
     if cfg.strategy == "probe" or (choice is not None and choice["strategy"] == "probe"):
         featured, splits, fit = _probe(scan, cfg)
         tuned = None
     else:
         deadline = started + cfg.time_limit if cfg.time_limit else None
-        tuned = finetune(scan, cfg, run_dir=run_dir, deadline=deadline, resume=resume_from)
+        tuned = finetune(
+            scan,
+            cfg,
+            run_dir=run_dir,
+            deadline=deadline,
+            resume=resume_from,
+            before_training=lambda: _write_resume_config(run_dir, scan, cfg),
+        )
         featured, splits, fit = tuned.featured, tuned.splits, tuned.fit
         fit.metrics["finetune"] = tuned.summary()
     if choice is not None:
@@ -124,6 +132,12 @@ def _train(
         if cfg.report:
             _write_train_report(run_dir, featured, fit)
     return clf
+
+
+def _write_resume_config(run_dir: Path | None, scan: DatasetScan, cfg: TrainConfig) -> None:
+    """What ``resume`` needs, written before the first epoch (the full run config comes at the end)."""
+    if run_dir is not None:
+        write_json(run_dir / RUN_CONFIG_NAME, {"train": cfg.to_dict(), "data": str(scan.root.resolve())})
 
 
 def _resolve_auto(scan: DatasetScan, cfg: TrainConfig) -> dict[str, str]:
@@ -181,6 +195,7 @@ def _model_config(
             "weights": featured.weights.to_dict(),
         },
         "strategy": "finetune" if tuned is not None else "probe",  # what ran (auto picks one)
+        "precision": tuned.plan.precision if tuned else resolve_precision(cfg.precision, torch.device("cpu")),
         "finetune": tuned.plan.to_dict() if tuned is not None else None,
         "head": head,
         "seed": cfg.seed,

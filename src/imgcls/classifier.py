@@ -38,6 +38,7 @@ from imgcls.features import (
 from imgcls.images import ImageInput, as_rgb_image, to_rgb
 from imgcls.metrics import classification_report
 from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
+from imgcls.precision import cpu_has_native_bf16
 from imgcls.predictions import PathScores, Prediction, PredictionRun, rank_classes
 from imgcls.registry import get_backbone
 from imgcls.report import Mistake, confident_mistakes
@@ -107,6 +108,10 @@ class Classifier:
         self.preprocessing = preprocessing
         self.config = config
         self.directory = directory
+        # The precision the features were computed in when the head was fitted (bf16 only
+        # where this CPU runs it natively; fp32 otherwise).
+        wanted = str(config.get("precision", "fp32"))
+        self.precision = wanted if wanted == "fp32" or cpu_has_native_bf16() else "fp32"
 
     @property
     def backbone(self) -> str:
@@ -184,7 +189,9 @@ class Classifier:
             batch = eval_transform(pre, flip=flip)(pil).unsqueeze(0)
             with torch.inference_mode():
                 views.append(
-                    self.model.get_classifier()(pooled_features(self.model, batch)).float().softmax(-1)
+                    self.model.get_classifier()(pooled_features(self.model, batch, self.precision))
+                    .float()
+                    .softmax(-1)
                 )
         return self._top_k(torch.stack(views).mean(0).numpy(), [path], top_k)[0]
 
@@ -213,7 +220,7 @@ class Classifier:
         transform = eval_transform(self.preprocessing)
         batch = torch.stack([transform(to_rgb(image)) for image in images])
         with torch.inference_mode():
-            logits = self.model.get_classifier()(pooled_features(self.model, batch))
+            logits = self.model.get_classifier()(pooled_features(self.model, batch, self.precision))
         return logits.float().softmax(dim=-1).numpy()
 
     def score_paths(
@@ -235,10 +242,21 @@ class Classifier:
         for view in scores.views:
             pre, flip = view_settings(self.preprocessing, view)
             # Digesting the weights costs a pass over them: only worth it for the disk cache.
-            space = feature_space(self.model, pre, flip=flip) if cache_dir is not None else ""
+            space = (
+                feature_space(self.model, pre, flip=flip, precision=self.precision)
+                if cache_dir is not None
+                else ""
+            )
             cache = FeatureCache(cache_dir, space)
             extraction = extract_features(
-                self.model, paths, pre, cache=cache, flip=flip, batch_size=batch_size, workers=workers
+                self.model,
+                paths,
+                pre,
+                cache=cache,
+                flip=flip,
+                batch_size=batch_size,
+                workers=workers,
+                precision=self.precision,
             )
             with torch.inference_mode():
                 features = torch.from_numpy(extraction.features)

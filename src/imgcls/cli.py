@@ -202,7 +202,11 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
     group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
-    group.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default: auto)")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="forward-pass precision for features and training (default: auto = bf16 where native)",
+    )
     group.add_argument("--patience", type=_positive_int, help="early-stopping patience in epochs")
     group.add_argument(
         "--time-limit",

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcls.config import Preprocessing
 from imgcls.images import UnreadableImageError, load_rgb
+from imgcls.precision import autocast
 from imgcls.transforms import eval_transform
 from imgcls.weights import classifier_prefix
 
@@ -49,7 +50,14 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
 
 
-def feature_space(model: nn.Module, pre: Preprocessing, *, flip: bool = False, output: str = "pooled") -> str:
+def feature_space(
+    model: nn.Module,
+    pre: Preprocessing,
+    *,
+    flip: bool = False,
+    output: str = "pooled",
+    precision: str = "fp32",
+) -> str:
     """Digest of everything that decides a feature vector: backbone tensors + preprocessing.
 
     ``output`` names what is stored: ``pooled`` features, or e.g. ``trunk-5`` (the activation
@@ -66,6 +74,8 @@ def feature_space(model: nn.Module, pre: Preprocessing, *, flip: bool = False, o
     }
     if output != "pooled":
         described["output"] = output
+    if precision != "fp32":
+        described["precision"] = precision
     digest.update(json.dumps(described, sort_keys=True).encode())
     head = classifier_prefix(model) + "."
     for name, tensor in sorted(model.state_dict().items()):
@@ -164,10 +174,11 @@ def _storage_dtype(output: torch.Tensor) -> np.ndarray:
     return output.float().contiguous().numpy()
 
 
-def pooled_features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """The backbone's pooled, pre-logits features (what the classifier sees)."""
+def pooled_features(model: nn.Module, batch: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """The backbone's pooled, pre-logits features (what the classifier sees), as float32."""
     batch = batch.contiguous(memory_format=torch.channels_last)
-    return model.forward_head(model.forward_features(batch), pre_logits=True)
+    with autocast(precision):
+        return model.forward_head(model.forward_features(batch), pre_logits=True).float()
 
 
 def extract_features(
@@ -181,11 +192,13 @@ def extract_features(
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
     embed: Embedding | None = None,
+    precision: str = "fp32",
 ) -> Extraction:
     """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise.
 
     ``embed`` maps an input batch to features (default: the pooled features of ``model``);
-    ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip`` and ``embed``.
+    ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip``, ``embed`` and
+    ``precision`` (``fp32``, or the autocast dtype of the forward pass).
     """
     started = time.perf_counter()
     failures: dict[int, str] = {}
@@ -208,7 +221,8 @@ def extract_features(
         collate_fn=_collate,
     )
     embed = embed or (lambda batch: pooled_features(model, batch))
-    computed = _compute(embed, loader, digests, cache, failures, progress)
+    with autocast(precision):
+        computed = _compute(embed, loader, digests, cache, failures, progress)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ def finetune(
     run_dir: Path | None,
     deadline: float | None,
     resume: dict[str, Any] | None = None,
+    before_training: Callable[[], None] | None = None,
 ) -> Finetuned:
+    """Run the strategy on ``scan``; ``before_training`` is called once the data and model are
+    ready, just before the first epoch (the API writes what ``--resume`` needs there)."""
     spec = get_backbone(cfg.backbone)
     device = resolve_device(cfg.device)
     model, info = build_model(spec, cfg, num_classes=len(scan.classes), options=DROP_RATES)
@@ -119,6 +123,8 @@ def finetune(
         deadline=deadline,
         checkpoint=run_dir / CHECKPOINT_NAME if run_dir is not None else None,
     )
+    if before_training is not None:
+        before_training()
     model.to(device)
     state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
     model.cpu()
@@ -157,7 +163,13 @@ def _task(
     if split is not None and maps is not None:
         split.trunk.requires_grad_(False)
         return ActivationTask(
-            split.top, maps, rows, num_classes=num_classes, batch_size=plan.batch_size, augment=plan.augment
+            split.top,
+            maps,
+            rows,
+            num_classes=num_classes,
+            batch_size=plan.batch_size,
+            augment=plan.augment,
+            precision=plan.precision,
         )
     paths = [featured.scan.absolute(r) for r in featured.records]
     labels = featured.labels.tolist()
@@ -173,6 +185,7 @@ def _task(
         workers=cfg.workers if cfg.workers is not None else 1,
         min_side=featured.preprocessing.resize_size,
         device=torch.device(plan.device),
+        precision=plan.precision,
     )
 
 
@@ -256,7 +269,9 @@ def _logits(task: ActivationTask | ImageTask, featured: FeaturedDataset, mask: n
     model = featured.model.eval()
     with torch.inference_mode():
         head = model.get_classifier()
-        return _image_logits(task, featured, mask, lambda batch: head(pooled_features(model, batch)))
+        return _image_logits(
+            task, featured, mask, lambda batch: head(pooled_features(model, batch, task.precision))
+        )
 
 
 def _image_logits(task: ImageTask, featured: FeaturedDataset, mask: np.ndarray, forward: Any) -> np.ndarray:

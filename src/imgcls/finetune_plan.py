@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from imgcls.config import TrainConfig, parse_unfreeze
 from imgcls.errors import ConfigError
+from imgcls.precision import autocast_dtype, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class FinetunePlan:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        return autocast_dtype(self.precision)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,26 +67,6 @@ def resolve_device(name: str) -> torch.device:
     if not available[name]:
         raise ConfigError(f"--device {name} was asked for, but this machine has no {name.upper()} device")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls run at about twice the fp32 rate."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 (or fp16) autocast on GPUs; fp32 on CPUs (measured: see BENCHMARKS.md)."""
-    if name != "auto":
-        if name == "fp16" and device.type == "cpu":
-            raise ConfigError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 def resolve_unfreeze(value: str, device: torch.device, stages: int | None) -> int | None:

@@ -24,6 +24,7 @@ from imgcls.errors import DataError
 from imgcls.features import Extraction, FeatureCache, default_cache_dir, extract_features, feature_space
 from imgcls.head import LinearHead, fit_linear_head
 from imgcls.metrics import classification_report, expected_calibration_error
+from imgcls.precision import resolve_precision
 from imgcls.predictions import softmax
 from imgcls.registry import BackboneSpec, get_backbone
 from imgcls.report import Mistake, confident_mistakes
@@ -107,7 +108,9 @@ def extract_for(
 ) -> Extraction:
     """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    cache = FeatureCache(cache_root if cfg.use_cache else None, feature_space(model, pre, output=output))
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    space = feature_space(model, pre, output=output, precision=precision)
+    cache = FeatureCache(cache_root if cfg.use_cache else None, space)
     paths = [scan.absolute(r) for r in scan.records]
     extraction = extract_features(
         model,
@@ -118,6 +121,7 @@ def extract_for(
         workers=resolve_workers(cfg.workers, len(paths)),
         progress=ProgressLog("extracting features" if output == "pooled" else "caching activations"),
         embed=embed,
+        precision=precision,
     )
     cached = len(paths) - extraction.computed - len(extraction.failures)
     log.info(

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from imgcls.images import load_rgb
+from imgcls.precision import autocast
 from imgcls.trainloop import Validation
 
 EVAL_BATCH = 128
@@ -76,8 +77,9 @@ class ActivationTask:
         num_classes: int,
         batch_size: int,
         augment: str,
+        precision: str = "fp32",
     ) -> None:
-        self.module, self.maps, self.rows = top, maps, rows
+        self.module, self.maps, self.rows, self.precision = top, maps, rows, precision
         self.num_classes, self.batch_size = num_classes, batch_size
         self.crop = MAP_CROP[augment]
         self.mixup = MAP_MIXUP.get(augment, 0.0)
@@ -167,8 +169,10 @@ class ImageTask:
         workers: int,
         min_side: int,
         device: torch.device,
+        precision: str = "fp32",
     ) -> None:
         self.module, self.num_classes, self.device = model, num_classes, device
+        self.precision = precision
         self.train_set = _TrainImages(*train, transforms[0], min_side)
         self.val_set = _TrainImages(*val, transforms[1], min_side)
         self.mixer, self.batch_size, self.workers = mixer, batch_size, workers
@@ -201,6 +205,7 @@ class ImageTask:
         logits, labels = [], []
         for inputs, targets in loader:
             inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
-            logits.append(self.module(inputs).float().cpu())
+            with autocast(self.precision, self.device.type):
+                logits.append(self.module(inputs).float().cpu())
             labels.append(targets)
         return score(torch.cat(logits), torch.cat(labels), self.num_classes)
