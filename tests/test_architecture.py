@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 
 # Each module may import only modules of a lower layer (or its own).
 LAYERS = [
-    {"errors", "predictions"},
+    {"errors", "predictions", "profiling"},
     {"config", "images", "registry", "metrics", "calibration", "stats"},
     {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
     {"precision", "checkpoint", "network_split", "finetune_plan"},

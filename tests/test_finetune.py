@@ -254,3 +254,19 @@ def test_auto_strategy_picks_the_probe_on_a_cpu_and_says_why(image_folder, tmp_p
     assert choose_strategy(5000, gpu, None)[0] == "finetune"
     assert choose_strategy(200, gpu, None)[0] == "probe"
     assert choose_strategy(5000, gpu, 30.0)[0] == "probe"
+
+
+def test_profile_prints_where_the_time_went(image_folder, tmp_path, capsys):
+    args = ["train", str(image_folder), *TINY_ARGS, "-o", str(tmp_path / "run"), "--profile", "-q"]
+    assert main([*args, "--strategy", "finetune", "--epochs", "1", "--workers", "0"]) == 0
+    table = capsys.readouterr().err.split("where the time went:")[1]
+    for stage in (
+        "decode (loader processes)",
+        "forward (features)",
+        "head fit",
+        "train backward + step",
+        "wall",
+    ):
+        assert stage in table, stage
+    decode = next(line for line in table.splitlines() if line.startswith("decode"))
+    assert int(decode.split()[-1]) == 36  # one decode per image

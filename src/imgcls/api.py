@@ -25,6 +25,7 @@ from imgcls.history import write_history
 from imgcls.model_io import versions, write_csv_atomic, write_json
 from imgcls.precision import resolve_precision
 from imgcls.probe import FeaturedDataset, ProbeFit, featurize, fit_and_score, install_head, split_mistakes
+from imgcls.profiling import PROFILE
 from imgcls.report import write_report
 from imgcls.splits import MANIFEST_NAME, assign_splits, check_splits, split_counts, write_manifest
 
@@ -125,12 +126,14 @@ def _train(
         config=_model_config(featured, cfg, fit, tuned),
     )
     if run_dir is not None:
-        _save_run(run_dir, clf, featured, splits, cfg, fit.metrics)
+        with PROFILE.stage("save run (model, metrics, splits)"):
+            _save_run(run_dir, clf, featured, splits, cfg, fit.metrics)
         if tuned is not None:
             write_history(run_dir, tuned.state.history)
             (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # finished: nothing left to resume
         if cfg.report:
-            _write_train_report(run_dir, featured, fit)
+            with PROFILE.stage("report.html"):
+                _write_train_report(run_dir, featured, fit)
     return clf
 
 

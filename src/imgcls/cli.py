@@ -50,14 +50,24 @@ def _should_tune_allocator(argv: Sequence[str]) -> bool:
     return bool(_HEAVY_COMMANDS.intersection(argv))
 
 
+_STARTED = time.perf_counter()  # process start, near enough: the CLI is the first import
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose - args.quiet)
     from imgcls.errors import ImgclsError
 
+    if getattr(args, "profile", False):
+        from imgcls.profiling import PROFILE
+
+        PROFILE.reset(started=_STARTED)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        if getattr(args, "profile", False):
+            print(f"\nwhere the time went:\n{PROFILE.table()}", file=sys.stderr)
+        return code
     except ImgclsError as exc:
         print(f"imgcls: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,6 +158,11 @@ def _add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = Fals
         help="allow writing into an existing non-empty output directory",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where the time went: decode, transform, forward, backward, head fit, I/O",
+    )
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:

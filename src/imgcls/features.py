@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.config import Preprocessing
 from imgcls.images import UnreadableImageError, load_rgb
 from imgcls.precision import autocast
+from imgcls.profiling import PROFILE
 from imgcls.transforms import eval_transform
 from imgcls.weights import classifier_prefix
 
@@ -147,22 +148,28 @@ class _ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, tuple[float, float]]:
         index = self.indices[i]
+        started = time.perf_counter()
         try:
             image = load_rgb(self.paths[index], min_side=self.min_side)
         except UnreadableImageError as exc:
-            return index, None, exc.reason
-        return index, self.transform(image), None
+            return index, None, exc.reason, (time.perf_counter() - started, 0.0)
+        decoded = time.perf_counter()
+        tensor = self.transform(image)
+        return index, tensor, None, (decoded - started, time.perf_counter() - decoded)
 
 
-def _collate(
-    items: list[tuple[int, torch.Tensor | None, str | None]],
-) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    failures = {i: reason for i, _, reason in items if reason is not None}
+_Item = tuple[int, torch.Tensor | None, str | None, tuple[float, float]]
+
+
+def _collate(items: list[_Item]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """Stack the readable images; the per-image decode/transform seconds go to the profile
+    (summed here, in whichever process collates)."""
+    ok = [(i, t) for i, t, _, _ in items if t is not None]
+    failures = {i: reason for i, _, reason, _ in items if reason is not None}
     batch = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], batch, failures
+    return [i for i, _ in ok], batch, failures, (sum(s[0] for *_, s in items), sum(s[1] for *_, s in items))
 
 
 Embedding = Callable[[torch.Tensor], torch.Tensor]
@@ -202,17 +209,8 @@ def extract_features(
     """
     started = time.perf_counter()
     failures: dict[int, str] = {}
-    digests: list[str | None] = []
-    for index, path in enumerate(paths):
-        if cache.directory is None:  # nothing to look up or keep: key by position, skip hashing
-            digests.append(f"#{index}")
-            continue
-        try:
-            digests.append(file_digest(path))
-        except OSError as exc:
-            digests.append(None)
-            failures[index] = f"cannot read file ({exc.strerror})"
-    known = cache.lookup([d for d in digests if d is not None])
+    with PROFILE.stage("file digests + cache lookup"):
+        digests, known = _lookup(paths, cache, failures)
     todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
     loader = DataLoader(
         _ImageFiles(paths, todo, pre, flip),
@@ -227,6 +225,23 @@ def extract_features(
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started
     return extraction
+
+
+def _lookup(
+    paths: Sequence[Path], cache: FeatureCache, failures: dict[int, str]
+) -> tuple[list[str | None], dict[str, np.ndarray]]:
+    """Each file's content digest (``None`` if unreadable) and the cached features found."""
+    digests: list[str | None] = []
+    for index, path in enumerate(paths):
+        if cache.directory is None:  # nothing to look up or keep: key by position, skip hashing
+            digests.append(f"#{index}")
+            continue
+        try:
+            digests.append(file_digest(path))
+        except OSError as exc:
+            digests.append(None)
+            failures[index] = f"cannot read file ({exc.strerror})"
+    return digests, cache.lookup([d for d in digests if d is not None])
 
 
 def _compute(
@@ -244,22 +259,33 @@ def _compute(
     computed: dict[str, np.ndarray] = {}
     pending: list[str] = []
     done = 0
+    batches = iter(loader)
     with torch.inference_mode():
-        for indices, batch, batch_failures in loader:
+        while True:
+            with PROFILE.stage("wait for decoded images"):
+                item = next(batches, None)
+            if item is None:
+                break
+            indices, batch, batch_failures, (decode_s, transform_s) = item
+            PROFILE.add("decode", decode_s, len(indices) + len(batch_failures))
+            PROFILE.add("transform", transform_s, len(indices))
             failures.update(batch_failures)
             if batch is not None:
-                feats = _storage_dtype(embed(batch.contiguous(memory_format=torch.channels_last)))
+                with PROFILE.stage("forward (features)"):
+                    feats = _storage_dtype(embed(batch.contiguous(memory_format=torch.channels_last)))
                 for index, row in zip(indices, feats, strict=True):
                     computed[digests[index]] = row  # type: ignore[index]
                     pending.append(digests[index])  # type: ignore[arg-type]
             if len(pending) >= SHARD_IMAGES:
-                cache.add(pending, np.stack([computed[d] for d in pending]))
+                with PROFILE.stage("cache write"):
+                    cache.add(pending, np.stack([computed[d] for d in pending]))
                 pending = []
             done += len(indices) + len(batch_failures)
             if progress is not None:
                 progress(done, total)
     if pending:
-        cache.add(pending, np.stack([computed[d] for d in pending]))
+        with PROFILE.stage("cache write"):
+            cache.add(pending, np.stack([computed[d] for d in pending]))
     return computed
 
 

@@ -26,6 +26,7 @@ from imgcls.head import LinearHead, fit_linear_head
 from imgcls.metrics import classification_report, expected_calibration_error
 from imgcls.precision import resolve_precision
 from imgcls.predictions import softmax
+from imgcls.profiling import PROFILE
 from imgcls.registry import BackboneSpec, get_backbone
 from imgcls.report import Mistake, confident_mistakes
 
@@ -84,9 +85,10 @@ def build_model(
     """The configured network with its pretrained weights, in eval mode and channels_last;
     ``options`` go to the model factory (e.g. dropout rates)."""
     torch.manual_seed(cfg.seed)  # random init (and any new head) is reproducible
-    model, info = build_network(
-        spec, num_classes=num_classes, weights=cfg.weights, pretrained=cfg.pretrained, options=options
-    )
+    with PROFILE.stage("build model + load weights"):
+        model, info = build_network(
+            spec, num_classes=num_classes, weights=cfg.weights, pretrained=cfg.pretrained, options=options
+        )
     if not info.pretrained:
         log.warning(
             "NO PRETRAINED WEIGHTS: %s starts from random init (--no-pretrained); expect far lower accuracy",
@@ -156,13 +158,14 @@ class ProbeFit:
 def fit_and_score(data: FeaturedDataset, splits: list[str], cfg: TrainConfig) -> ProbeFit:
     """Fit the head on the ``train`` rows (optionally calibrate on ``val``); score every split."""
     rows = {s: np.array([x == s for x in splits], dtype=bool) for s in (TRAIN, VAL, TEST)}
-    head = fit_linear_head(
-        data.features[rows[TRAIN]],
-        data.labels[rows[TRAIN]],
-        num_classes=len(data.classes),
-        seed=cfg.seed,
-        balanced=cfg.class_weights == "auto",
-    )
+    with PROFILE.stage("head fit (C by CV + final fit)"):
+        head = fit_linear_head(
+            data.features[rows[TRAIN]],
+            data.labels[rows[TRAIN]],
+            num_classes=len(data.classes),
+            seed=cfg.seed,
+            balanced=cfg.class_weights == "auto",
+        )
     calibration = None
     if cfg.calibrate:
         head, calibration = _calibrate(data, rows, head)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from imgcls.checkpoint import restore_rng_states, rng_states, save_checkpoint
+from imgcls.profiling import PROFILE
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +165,16 @@ def run_training(
         if record is None:
             state.stopped = "time limit"
             break
-        validation = task.validate()
+        with PROFILE.stage("validate"):
+            validation = task.validate()
         record.val_loss, record.val_accuracy, record.val_balanced_accuracy = _val_fields(validation)
         _record(state, task, record, validation)
         _log_row(record)
         epoch_seconds.append(record.seconds)
         state.next_epoch = epoch + 1
         if settings.checkpoint is not None:
-            _save(settings.checkpoint, task, opt, state)
+            with PROFILE.stage("checkpoint write"):
+                _save(settings.checkpoint, task, opt, state)
         if (
             validation is not None
             and epoch < settings.epochs
@@ -209,7 +212,7 @@ def _train_epoch(
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     with _progress(settings, epoch, task.num_batches()) as bar:
-        for inputs, targets in task.batches(generator):
+        for inputs, targets in _timed(task.batches(generator)):
             if settings.deadline is not None and time.perf_counter() > settings.deadline:
                 log.info("time limit reached during epoch %d; its partial training is discarded", epoch)
                 return None
@@ -228,18 +231,31 @@ def _step(
 ) -> float:
     inputs = inputs.to(settings.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     targets = targets.to(settings.device, non_blocking=True)
-    with _autocast(settings):
+    with PROFILE.stage("train forward"), _autocast(settings):
         loss = opt.loss(module(inputs).float(), targets)
     opt.optimizer.zero_grad(set_to_none=True)
-    if opt.scaler is not None:
-        opt.scaler.scale(loss).backward()
-        opt.scaler.step(opt.optimizer)
-        opt.scaler.update()
-    else:
-        loss.backward()
-        opt.optimizer.step()
+    with PROFILE.stage("train backward + step"):
+        if opt.scaler is not None:
+            opt.scaler.scale(loss).backward()
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
+        else:
+            loss.backward()
+            opt.optimizer.step()
     opt.scheduler.step()
     return float(loss.detach())
+
+
+def _timed(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches, with the time spent producing each (decode, augment, collate) profiled."""
+    while True:
+        with PROFILE.stage("train batches (data + augment)"):
+            item = next(batches, None)
+        if item is None:
+            return
+        yield item
 
 
 def _autocast(settings: LoopSettings) -> contextlib.AbstractContextManager:
