@@ -241,19 +241,20 @@ figure img {{ display: block; max-height: 192px; }}
 def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes:
     """Loss (train and val) and val accuracy by epoch, as PNG bytes."""
     plt = _pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
-        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
-        if points:
-            loss_ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_title("loss")
-    loss_ax.legend()
-    for key, label in (("val_accuracy", "val accuracy"), ("val_balanced_accuracy", "val balanced accuracy")):
-        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
-        if points:
-            acc_ax.plot(*zip(*points, strict=True), marker="o", label=label)
-    acc_ax.set_xlabel("epoch")
-    acc_ax.set_title("validation accuracy (epoch 0: the probe head)")
-    acc_ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = (
+        ("loss", (("train_loss", "train loss"), ("val_loss", "val loss"))),
+        (
+            "validation accuracy (epoch 0: the probe head)",
+            (("val_accuracy", "val accuracy"), ("val_balanced_accuracy", "val balanced accuracy")),
+        ),
+    )
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
     return base64.b64decode(_figure_png(fig))
