@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 CPU_AUTO_STAGES = 2
 WEIGHT_DECAY = 0.05
 LAYER_DECAY = 0.75
-# Regularisation while fine-tuning (dropout before the classifier, stochastic depth); inert in eval.
-DROP_RATES = {"drop_rate": 0.2, "drop_path_rate": 0.1}
+# Stochastic depth while fine-tuning (inert in eval). No dropout before the classifier: the head
+# starts fitted on uncentred features, where dropout noise scales with the features' means
+# rather than their spread (measured: hymenoptera val 0.974 -> 0.928 after one epoch with 0.2).
+DROP_RATES = {"drop_rate": 0.0, "drop_path_rate": 0.1}
 
 
 @dataclass(frozen=True)
