@@ -270,3 +270,22 @@ def test_profile_prints_where_the_time_went(image_folder, tmp_path, capsys):
         assert stage in table, stage
     decode = next(line for line in table.splitlines() if line.startswith("decode"))
     assert int(decode.split()[-1]) == 36  # one decode per image
+
+
+def test_decoded_images_are_kept_after_one_pass_and_change_nothing(image_folder):
+    from imgcls.config import Preprocessing
+    from imgcls.tasks import _TrainImages
+
+    paths = sorted(image_folder.rglob("*.png"))
+    pre = Preprocessing(48, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    plain = _TrainImages(paths, [0] * len(paths), train_transform(pre, "standard"), 55)
+    kept = _TrainImages(paths, [0] * len(paths), train_transform(pre, "standard"), 55)
+    kept.keep_decoded(budget_bytes=10**8, workers=0)
+    assert len(kept.decoded) == len(paths)
+    torch.manual_seed(0)
+    first = [plain[i][0] for i in range(5)]
+    torch.manual_seed(0)
+    assert all(torch.equal(a, kept[i][0]) for i, a in enumerate(first))
+    small = _TrainImages(paths, [0] * len(paths), train_transform(pre, "standard"), 55)
+    small.keep_decoded(budget_bytes=3 * 32 * 32 * 3, workers=0)  # room for three images
+    assert len(small.decoded) == 3

@@ -13,12 +13,14 @@ on the fly, for GPUs and for architectures that cannot be split.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -26,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.images import load_rgb
 from imgcls.precision import autocast
 from imgcls.trainloop import Validation
+
+log = logging.getLogger(__name__)
 
 EVAL_BATCH = 128
 
@@ -137,20 +141,71 @@ def _mixup(
     return lam * inputs + (1 - lam) * inputs[perm], lam * soft + (1 - lam) * soft[perm]
 
 
+DECODED_MEMORY_FRACTION = 0.25  # of the memory available, for decoded training images
+
+
+class _Decode(Dataset):
+    def __init__(self, paths: Sequence[Path], min_side: int) -> None:
+        self.paths, self.min_side = paths, min_side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(load_rgb(self.paths[i], min_side=self.min_side))
+
+
 class _TrainImages(Dataset):
     """Decoded, transformed images; an unreadable file raises (it was readable when the data
-    was featurised, so it changed under us)."""
+    was featurised, so it changed under us).
+
+    ``keep_decoded`` decodes every image once, in parallel, and keeps the pixels in memory
+    while the budget lasts; later epochs only transform. Kept pixels are exactly what decoding
+    returns, so results do not depend on how much was kept.
+    """
 
     def __init__(
         self, paths: Sequence[Path], labels: Sequence[int], transform: Callable, min_side: int
     ) -> None:
         self.paths, self.labels, self.transform, self.min_side = paths, labels, transform, min_side
+        self.decoded: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[i], min_side=self.min_side)), self.labels[i]
+        pixels = self.decoded.get(i)
+        image = (
+            Image.fromarray(pixels) if pixels is not None else load_rgb(self.paths[i], min_side=self.min_side)
+        )
+        return self.transform(image), self.labels[i]
+
+    def keep_decoded(self, budget_bytes: int, workers: int) -> None:
+        loader = DataLoader(
+            _Decode(self.paths, self.min_side),
+            batch_size=None,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(0),  # leave the global generator alone (resume)
+        )
+        used = 0
+        for i, pixels in enumerate(loader):
+            if used + pixels.nbytes > budget_bytes:
+                log.info("decoded-image cache full after %d of %d images", i, len(self.paths))
+                return
+            self.decoded[i] = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+            used += pixels.nbytes
+        log.info("decoded-image cache: %d images, %.0f MB", len(self.decoded), used / 2**20)
+
+
+def available_memory() -> int:
+    """Bytes the kernel reports as available (0 where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class ImageTask:
@@ -176,6 +231,7 @@ class ImageTask:
         self.train_set = _TrainImages(*train, transforms[0], min_side)
         self.val_set = _TrainImages(*val, transforms[1], min_side)
         self.mixer, self.batch_size, self.workers = mixer, batch_size, workers
+        self._decoded_once = False
 
     def num_batches(self) -> int:
         return -(-len(self.train_set) // self.batch_size)
@@ -184,6 +240,9 @@ class ImageTask:
         train_with_frozen_norms(self.module)
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self._decoded_once:
+            self._decoded_once = True
+            self.train_set.keep_decoded(int(available_memory() * DECODED_MEMORY_FRACTION), self.workers)
         loader = DataLoader(
             self.train_set,
             batch_size=self.batch_size,
@@ -201,7 +260,12 @@ class ImageTask:
         if not len(self.val_set):
             return None
         self.module.eval()
-        loader = DataLoader(self.val_set, batch_size=EVAL_BATCH // 2, num_workers=self.workers)
+        loader = DataLoader(
+            self.val_set,
+            batch_size=EVAL_BATCH // 2,
+            num_workers=self.workers,
+            generator=torch.Generator().manual_seed(0),
+        )
         logits, labels = [], []
         for inputs, targets in loader:
             inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
