@@ -117,3 +117,10 @@ def test_evaluate_report_cli_writes_html_and_json(image_folder, tmp_path):
     html = (run / "report-all.html").read_text()
     assert 'id="confusion-matrix"' in html and 'id="reliability"' in html and "data:image/png;base64," in html
     assert json.loads((run / "evaluation-all.json").read_text())["n"] == 36
+
+
+def test_cv_refuses_a_strategy_it_does_not_run(image_folder, capsys):
+    from imgcls.cli import main
+
+    assert main(["cv", str(image_folder), "--strategy", "finetune", "--folds", "2"]) != 0
+    assert "probe strategy only" in capsys.readouterr().err

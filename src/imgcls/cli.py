@@ -159,6 +159,11 @@ def _add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = Fals
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument(
+        "--precision",
+        choices=_precisions(),
+        help="forward-pass precision for features and training (default: auto = bf16 where native)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="print where the time went: decode, transform, forward, backward, head fit, I/O",
@@ -197,7 +202,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _add_finetune_options(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import AUGMENT_PRESETS, CLASS_WEIGHTS, DEVICES, PRECISIONS
+    from imgcls.config import AUGMENT_PRESETS, CLASS_WEIGHTS, DEVICES
 
     group = p.add_argument_group("fine-tuning (--strategy finetune or auto)")
     group.add_argument("--epochs", type=_positive_int, help="most epochs to train (default: by data size)")
@@ -217,11 +222,6 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
     group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
-    group.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="forward-pass precision for features and training (default: auto = bf16 where native)",
-    )
     group.add_argument("--patience", type=_positive_int, help="early-stopping patience in epochs")
     group.add_argument(
         "--time-limit",
@@ -234,6 +234,12 @@ def _add_finetune_options(p: argparse.ArgumentParser) -> None:
         choices=CLASS_WEIGHTS,
         help="auto: weight the loss by inverse class frequency (default: none)",
     )
+
+
+def _precisions() -> Sequence[str]:
+    from imgcls.config import PRECISIONS
+
+    return PRECISIONS
 
 
 def _strategies() -> Sequence[str]:

@@ -99,6 +99,11 @@ def _cv_config(config: TrainConfig | None, *, folds: int, repeats: int) -> Train
     if folds < 2 or repeats < 1:
         raise ConfigError(f"need --folds >= 2 and --repeats >= 1, got {folds} and {repeats}")
     cfg = config or TrainConfig()
+    if cfg.strategy != "probe":
+        raise ConfigError(
+            f"cross-validation runs the probe strategy only (got --strategy {cfg.strategy}); "
+            "fine-tuning each fold is not built yet"
+        )
     if cfg.calibrate:
         # The held-out fold would both fit and judge the temperature.
         log.warning("calibration is not cross-validated; ignoring --calibrate")
