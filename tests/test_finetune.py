@@ -257,7 +257,17 @@ def test_auto_strategy_picks_the_probe_on_a_cpu_and_says_why(image_folder, tmp_p
 
 
 def test_profile_prints_where_the_time_went(image_folder, tmp_path, capsys):
-    args = ["train", str(image_folder), *TINY_ARGS, "-o", str(tmp_path / "run"), "--profile", "-q"]
+    # --no-cache: other tests may have cached these images' activations, and then nothing decodes.
+    args = [
+        "train",
+        str(image_folder),
+        *TINY_ARGS,
+        "-o",
+        str(tmp_path / "run"),
+        "--profile",
+        "-q",
+        "--no-cache",
+    ]
     assert main([*args, "--strategy", "finetune", "--epochs", "1", "--workers", "0"]) == 0
     table = capsys.readouterr().err.split("where the time went:")[1]
     for stage in (
