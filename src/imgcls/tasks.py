@@ -152,7 +152,7 @@ class _Decode(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(load_rgb(self.paths[i], min_side=self.min_side))
+        return np.array(load_rgb(self.paths[i], min_side=self.min_side))  # writable, for torch
 
 
 class _TrainImages(Dataset):
