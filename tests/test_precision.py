@@ -47,3 +47,15 @@ def test_the_saved_model_records_its_precision_and_scores_as_reported(image_fold
     assert reloaded.evaluate(image_folder, split="val").accuracy == pytest.approx(
         saved["metrics"]["val"]["accuracy"]
     )
+
+
+def test_finetune_trains_in_fp32_on_a_cpu_unless_asked_otherwise():
+    from imgcls.finetune_plan import plan_finetune
+
+    cpu = torch.device("cpu")
+    auto = plan_finetune(TrainConfig(strategy="finetune"), n_train=100, device=cpu, stages=7)
+    assert auto.precision == resolve_precision("auto", cpu) and auto.train_precision == "fp32"
+    asked = plan_finetune(
+        TrainConfig(strategy="finetune", precision="bf16"), n_train=100, device=cpu, stages=7
+    )
+    assert asked.precision == asked.train_precision == "bf16"

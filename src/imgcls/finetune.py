@@ -119,7 +119,7 @@ def finetune(
         patience=plan.patience,
         seed=cfg.seed,
         device=device,
-        autocast_dtype=plan.autocast_dtype,
+        autocast_dtype=plan.train_autocast_dtype,
         deadline=deadline,
         checkpoint=run_dir / CHECKPOINT_NAME if run_dir is not None else None,
     )
@@ -214,7 +214,7 @@ def _optimisation(
     factors = [_group_factor(g, plan, steps, warmup, model) for g in optimizer.param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
     weights = _class_weights(rows, len(featured.classes)) if cfg.class_weights == "auto" else None
-    scaler = torch.amp.GradScaler(plan.device) if plan.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(plan.device) if plan.train_precision == "fp16" else None
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         w = weights.to(logits.device) if weights is not None else None

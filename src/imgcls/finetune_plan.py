@@ -30,7 +30,8 @@ class FinetunePlan:
     """The resolved recipe of one fine-tuning run."""
 
     device: str
-    precision: str
+    precision: str  # of every forward pass that scores: features, validation, the saved model
+    train_precision: str  # of the training steps
     mode: str  # "activations" (cached trunk, train the top) or "images" (train on decoded images)
     trainable_stages: int | None  # None: every stage
     epochs: int
@@ -50,8 +51,14 @@ class FinetunePlan:
         return asdict(self)
 
     @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.precision)
+    def train_autocast_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.train_precision)
+
+
+def training_precision(precision: str, requested: str, device: torch.device) -> str:
+    """Training steps run in ``precision``, except that ``auto`` trains in fp32 on a CPU: there a
+    bf16 backward pass of the top stages measured 1.3-1.6x slower than fp32 (BENCHMARKS.md)."""
+    return "fp32" if requested == "auto" and device.type == "cpu" else precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,9 +134,11 @@ def plan_finetune(
     trainable = resolve_unfreeze(cfg.unfreeze, device, stages)
     mode = "activations" if trainable is not None else "images"
     epochs = cfg.epochs or default_epochs(n_train, mode)
+    precision = resolve_precision(cfg.precision, device)
     plan = FinetunePlan(
         device=device.type,
-        precision=resolve_precision(cfg.precision, device),
+        precision=precision,
+        train_precision=training_precision(precision, cfg.precision, device),
         mode=mode,
         trainable_stages=trainable,
         epochs=epochs,
@@ -141,9 +150,10 @@ def plan_finetune(
         label_smoothing=cfg.label_smoothing,
     )
     log.info(
-        "fine-tune plan: %s, %s, train %s, %d epochs, lr %.1e, augment %s",
+        "fine-tune plan: %s, %s (training steps %s), train %s, %d epochs, lr %.1e, augment %s",
         plan.device,
         plan.precision,
+        plan.train_precision,
         f"the last {trainable} stages on cached activations" if trainable else "every stage on images",
         plan.epochs,
         plan.lr,
