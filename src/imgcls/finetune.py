@@ -127,8 +127,8 @@ def finetune(
         before_training()
     model.to(device)
     state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
+    fit = _score(featured, splits, task, probe, cfg)  # on the training device
     model.cpu()
-    fit = _score(featured, splits, task, probe, cfg)
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
     return Finetuned(featured, splits, fit, plan, state)
 
@@ -170,6 +170,7 @@ def _task(
             batch_size=plan.batch_size,
             augment=plan.augment,
             precision=plan.precision,
+            device=torch.device(plan.device),
         )
     paths = [featured.scan.absolute(r) for r in featured.records]
     labels = featured.labels.tolist()
@@ -264,27 +265,8 @@ def _score(
 def _logits(task: ActivationTask | ImageTask, featured: FeaturedDataset, mask: np.ndarray) -> np.ndarray:
     if isinstance(task, ActivationTask):
         return task.logits(torch.from_numpy(np.flatnonzero(mask))).numpy()
-    from imgcls.features import pooled_features
-
-    model = featured.model.eval()
-    with torch.inference_mode():
-        head = model.get_classifier()
-        return _image_logits(
-            task, featured, mask, lambda batch: head(pooled_features(model, batch, task.precision))
-        )
-
-
-def _image_logits(task: ImageTask, featured: FeaturedDataset, mask: np.ndarray, forward: Any) -> np.ndarray:
-    from torch.utils.data import DataLoader
-
-    from imgcls.tasks import _TrainImages
-
     paths = [featured.scan.absolute(r) for r, keep in zip(featured.records, mask, strict=True) if keep]
-    images = _TrainImages(
-        paths, [0] * len(paths), eval_transform(featured.preprocessing), task.val_set.min_side
-    )
-    loader = DataLoader(images, batch_size=64, num_workers=task.workers)
-    return torch.cat([forward(x.to(task.device)).float().cpu() for x, _ in loader]).numpy()
+    return task.logits(paths).numpy()
 
 
 def _calibrate(

@@ -82,8 +82,10 @@ class ActivationTask:
         batch_size: int,
         augment: str,
         precision: str = "fp32",
+        device: torch.device | None = None,
     ) -> None:
         self.module, self.maps, self.rows, self.precision = top, maps, rows, precision
+        self.device = device or torch.device("cpu")
         self.num_classes, self.batch_size = num_classes, batch_size
         self.crop = MAP_CROP[augment]
         self.mixup = MAP_MIXUP.get(augment, 0.0)
@@ -117,13 +119,12 @@ class ActivationTask:
     @torch.inference_mode()
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
         self.module.eval()
-        parts = [
-            self.module(
-                self.maps[rows[i : i + EVAL_BATCH]].float().contiguous(memory_format=torch.channels_last)
-            )
-            for i in range(0, len(rows), EVAL_BATCH)
-        ]
-        return torch.cat(parts).float()
+        parts = []
+        with autocast(self.precision, self.device.type):
+            for i in range(0, len(rows), EVAL_BATCH):
+                batch = self.maps[rows[i : i + EVAL_BATCH]].to(self.device)
+                parts.append(self.module(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+        return torch.cat(parts)
 
     def validate(self) -> Validation | None:
         if not len(self.rows.val):
@@ -255,21 +256,29 @@ class ImageTask:
         for inputs, targets in loader:
             yield self.mixer(inputs, targets) if self.mixer is not None else (inputs, targets)
 
-    @torch.inference_mode()
     def validate(self) -> Validation | None:
         if not len(self.val_set):
             return None
+        return score(self._logits(self.val_set), torch.tensor(self.val_set.labels), self.num_classes)
+
+    def logits(self, paths: Sequence[Path]) -> torch.Tensor:
+        """The network's logits for images under the eval transform (e.g. a split to score)."""
+        return self._logits(
+            _TrainImages(paths, [0] * len(paths), self.val_set.transform, self.val_set.min_side)
+        )
+
+    @torch.inference_mode()
+    def _logits(self, images: Dataset) -> torch.Tensor:
         self.module.eval()
         loader = DataLoader(
-            self.val_set,
+            images,
             batch_size=EVAL_BATCH // 2,
             num_workers=self.workers,
-            generator=torch.Generator().manual_seed(0),
+            generator=torch.Generator().manual_seed(0),  # leave the global generator alone (resume)
         )
-        logits, labels = [], []
-        for inputs, targets in loader:
+        logits = []
+        for inputs, _ in loader:
             inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, self.device.type):
                 logits.append(self.module(inputs).float().cpu())
-            labels.append(targets)
-        return score(torch.cat(logits), torch.cat(labels), self.num_classes)
+        return torch.cat(logits)
