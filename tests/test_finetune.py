@@ -299,3 +299,13 @@ def test_decoded_images_are_kept_after_one_pass_and_change_nothing(image_folder)
     small = _TrainImages(paths, [0] * len(paths), train_transform(pre, "standard"), 55)
     small.keep_decoded(budget_bytes=3 * 32 * 32 * 3, workers=0)  # room for three images
     assert len(small.decoded) == 3
+
+
+def test_finetune_calibrate_folds_the_temperature_into_the_saved_model(image_folder, tmp_path):
+    clf = imgcls.train(image_folder, tmp_path / "run", config=TINY_FT.with_overrides({"calibrate": True}))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] > 0 and {"val_ece_before", "val_ece_after"} <= set(calibration)
+    evaluation = imgcls.load(tmp_path / "run").evaluate(image_folder, split="val")
+    assert evaluation.report["log_loss"] == pytest.approx(metrics["val"]["log_loss"], rel=1e-3, abs=1e-5)
+    assert clf.config["head"]["temperature"] == calibration["temperature"]

@@ -23,13 +23,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgcls.backbone import resolve_preprocessing
-from imgcls.calibration import fit_temperature
 from imgcls.checkpoint import CHECKPOINT_NAME
 from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, DatasetScan
 from imgcls.errors import DataError
 from imgcls.finetune_plan import DROP_RATES, FinetunePlan, plan_finetune, resolve_device, resolve_unfreeze
-from imgcls.metrics import classification_report, expected_calibration_error
+from imgcls.metrics import classification_report
 from imgcls.network_split import NetworkSplit, split_network, stage_count
 from imgcls.predictions import softmax
 from imgcls.probe import (
@@ -40,6 +39,7 @@ from imgcls.probe import (
     featured_dataset,
     fit_and_score,
     install_head,
+    temperature_scaling,
 )
 from imgcls.registry import get_backbone
 from imgcls.splits import assign_splits, check_splits
@@ -273,24 +273,16 @@ def _calibrate(
     featured: FeaturedDataset, masks: dict[str, np.ndarray], logits: dict[str, np.ndarray]
 ) -> dict:
     """Fit a temperature on val, fold it into the classifier layer and the logits."""
-    if VAL not in logits:
-        raise DataError("--calibrate needs a validation split to fit the temperature on")
-    temperature = fit_temperature(logits[VAL], featured.labels[masks[VAL]])
-    summary: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": VAL}
-    for split in (VAL, TEST):
-        if split in logits:
-            y = featured.labels[masks[split]]
-            summary[f"{split}_ece_before"] = expected_calibration_error(y, softmax(logits[split]))
-            summary[f"{split}_ece_after"] = expected_calibration_error(
-                y, softmax(logits[split] / temperature)
-            )
+    scored = [s for s in (VAL, TEST) if s in logits]
+    temperature, summary = temperature_scaling(
+        {s: logits[s] for s in scored}, {s: featured.labels[masks[s]] for s in scored}
+    )
     for split in logits:
         logits[split] = logits[split] / temperature
     layer = featured.model.get_classifier()
     with torch.no_grad():
         layer.weight.div_(temperature)
         layer.bias.div_(temperature)
-    log.info("temperature scaling: T=%.3f fitted on val", temperature)
     return summary
 
 

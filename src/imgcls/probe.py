@@ -189,18 +189,30 @@ def fit_and_score(data: FeaturedDataset, splits: list[str], cfg: TrainConfig) ->
 def _calibrate(
     data: FeaturedDataset, rows: dict[str, np.ndarray], head: LinearHead
 ) -> tuple[LinearHead, dict[str, Any]]:
-    if not rows[VAL].any():
+    splits = [s for s in (VAL, TEST) if rows[s].any()]
+    temperature, summary = temperature_scaling(
+        {s: head.logits(data.features[rows[s]]) for s in splits}, {s: data.labels[rows[s]] for s in splits}
+    )
+    return replace(head, weight=head.weight / temperature, bias=head.bias / temperature), summary
+
+
+def temperature_scaling(
+    logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+) -> tuple[float, dict[str, Any]]:
+    """The temperature fitted on the ``val`` logits, and ECE before/after on val and test."""
+    if VAL not in logits:
         raise DataError("--calibrate needs a validation split to fit the temperature on")
-    temperature = fit_temperature(head.logits(data.features[rows[VAL]]), data.labels[rows[VAL]])
-    calibrated = replace(head, weight=head.weight / temperature, bias=head.bias / temperature)
+    temperature = fit_temperature(logits[VAL], labels[VAL])
     summary: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": VAL}
     for split in (VAL, TEST):
-        if rows[split].any():
-            x, y = data.features[rows[split]], data.labels[rows[split]]
-            summary[f"{split}_ece_before"] = expected_calibration_error(y, softmax(head.logits(x)))
-            summary[f"{split}_ece_after"] = expected_calibration_error(y, softmax(calibrated.logits(x)))
+        if split in logits:
+            y = labels[split]
+            summary[f"{split}_ece_before"] = expected_calibration_error(y, softmax(logits[split]))
+            summary[f"{split}_ece_after"] = expected_calibration_error(
+                y, softmax(logits[split] / temperature)
+            )
     log.info("temperature scaling: T=%.3f fitted on val", temperature)
-    return calibrated, summary
+    return temperature, summary
 
 
 def split_mistakes(data: FeaturedDataset, fit: ProbeFit, split: str) -> list[Mistake]:
