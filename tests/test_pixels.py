@@ -22,3 +22,29 @@ def test_numpy_preprocessing_matches_torchvision(size, flip):
     actual = to_input_array(image, pre, flip=flip)
     assert actual.shape == expected.shape == (3, 64, 64)
     np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_batched_normalisation_is_torchvisions_per_image_transform(flip):
+    """Loaders ship uint8 crops and the batch is normalised at once: exactly ToTensor + Normalize."""
+    import torch
+    from torchvision import transforms as T
+
+    from imgcls.transforms import eval_crop, normalize_batch
+
+    pre = Preprocessing(
+        input_size=48, crop_pct=0.9, interpolation="bilinear", mean=(0.48, 0.45, 0.4), std=(0.22, 0.24, 0.25)
+    )
+    images = [make_image((10 * i, 200, 90), seed=i, size=70 + 9 * i) for i in range(3)]
+    classic = T.Compose(
+        [T.Resize(pre.resize_size, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(pre.input_size)]
+        + ([T.RandomHorizontalFlip(p=1.0)] if flip else [])
+        + [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    )
+    expected = torch.stack([classic(image) for image in images])
+    crops = torch.stack([eval_crop(pre, flip=flip)(image) for image in images])
+    assert crops.dtype == torch.uint8 and crops.shape == (3, 48, 48, 3)
+    batch = normalize_batch(crops, pre)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, expected)
+    assert torch.equal(eval_transform(pre, flip=flip)(images[0]), expected[0])

@@ -8,6 +8,7 @@ traceback and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,17 @@ def entry() -> None:
     if _should_tune_allocator(argv):
         env = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR_TUNABLES)
         os.execve(sys.executable, [sys.executable, "-m", "imgcls", *argv], env)
-    raise SystemExit(main(argv))
+    _exit_now(main(argv))
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: finalising torch, timm, scikit-learn and
+    matplotlib modules takes 1.2-1.7 s here, and every file is written and closed by now."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken pipe: nothing to save
+            stream.flush()
+    os._exit(code)
 
 
 def _should_tune_allocator(argv: Sequence[str]) -> bool:

@@ -29,7 +29,7 @@ from imgcls.config import Preprocessing
 from imgcls.images import UnreadableImageError, load_rgb
 from imgcls.precision import autocast
 from imgcls.profiling import PROFILE
-from imgcls.transforms import eval_transform
+from imgcls.transforms import eval_crop, normalize_batch
 from imgcls.weights import classifier_prefix
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Extraction:
 class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], indices: Sequence[int], pre: Preprocessing, flip: bool) -> None:
         self.paths, self.indices = paths, indices
-        self.transform = eval_transform(pre, flip=flip)
+        self.transform = eval_crop(pre, flip=flip)
         self.min_side = pre.resize_size
 
     def __len__(self) -> int:
@@ -220,7 +220,7 @@ def extract_features(
     )
     embed = embed or (lambda batch: pooled_features(model, batch))
     with autocast(precision):
-        computed = _compute(embed, loader, digests, cache, failures, progress)
+        computed = _compute(embed, pre, loader, digests, cache, failures, progress)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started
@@ -246,6 +246,7 @@ def _lookup(
 
 def _compute(
     embed: Embedding,
+    pre: Preprocessing,
     loader: DataLoader,
     digests: list[str | None],
     cache: FeatureCache,
@@ -271,8 +272,10 @@ def _compute(
             PROFILE.add("transform", transform_s, len(indices))
             failures.update(batch_failures)
             if batch is not None:
+                with PROFILE.stage("normalise batches"):
+                    inputs = normalize_batch(batch, pre)
                 with PROFILE.stage("forward (features)"):
-                    feats = _storage_dtype(embed(batch.contiguous(memory_format=torch.channels_last)))
+                    feats = _storage_dtype(embed(inputs))
                 for index, row in zip(indices, feats, strict=True):
                     computed[digests[index]] = row  # type: ignore[index]
                     pending.append(digests[index])  # type: ignore[arg-type]
