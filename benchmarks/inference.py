@@ -8,7 +8,17 @@ PATH is one of:
                tuned allocator by the parent, as the CLI runs itself)
   imgcls-bf16  the same under CPU bf16 autocast
   onnxruntime  the network exported to ONNX (opset 17), ONNX Runtime CPU, 2 intra-op threads
+  extract-bf16 the probe's feature extraction: pooled features at the feature resolution
+               (1.25x native, 288 px for Lite0), bf16 autocast, batch 32
+  trunk-bf16   the activation cache's pass: the frozen trunk below the last two stages at the
+               feature resolution, bf16 autocast (what --strategy finetune runs once per image)
+  train-top    one fine-tuning step of the last two stages + head on cached 288 px trunk maps
+               (fp32, frozen BatchNorm, AdamW): the CPU default of --strategy finetune
+  train-all    one step of the whole network on 224 px images (fp32): --unfreeze all
   peak         a 2048x2048 matmul in fp32 and bf16: this machine's reachable peak
+
+Training paths report images/s of whole steps (forward, backward, optimiser) and 3x the
+forward FLOPs per image (backward ~ 2x forward).
 """
 
 from __future__ import annotations
@@ -87,6 +97,8 @@ def measure(path: str, backbone: str) -> dict:
 
     elif path == "onnxruntime":
         forward = _onnx_forward(model, size)
+    elif path in STAGES:
+        return {**result, **STAGES[path](model, size)}
     else:
         raise SystemExit(f"unknown path {path}")
     result["images_per_s"], result["latency_ms"] = _rate(forward, size)
@@ -113,6 +125,103 @@ def _onnx_forward(model: torch.nn.Module, size: int):
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"input": x.numpy()})
+
+
+def _bf16_forward(module: torch.nn.Module, x: torch.Tensor) -> dict:
+    """images/s and GFLOP/image of ``module`` on batch ``x`` under bf16 autocast."""
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            module(x.contiguous(memory_format=torch.channels_last))
+
+    forward()
+    started = time.perf_counter()
+    for _ in range(ROUNDS):
+        forward()
+    rate = len(x) * ROUNDS / (time.perf_counter() - started)
+    return {
+        "images_per_s": rate,
+        "gflops_per_image": _flops(lambda: module(x[:1])) / 1e9,
+        "precision": "bf16",
+    }
+
+
+def _train_steps(module: torch.nn.Module, x: torch.Tensor, num_classes: int = 10) -> dict:
+    """images/s of fp32 training steps on batch ``x`` and forward + backward GFLOP/image."""
+    from imgcls.tasks import train_with_frozen_norms
+
+    train_with_frozen_norms(module)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    targets = torch.randint(num_classes, (len(x),))
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(module(inputs)[:, :num_classes], labels).backward()
+
+    step(x, targets)
+    optimizer.step()
+    started = time.perf_counter()
+    for _ in range(ROUNDS):
+        step(x, targets)
+        optimizer.step()
+    rate = len(x) * ROUNDS / (time.perf_counter() - started)
+    # Backward ~ 2x forward (gradients of inputs and of weights). Not counted directly: torch's
+    # FlopCounterMode ignores `groups` in convolution_backward and overcounts depthwise layers.
+    with torch.no_grad():
+        flops = 3 * _flops(lambda: module(x[:1]))
+    return {"images_per_s": rate, "gflops_per_image": flops / 1e9, "precision": "fp32"}
+
+
+def _flops(run) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+def _feature_size(size: int) -> int:
+    from imgcls.backbone import feature_input_size
+
+    return feature_input_size(size)
+
+
+def _extract(model: torch.nn.Module, size: int) -> dict:
+    pooled = lambda x: model.forward_head(model.forward_features(x), pre_logits=True)  # noqa: E731
+    side = _feature_size(size)
+    return {"input_size": side, **_bf16_forward(pooled, torch.randn(BATCH, 3, side, side))}
+
+
+def _top_split(model: torch.nn.Module):
+    from imgcls.network_split import split_network
+
+    split = split_network(model, 2)
+    if split is None:
+        raise SystemExit("this backbone cannot be split into stages")
+    return split
+
+
+def _trunk(model: torch.nn.Module, size: int) -> dict:
+    side = _feature_size(size)
+    return {"input_size": side, **_bf16_forward(_top_split(model).trunk, torch.randn(BATCH, 3, side, side))}
+
+
+def _train_top(model: torch.nn.Module, size: int) -> dict:
+    split, side = _top_split(model), _feature_size(size)
+    with torch.inference_mode():
+        maps = split.trunk(torch.randn(BATCH, 3, side, side).contiguous(memory_format=torch.channels_last))
+    split.trunk.requires_grad_(False)
+    return {"input_size": side, **_train_steps(split.top, maps.clone())}
+
+
+def _train_all(model: torch.nn.Module, size: int) -> dict:
+    return _train_steps(model, torch.randn(BATCH, 3, size, size))
+
+
+STAGES = {"extract-bf16": _extract, "trunk-bf16": _trunk, "train-top": _train_top, "train-all": _train_all}
 
 
 def peak(n: int = 2048, repeats: int = 10) -> dict:

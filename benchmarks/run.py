@@ -56,6 +56,8 @@ FASTAI_PACKAGES = [
     "six",
 ]
 TUNED = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=536870912"}
+INFERENCE_PATHS = ("timm-eager", "imgcls", "imgcls-bf16", "onnxruntime")
+STAGE_PATHS = ("extract-bf16", "trunk-bf16", "train-top", "train-all")  # a pipeline stage each
 SUITES = {
     "quick": {"datasets": ["hymenoptera"], "backbones": ["efficientnet_lite0"], "tutorial_epochs": 3},
     "full": {
@@ -183,14 +185,15 @@ def markdown(report: dict) -> str:
         f"Peak (2048x2048 matmul, this run): fp32 {peak['peak_fp32_gflops']:.0f} GFLOP/s, "
         f"bf16 {peak['peak_bf16_gflops']:.0f} GFLOP/s.",
         "",
-        "| backbone | path | batch-32 img/s | 1-image ms | GFLOP/img | achieved GFLOP/s | % of peak |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| backbone | path | px | batch-32 img/s | 1-image ms | GFLOP/img | achieved GFLOP/s | % of peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["inference"]:
         achieved = r["gflops_per_image"] * r["images_per_s"]
         ceiling = peak["peak_bf16_gflops"] if r["path"].endswith("bf16") else peak["peak_fp32_gflops"]
+        latency = f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-"
         lines.append(
-            f"| {r['backbone']} | {r['path']} | {r['images_per_s']:.1f} | {r['latency_ms']:.1f} | "
+            f"| {r['backbone']} | {r['path']} | {r['input_size']} | {r['images_per_s']:.1f} | {latency} | "
             f"{r['gflops_per_image']:.2f} | {achieved:.1f} | {100 * achieved / ceiling:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -234,7 +237,7 @@ def main() -> None:
         "inference": [
             inference(path, backbone)
             for backbone in suite["backbones"]
-            for path in ("timm-eager", "imgcls", "imgcls-bf16", "onnxruntime")
+            for path in INFERENCE_PATHS + STAGE_PATHS
         ],
         "time_to_accuracy": [] if args.skip_training else time_to_accuracy(suite, args.skip_fastai),
     }

@@ -9,12 +9,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 
 # Each module may import only modules of a lower layer (or its own).
 LAYERS = [
-    {"errors", "predictions", "profiling"},
+    {"errors", "predictions", "profiling", "layout", "cpu_features"},
     {"config", "images", "registry", "metrics", "calibration", "stats"},
     {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
     {"precision", "checkpoint", "network_split", "finetune_plan"},
     {"splits", "backbone", "onnx_runtime", "server", "trainloop"},
-    {"features", "tasks", "history", "inspect_data"},
+    {"features", "tasks", "history", "inspect_data", "runtime_choice"},
     {"classifier", "probe"},
     {"finetune"},
     {"api", "catalog", "export"},
@@ -34,6 +34,9 @@ TORCH_FREE = {
     "batch",
     "onnx_runtime",
     "server",
+    "layout",
+    "cpu_features",
+    "runtime_choice",
 }
 
 

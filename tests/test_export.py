@@ -107,3 +107,37 @@ def test_onnx_classifier_takes_the_same_inputs_as_the_torch_one(trained, real_im
     assert by_path.probability == pytest.approx(by_bytes.probability, abs=1e-6)
     with pytest.raises(ConfigError, match="not available with the ONNX runtime"):
         clf.predict(path, tta=True)
+
+
+def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(trained, real_images, monkeypatch, caplog):
+    from imgcls import runtime_choice
+    from imgcls.cli import main
+    from imgcls.runtime_choice import choose_runtime
+
+    assert choose_runtime("auto", trained).reason.startswith("no model.onnx")
+    export_model(trained, format="onnx", check_images=real_images)
+    choice = choose_runtime("auto", trained)  # an fp32 model: ONNX Runtime beats torch fp32
+    assert choice.runtime == "onnx" and choice.onnx is not None
+    assert choose_runtime("torch", trained).runtime == "torch"
+    assert choose_runtime("auto", trained, tta=True).runtime == "torch"
+    assert choose_runtime("auto", "efficientnet_lite0").runtime == "torch"
+
+    config_path = trained / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "precision": "bf16"}))
+    monkeypatch.setattr(runtime_choice, "cpu_has_native_bf16", lambda: True)
+    assert choose_runtime("auto", trained).runtime == "torch"  # native bf16 is faster still
+    monkeypatch.setattr(runtime_choice, "cpu_has_native_bf16", lambda: False)
+    assert choose_runtime("auto", trained).runtime == "onnx"
+    config_path.write_text(json.dumps(config))
+
+    with caplog.at_level("INFO", logger="imgcls"):
+        assert main(["predict", str(trained), str(real_images[0]), "--json"]) == 0
+    assert "runtime: onnx" in caplog.text
+
+    from safetensors.torch import load_file, save_file
+
+    weights = trained / "model" / "model.safetensors"  # retrained: the export describes old weights
+    save_file({k: v + 1.0 if k.endswith("bias") else v for k, v in load_file(weights).items()}, weights)
+    stale = choose_runtime("auto", trained)
+    assert stale.runtime == "torch" and stale.reason == "model.onnx is out of date"

@@ -37,7 +37,7 @@ def model(tmp_path_factory):
 def test_predict_bad_uploads_and_concurrency(model):
     cat = _png(skimage.data.chelsea())  # about 240 kB
     small = _png(skimage.data.chelsea()[::4, ::4])
-    with running_server(model, "--max-upload-mb", "0.1", "--max-files", "4") as url:
+    with running_server(model, "--runtime", "torch", "--max-upload-mb", "0.1", "--max-files", "4") as url:
         ok = httpx.post(f"{url}/predict", files=[("file", ("small.png", small, "image/png"))], timeout=30)
         assert ok.status_code == 200
         body = ok.json()

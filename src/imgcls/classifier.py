@@ -26,6 +26,7 @@ from imgcls.backbone import (
     resolve_preprocessing,
 )
 from imgcls.config import Preprocessing
+from imgcls.cpu_features import cpu_has_native_bf16
 from imgcls.data import DatasetScan, ImageRecord, expand_inputs, scan_dataset
 from imgcls.errors import DataError, WeightsError
 from imgcls.features import (
@@ -36,9 +37,9 @@ from imgcls.features import (
     pooled_features,
 )
 from imgcls.images import ImageInput, as_rgb_image, to_rgb
+from imgcls.layout import model_dir
 from imgcls.metrics import classification_report
 from imgcls.model_io import load_weights_into, read_model_config, save_model_dir
-from imgcls.precision import cpu_has_native_bf16
 from imgcls.predictions import PathScores, Prediction, PredictionRun, rank_classes
 from imgcls.registry import get_backbone
 from imgcls.report import Mistake, confident_mistakes
@@ -133,7 +134,7 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
         """Load a model saved by ``save`` (``RUN_DIR/model`` or ``RUN_DIR`` itself)."""
-        directory = _model_dir(Path(directory))
+        directory = model_dir(Path(directory))
         config = read_model_config(directory)
         spec = get_backbone(config["backbone"]["name"])
         model = create_network(spec, num_classes=len(config["classes"]))
@@ -360,10 +361,6 @@ class Classifier:
 
 def _views(tta: bool) -> tuple[str, ...]:
     return TTA_VIEWS if tta else TTA_VIEWS[:1]
-
-
-def _model_dir(path: Path) -> Path:
-    return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
 def imagenet_class_names() -> list[str]:

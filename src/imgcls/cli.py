@@ -534,12 +534,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default: 5)")
     p.add_argument("--weights", metavar="FILE", help="with a backbone name: local ImageNet state dict to use")
     _add_inference_options(p)
-    p.add_argument(
-        "--runtime",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="torch, or ONNX Runtime on the model's export (model.onnx; no torch import)",
-    )
+    _add_runtime_option(p)
     p.add_argument(
         "--output",
         metavar="FILE",
@@ -580,17 +575,34 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runtime_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="ONNX Runtime on the model's export (model.onnx; no torch import) or torch; auto "
+        "(default): ONNX Runtime when a current export exists and this CPU lacks native bf16",
+    )
+
+
 def _load_predictor(args: argparse.Namespace) -> Any:
-    """The ONNX Runtime model (no torch import), a saved model, or a pretrained backbone."""
+    """The ONNX Runtime model (no torch import), a saved model, or a pretrained backbone.
+
+    Resolves ``--runtime auto`` and writes the runtime chosen back into ``args.runtime``.
+    """
     from imgcls.errors import ConfigError
+    from imgcls.runtime_choice import choose_runtime
 
     weights = getattr(args, "weights", None)
+    choice = choose_runtime(args.runtime, args.model, tta=getattr(args, "tta", False))
+    logging.getLogger("imgcls").info("runtime: %s (%s)", choice.runtime, choice.reason)
+    args.runtime = choice.runtime
     if args.runtime == "onnx":
         if weights:
             raise ConfigError("--weights goes with a backbone name and the torch runtime")
         from imgcls.onnx_runtime import OnnxClassifier
 
-        return OnnxClassifier.load(args.model)
+        return choice.onnx or OnnxClassifier.load(args.model)
     from imgcls.classifier import Classifier
 
     if _looks_like_model_dir(args.model):
@@ -692,7 +704,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (with model.onnx for --runtime onnx)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    _add_runtime_option(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--max-batch", type=int, default=32, help="largest micro-batch (default: 32)")
     p.add_argument(
@@ -712,7 +724,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         top_k=args.top_k,
     )
-    serve(_load_predictor(args), runtime=args.runtime, host=args.host, port=args.port, limits=limits)
+    predictor = _load_predictor(args)  # resolves --runtime auto
+    serve(predictor, runtime=args.runtime, host=args.host, port=args.port, limits=limits)
     return 0
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from imgcls.classifier import Classifier
 from imgcls.errors import ConfigError, ImgclsError
 from imgcls.images import UnreadableImageError, load_rgb
+from imgcls.layout import weights_digest
 from imgcls.onnx_runtime import METADATA_KEY, ONNX_FILE
 from imgcls.pixels import to_input_array
 
@@ -99,6 +100,8 @@ def _metadata(clf: Classifier) -> dict[str, Any]:
         "preprocessing": clf.preprocessing.to_dict(),
         "backbone": {"name": clf.backbone, "timm_arch": clf.config["backbone"].get("timm_arch")},
         "metrics": clf.metrics,
+        # ``--runtime auto`` uses the export only while the model's weights are still these.
+        "weights_digest": weights_digest(clf.directory) if clf.directory is not None else None,
         "input": "float32 N x 3 x H x W, preprocessed",
         "output": "logits N x classes",
     }

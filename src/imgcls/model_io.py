@@ -20,11 +20,10 @@ from typing import Any
 from torch import nn
 
 from imgcls.errors import ModelFormatError
+from imgcls.layout import CONFIG_FILE, WEIGHTS_FILE
 
 FORMAT_NAME = "imgcls-model"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 # Exports of an earlier model in the same directory would silently serve the old weights.
 EXPORT_FILES = ("model.onnx", "model.torchscript.pt")
 

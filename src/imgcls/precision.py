@@ -7,23 +7,13 @@ On CPUs with native bf16 (AVX-512 BF16 or AMX) bf16 autocast runs EfficientNet-L
 from __future__ import annotations
 
 import contextlib
-from functools import cache
-from pathlib import Path
 
 import torch
 
+from imgcls.cpu_features import cpu_has_native_bf16
 from imgcls.errors import ConfigError
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@cache
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
