@@ -158,6 +158,17 @@ def test_existing_run_directory_is_not_overwritten_silently(image_folder, tmp_pa
     assert (run / "precious.txt").read_text() == "keep me"
 
 
+def test_a_failed_run_leaves_no_empty_run_directory(image_folder, tmp_path):
+    run = tmp_path / "runs" / "failed"
+    unknown = TINY.with_overrides({"backbone": "no_such_net"})
+    with pytest.raises(Exception, match="no_such_net"):
+        imgcls.train(image_folder, run, config=unknown)
+    assert not run.exists()
+    with pytest.raises(DataError):
+        imgcls.train(tmp_path / "missing", run, config=TINY)  # bad data: nothing is created
+    assert not run.exists()
+
+
 def test_offline_backbone_without_weights_fails_fast_with_guidance(image_folder):
     result = run_cli("train", str(image_folder), "--backbone", "resnet50", "--output", "unused", check=False)
     assert result.returncode == 2

@@ -70,8 +70,17 @@ def train(
         "strategy": strategy,
     }
     cfg = (config or TrainConfig()).with_overrides(overrides)
+    scan = scan_dataset(data)
+    created = output is not None and not Path(output).exists()
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
-    return _train(scan_dataset(data), cfg, run_dir, started=started)
+    try:
+        return _train(scan, cfg, run_dir, started=started)
+    except BaseException:
+        # A run that failed before writing anything leaves no empty directory behind (one with
+        # a checkpoint stays, for --resume).
+        if created and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
