@@ -124,3 +124,48 @@ def test_cv_refuses_a_strategy_it_does_not_run(image_folder, capsys):
 
     assert main(["cv", str(image_folder), "--strategy", "finetune", "--folds", "2"]) != 0
     assert "probe strategy only" in capsys.readouterr().err
+
+
+def test_exact_mcnemar_agrees_with_the_binomial_test():
+    from scipy.stats import binomtest
+
+    from imgcls.stats import mcnemar_test
+
+    first = [True] * 50 + [True] * 9 + [False] * 2 + [False] * 5
+    second = [True] * 50 + [False] * 9 + [True] * 2 + [False] * 5
+    test = mcnemar_test(first, second)
+    assert (test["only_first_correct"], test["only_second_correct"]) == (9, 2)
+    assert test["p_value"] == pytest.approx(binomtest(2, 11, 0.5).pvalue)
+    assert mcnemar_test([True, False], [True, False])["p_value"] == 1.0  # no disagreement
+    assert mcnemar_test([False] * 6, [True] * 6)["p_value"] == pytest.approx(2 * 0.5**6)
+
+
+def test_compare_runs_scores_the_same_images_and_tests_the_best_two(image_folder, tmp_path):
+    from imgcls.errors import DataError
+    from imgcls.run_comparison import compare_runs
+
+    runs = []
+    for name, size in (("a", 64), ("b", 32)):  # same seed, so the same val split
+        run = tmp_path / name
+        imgcls.train(image_folder, run, config=TINY.with_overrides({"input_size": size}))
+        runs.append(run)
+    comparison = compare_runs(image_folder, runs, split="val")
+    scores = comparison.scores
+    accuracies = [s.evaluation.accuracy for s in scores]
+    assert accuracies == sorted(accuracies, reverse=True)
+    best, second = (s.evaluation.outcomes for s in scores)
+    assert set(best) == set(second) and len(best) == scores[0].evaluation.report["n"]
+    only_first = sum(best[p] and not second[p] for p in best)
+    assert comparison.test["only_first_correct"] == only_first
+    assert 0.0 <= comparison.test["p_value"] <= 1.0
+
+    both = f"{runs[0]},{runs[1]}"
+    result = run_cli("compare", str(image_folder), "--runs", both, "--split", "val")
+    assert "exact McNemar" in result.stdout and str(runs[1]) in result.stdout
+    refused = run_cli("compare", str(image_folder), "--runs", both, "--folds", "3", check=False)
+    assert refused.returncode == 2 and "--folds do not apply" in refused.stderr
+
+    other = tmp_path / "other-seed"
+    imgcls.train(image_folder, other, config=TINY.with_overrides({"seed": 7}))
+    with pytest.raises(DataError, match="same splits"):
+        compare_runs(image_folder, [runs[0], other], split="val")

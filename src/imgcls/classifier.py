@@ -58,6 +58,9 @@ class Evaluation:
     unreadable: dict[str, str] = field(default_factory=dict)
     tta: dict[str, Any] | None = None
     mistakes: list[Mistake] = field(default_factory=list)
+    # Whether the top class was right, per scored image (path relative to the data folder):
+    # what a paired test of two models on the same images needs.
+    outcomes: dict[str, bool] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -315,7 +318,9 @@ class Classifier:
             [scan.absolute(r) for r in kept], [r.path for r in kept], y_true, scored.mean_probs, self.classes
         )
         unreadable = {records[i].path: reason for i, reason in scored.failures.items()}
-        evaluation = Evaluation(split, report, unreadable, mistakes=mistakes)
+        right = scored.mean_probs.argmax(axis=1) == y_true
+        outcomes = {r.path: bool(ok) for r, ok in zip(kept, right, strict=True)}
+        evaluation = Evaluation(split, report, unreadable, mistakes=mistakes, outcomes=outcomes)
         if tta:
             plain = classification_report(y_true, scored.probs[0], self.classes)
             evaluation.tta = {

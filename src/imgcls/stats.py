@@ -1,9 +1,10 @@
-"""Summaries and tests over repeated measurements (cross-validation folds)."""
+"""Summaries and tests over repeated measurements (cross-validation folds) and paired predictions."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,3 +42,28 @@ def corrected_paired_t_test(
     t = mean / math.sqrt(corrected)
     p = float(2 * stats.t.sf(abs(t), k - 1))
     return {"mean_difference": mean, "t": float(t), "p_value": p, "df": k - 1}
+
+
+def mcnemar_test(first_correct: Sequence[bool], second_correct: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test of two classifiers scored on the same images.
+
+    Only the images exactly one of them gets right carry information; under the null
+    hypothesis each of those is equally likely to favour either, so the count is
+    Binomial(n, 1/2) and the two-sided p-value is ``min(1, 2 P(X <= min(b, c)))``.
+    """
+    from scipy import stats
+
+    a = np.asarray(first_correct, dtype=bool)
+    b = np.asarray(second_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes differ in length: {a.shape} vs {b.shape}")
+    only_first, only_second = int((a & ~b).sum()), int((~a & b).sum())
+    discordant = only_first + only_second
+    tail = float(stats.binom.cdf(min(only_first, only_second), discordant, 0.5)) if discordant else 0.5
+    p = min(1.0, 2 * tail)
+    return {
+        "test": "exact McNemar",
+        "only_first_correct": only_first,
+        "only_second_correct": only_second,
+        "p_value": p,
+    }
