@@ -17,9 +17,11 @@ LAYERS = [
     {"features", "tasks", "history", "inspect_data", "runtime_choice"},
     {"classifier", "probe"},
     {"finetune"},
-    {"api", "catalog", "export"},
+    {"api", "catalog", "export", "run_comparison"},
     {"crossval"},
     {"demo"},
+    {"cli_options"},
+    {"cli_train", "cli_use"},
     {"cli", "__main__", "__init__"},
 ]
 
