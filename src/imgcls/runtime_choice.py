@@ -23,8 +23,6 @@ from imgcls.onnx_runtime import OnnxClassifier, find_onnx_file
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx")
-
 
 @dataclass(frozen=True)
 class RuntimeChoice:
@@ -34,7 +32,7 @@ class RuntimeChoice:
 
 
 def choose_runtime(requested: str, model: str | Path, *, tta: bool = False) -> RuntimeChoice:
-    """The runtime to predict with, and why (``requested`` is one of ``RUNTIMES``)."""
+    """The runtime to predict with, and why (``requested``: ``auto``, ``torch`` or ``onnx``)."""
     if requested != "auto":
         return RuntimeChoice(requested, f"--runtime {requested}")
     directory = Path(model)
