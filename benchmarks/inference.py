@@ -184,7 +184,7 @@ def _flops(run) -> float:
 
 
 def _feature_size(size: int) -> int:
-    from imgcls.backbone import feature_input_size
+    from imgcls.config import feature_input_size
 
     return feature_input_size(size)
 

@@ -12,8 +12,8 @@ LAYERS = [
     {"errors", "predictions", "profiling", "layout", "cpu_features"},
     {"config", "images", "registry", "metrics", "calibration", "stats"},
     {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
-    {"precision", "checkpoint", "network_split", "finetune_plan"},
-    {"splits", "backbone", "onnx_runtime", "server", "trainloop"},
+    {"precision", "checkpoint", "network_split", "finetune_plan", "batchnorm_fold"},
+    {"splits", "backbone", "onnx_runtime", "server", "trainloop", "prefetch"},
     {"features", "tasks", "history", "inspect_data", "runtime_choice"},
     {"classifier", "probe"},
     {"finetune"},
@@ -38,6 +38,7 @@ TORCH_FREE = {
     "server",
     "layout",
     "cpu_features",
+    "prefetch",
     "runtime_choice",
 }
 

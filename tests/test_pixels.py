@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from imgcls.config import Preprocessing
-from imgcls.pixels import to_input_array
-from imgcls.transforms import eval_transform
+from imgcls.pixels import crop_array, to_input_array
+from imgcls.transforms import eval_crop, eval_transform
 from tests.conftest import make_image
 
 
@@ -22,6 +22,8 @@ def test_numpy_preprocessing_matches_torchvision(size, flip):
     actual = to_input_array(image, pre, flip=flip)
     assert actual.shape == expected.shape == (3, 64, 64)
     np.testing.assert_allclose(actual, expected, atol=1e-6)
+    # the uint8 crops (what loaders and the CLI's prefetch process ship) are equal too
+    assert np.array_equal(crop_array(image, pre, flip=flip), eval_crop(pre, flip=flip)(image).numpy())
 
 
 @pytest.mark.parametrize("flip", [False, True])

@@ -25,6 +25,7 @@ from imgcls.backbone import (
     prepare_for_inference,
     resolve_preprocessing,
 )
+from imgcls.batchnorm_fold import folded_for_inference
 from imgcls.config import Preprocessing
 from imgcls.cpu_features import cpu_has_native_bf16
 from imgcls.data import DatasetScan, ImageRecord, expand_inputs, scan_dataset
@@ -116,6 +117,7 @@ class Classifier:
         # where this CPU runs it natively; fp32 otherwise).
         wanted = str(config.get("precision", "fp32"))
         self.precision = wanted if wanted == "fp32" or cpu_has_native_bf16() else "fp32"
+        self._folded: nn.Module | None = None
 
     @property
     def backbone(self) -> str:
@@ -192,11 +194,7 @@ class Classifier:
             pre, flip = view_settings(self.preprocessing, view)
             batch = eval_transform(pre, flip=flip)(pil).unsqueeze(0)
             with torch.inference_mode():
-                views.append(
-                    self.model.get_classifier()(pooled_features(self.model, batch, self.precision))
-                    .float()
-                    .softmax(-1)
-                )
+                views.append(self._logits(batch).float().softmax(-1))
         return self._top_k(torch.stack(views).mean(0).numpy(), [path], top_k)[0]
 
     def predict_paths(
@@ -224,7 +222,7 @@ class Classifier:
         transform = eval_transform(self.preprocessing)
         batch = torch.stack([transform(to_rgb(image)) for image in images])
         with torch.inference_mode():
-            logits = self.model.get_classifier()(pooled_features(self.model, batch, self.precision))
+            logits = self._logits(batch)
         return logits.float().softmax(dim=-1).numpy()
 
     def score_paths(
@@ -233,6 +231,17 @@ class Classifier:
         """Class probabilities of the readable files among ``paths`` (no feature cache)."""
         scored = self._score(paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
         return PathScores(scored.mean_probs, scored.readable, scored.failures)
+
+    def _inference_network(self) -> nn.Module:
+        """``model`` with its BatchNorms folded, built on first use (``model`` itself keeps
+        the saved layout for ``save`` and ``export``; change it only before predicting)."""
+        if self._folded is None:
+            self._folded = folded_for_inference(self.model, self.preprocessing.input_size)
+        return self._folded
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        network = self._inference_network()
+        return network.get_classifier()(pooled_features(network, batch, self.precision))
 
     def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
         return rank_classes(probs, self.classes, paths, k)
@@ -253,7 +262,7 @@ class Classifier:
             )
             cache = FeatureCache(cache_dir, space)
             extraction = extract_features(
-                self.model,
+                self._inference_network(),
                 paths,
                 pre,
                 cache=cache,

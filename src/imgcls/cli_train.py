@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,10 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from imgcls.api import resume, train
-
     started = time.perf_counter()
     if args.resume:
+        from imgcls.api import resume
+
         output = Path(args.resume)
         clf = resume(output, data=args.data)
     elif args.data is None:
@@ -61,12 +62,22 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         output = Path(args.output) if args.output else default_run_dir(args.data)
-        clf = train(args.data, output, config=config, overwrite=args.overwrite)
+        with decoding_ahead(args.data, config):
+            from imgcls.api import train
+
+            clf = train(args.data, output, config=config, overwrite=args.overwrite)
     if args.json:
         print_json({"run_dir": str(output), "metrics": clf.metrics, "unreadable": clf.config["unreadable"]})
         return 0
     print_train_summary(clf, output, time.perf_counter() - started)
     return 0
+
+
+def decoding_ahead(data: str, config: Any) -> contextlib.AbstractContextManager:
+    """Decode DATA's images in a child process while the command imports torch (``prefetch``)."""
+    from imgcls.prefetch import prefetch_folder
+
+    return prefetch_folder(data, config.backbone, config.input_size)
 
 
 def default_run_dir(data: str) -> Path:
@@ -112,16 +123,18 @@ def add_cv(p: argparse.ArgumentParser) -> None:
 
 
 def run_cv(args: argparse.Namespace) -> int:
-    from imgcls.crossval import cross_validate
+    config = config_from_args(args)
+    with decoding_ahead(args.data, config):
+        from imgcls.crossval import cross_validate
 
-    result = cross_validate(
-        args.data,
-        args.output,
-        config=config_from_args(args),
-        folds=args.folds,
-        repeats=args.repeats,
-        overwrite=args.overwrite,
-    )
+        result = cross_validate(
+            args.data,
+            args.output,
+            config=config,
+            folds=args.folds,
+            repeats=args.repeats,
+            overwrite=args.overwrite,
+        )
     if args.json:
         print_json(result.to_dict())
         return 0

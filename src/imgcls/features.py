@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcls.config import Preprocessing
 from imgcls.images import UnreadableImageError, load_rgb
 from imgcls.precision import autocast
+from imgcls.prefetch import DecodePrefetch, active_prefetch
 from imgcls.profiling import PROFILE
 from imgcls.transforms import eval_crop, normalize_batch
 from imgcls.weights import classifier_prefix
@@ -72,6 +73,8 @@ def feature_space(
         "net": type(model).__name__,
         # BatchNorm eps and padding mode are not in the state dict; the architecture name is.
         "arch": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+        # Features come from the network with its BatchNorms folded (batchnorm_fold).
+        "batchnorm": "folded",
     }
     if output != "pooled":
         described["output"] = output
@@ -161,15 +164,18 @@ class _ImageFiles(Dataset):
 
 
 _Item = tuple[int, torch.Tensor | None, str | None, tuple[float, float]]
+# indices, stacked uint8 crops, unreadable images' reasons, seconds per profile stage
+_Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[str, float]]
 
 
-def _collate(items: list[_Item]) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+def _collate(items: list[_Item]) -> _Batch:
     """Stack the readable images; the per-image decode/transform seconds go to the profile
     (summed here, in whichever process collates)."""
     ok = [(i, t) for i, t, _, _ in items if t is not None]
     failures = {i: reason for i, _, reason, _ in items if reason is not None}
     batch = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], batch, failures, (sum(s[0] for *_, s in items), sum(s[1] for *_, s in items))
+    timings = {"decode": sum(s[0] for *_, s in items), "transform": sum(s[1] for *_, s in items)}
+    return [i for i, _ in ok], batch, failures, timings
 
 
 Embedding = Callable[[torch.Tensor], torch.Tensor]
@@ -212,15 +218,11 @@ def extract_features(
     with PROFILE.stage("file digests + cache lookup"):
         digests, known = _lookup(paths, cache, failures)
     todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
-    loader = DataLoader(
-        _ImageFiles(paths, todo, pre, flip),
-        batch_size=batch_size,
-        num_workers=workers if todo else 0,
-        collate_fn=_collate,
-    )
+    prefetch = active_prefetch(pre) if not flip else None
+    batches = _batches(paths, todo, pre, flip, batch_size=batch_size, workers=workers, prefetch=prefetch)
     embed = embed or (lambda batch: pooled_features(model, batch))
     with autocast(precision):
-        computed = _compute(embed, pre, loader, digests, cache, failures, progress)
+        computed = _compute(embed, pre, batches, len(todo), digests, cache, failures, progress)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started
@@ -244,32 +246,75 @@ def _lookup(
     return digests, cache.lookup([d for d in digests if d is not None])
 
 
+def _batches(
+    paths: Sequence[Path],
+    todo: list[int],
+    pre: Preprocessing,
+    flip: bool,
+    *,
+    batch_size: int,
+    workers: int,
+    prefetch: DecodePrefetch | None,
+) -> Iterator[_Batch]:
+    """Batches of the ``todo`` images: those the prefetch decoded first, then the loader's."""
+    rest = todo
+    if prefetch is not None:
+        rest = []
+        yield from _prefetched_batches(prefetch, paths, todo, batch_size, rest)
+    if rest:
+        files = _ImageFiles(paths, rest, pre, flip)
+        yield from DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+
+
+def _prefetched_batches(
+    prefetch: DecodePrefetch, paths: Sequence[Path], todo: list[int], batch_size: int, missed: list[int]
+) -> Iterator[_Batch]:
+    """Collate the prefetch's crops; indices it does not have go to ``missed``."""
+    items: list[_Item] = []
+    for index in todo:
+        decoded = prefetch.get(paths[index])
+        if decoded is None:
+            missed.append(index)
+            continue
+        crop = torch.from_numpy(decoded.crop) if decoded.crop is not None else None
+        items.append((index, crop, decoded.reason, (decoded.seconds, 0.0)))
+        if len(items) == batch_size:
+            yield _prefetched(_collate(items))
+            items = []
+    if items:
+        yield _prefetched(_collate(items))
+
+
+def _prefetched(batch: _Batch) -> _Batch:
+    indices, crops, failures, timings = batch
+    return indices, crops, failures, {"decode + crop": timings["decode"]}
+
+
 def _compute(
     embed: Embedding,
     pre: Preprocessing,
-    loader: DataLoader,
+    batches: Iterator[_Batch],
+    total: int,
     digests: list[str | None],
     cache: FeatureCache,
     failures: dict[int, str],
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, np.ndarray]:
     """Run the images the cache lacks through the backbone; add them to the cache in shards."""
-    total = len(loader.dataset)  # type: ignore[arg-type]
     if not total:
         return {}
     computed: dict[str, np.ndarray] = {}
     pending: list[str] = []
     done = 0
-    batches = iter(loader)
     with torch.inference_mode():
         while True:
             with PROFILE.stage("wait for decoded images"):
                 item = next(batches, None)
             if item is None:
                 break
-            indices, batch, batch_failures, (decode_s, transform_s) = item
-            PROFILE.add("decode", decode_s, len(indices) + len(batch_failures))
-            PROFILE.add("transform", transform_s, len(indices))
+            indices, batch, batch_failures, timings = item
+            for stage, seconds in timings.items():
+                PROFILE.add(stage, seconds, len(indices) + len(batch_failures))
             failures.update(batch_failures)
             if batch is not None:
                 with PROFILE.stage("normalise batches"):

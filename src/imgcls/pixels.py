@@ -21,15 +21,20 @@ _RESAMPLE = {
 
 def to_input_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False) -> np.ndarray:
     """A 3 x H x W float32 array ready for the network."""
+    array = crop_array(image, pre, flip=flip).astype(np.float32) / 255.0
+    array = (array - np.asarray(pre.mean, dtype=np.float32)) / np.asarray(pre.std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def crop_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False) -> np.ndarray:
+    """The geometric half: an H x W x 3 uint8 array (``transforms.eval_crop`` without torch)."""
     resized = _resize_shorter_side(
         image, pre.resize_size, _RESAMPLE.get(pre.interpolation, Image.Resampling.BICUBIC)
     )
     cropped = _center_crop(resized, pre.input_size)
     if flip:
         cropped = ImageOps.mirror(cropped)
-    array = np.asarray(cropped, dtype=np.float32) / 255.0
-    array = (array - np.asarray(pre.mean, dtype=np.float32)) / np.asarray(pre.std, dtype=np.float32)
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+    return np.asarray(cropped, dtype=np.uint8)
 
 
 def _resize_shorter_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from imgcls.backbone import WeightsInfo, build_network, prepare_for_inference, resolve_preprocessing
+from imgcls.batchnorm_fold import folded_for_inference
 from imgcls.calibration import fit_temperature
 from imgcls.config import Preprocessing, TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, DatasetScan, ImageRecord
@@ -114,6 +115,11 @@ def extract_for(
     space = feature_space(model, pre, output=output, precision=precision)
     cache = FeatureCache(cache_root if cfg.use_cache else None, space)
     paths = [scan.absolute(r) for r in scan.records]
+    with PROFILE.stage("fold BatchNorm"):
+        if embed is None:
+            model = folded_for_inference(model, pre.input_size)
+        else:
+            embed = folded_for_inference(embed, pre.input_size)
     extraction = extract_features(
         model,
         paths,

@@ -2,8 +2,8 @@
 
 Stages are timed always (a pair of ``perf_counter`` calls each, negligible next to a batch);
 ``--profile`` prints the table at the end. Decoding and transforms may run in loader
-processes: their time is measured there, summed here, and marked as such, since it overlaps
-with the main process's work.
+processes (or the CLI's prefetch process): their time is measured there, summed here, and
+marked as such, since it overlaps with the main process's work.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-IN_WORKERS = ("decode", "transform")
+# Stages timed in other processes, and where.
+IN_WORKERS = {
+    "decode": "loader processes",
+    "transform": "loader processes",
+    "decode + crop": "prefetch process",
+}
 
 
 class Profile:
@@ -41,7 +46,7 @@ class Profile:
         wall = time.perf_counter() - self.started
         lines = [f"{'stage':<36}{'seconds':>10}{'% of wall':>11}{'calls':>9}"]
         for name, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
-            where = " (loader processes)" if name in IN_WORKERS else ""
+            where = f" ({IN_WORKERS[name]})" if name in IN_WORKERS else ""
             lines.append(
                 f"{name + where:<36}{seconds:>10.2f}{100 * seconds / wall:>10.1f}%{self.counts[name]:>9}"
             )

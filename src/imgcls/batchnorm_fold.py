@@ -1,0 +1,117 @@
+"""Fold each inference-mode BatchNorm into the convolution before it.
+
+In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` equals one convolution
+with rescaled weights and a bias. Folding saves a full pass over every activation map, which
+is what bounds depthwise networks on a CPU: EfficientNet-Lite0 at 288 px runs about 1.4x faster
+in bf16 and 1.5x in fp32 (BENCHMARKS.md). ONNX Runtime does the same fold at load time.
+
+The fold works on a copy (the original keeps its state-dict layout for saving and training)
+and is applied only when the folded copy gives the same outputs as the original on a test
+input: a convolution and BatchNorm that sit side by side in a module but are not connected
+one after the other would change the result, and then nothing is folded.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+
+import torch
+from timm.layers import BatchNormAct2d, Conv2dSame
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Convolutions whose forward pass is linear in ``weight`` (weight-standardising ones are not).
+_FOLDABLE_CONVS = (nn.Conv2d, Conv2dSame)
+_TOLERANCE = 1e-3  # of the largest output magnitude; a wrong fold is off by O(1)
+
+
+def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
+    """A copy of ``module`` with its BatchNorms folded into the convolutions before them, and
+    the number folded; ``module`` itself (and 0) when there is nothing to fold, when a
+    BatchNorm is in training mode (it normalises with batch statistics, and running the check
+    would update its running ones), or when the folded copy does not reproduce ``module``'s
+    output on ``example``."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()):
+        return module, 0
+    folded = copy.deepcopy(module)
+    count = sum(_fold_children(parent) for parent in list(folded.modules()))
+    if not count:
+        return module, 0
+    if not _same_outputs(module, folded, example):
+        log.debug("BatchNorm folding changed %s's output; running it unfolded", type(module).__name__)
+        return module, 0
+    return folded, count
+
+
+def _fold_children(parent: nn.Module) -> int:
+    """Fold each (convolution, BatchNorm) pair of consecutive children of ``parent``."""
+    children = list(parent.named_children())
+    count = 0
+    for (_, previous), (name, norm) in itertools.pairwise(children):
+        conv = _last_layer(previous)
+        replacement = _norm_replacement(norm)
+        if (
+            type(conv) in _FOLDABLE_CONVS
+            and replacement is not None
+            and conv.out_channels == norm.num_features
+        ):
+            _fold_into(conv, norm)
+            setattr(parent, name, replacement)
+            count += 1
+    return count
+
+
+def _last_layer(module: nn.Module) -> nn.Module:
+    """The layer whose output ``module`` returns, looking into trailing ``nn.Sequential``s
+    (e.g. a deep stem that ends in a convolution, followed by the stem's BatchNorm)."""
+    while isinstance(module, nn.Sequential) and len(module):
+        module = module[-1]
+    return module
+
+
+def _norm_replacement(norm: nn.Module) -> nn.Module | None:
+    """What is left of ``norm`` once its affine map moved into the convolution (None: cannot fold)."""
+    if not isinstance(norm, nn.BatchNorm2d) or norm.running_mean is None or norm.running_var is None:
+        return None
+    if type(norm) is nn.BatchNorm2d:
+        return nn.Identity()
+    if type(norm) is BatchNormAct2d:  # BatchNorm, then dropout and activation
+        return nn.Sequential(norm.drop, norm.act)
+    return None
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.affine:
+        scale = scale * norm.weight
+        shift = shift * norm.weight + norm.bias
+    bias = conv.bias * scale + shift if conv.bias is not None else shift
+    conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+
+
+def folded_for_inference(module: nn.Module, input_size: int) -> nn.Module:
+    """``module`` with its BatchNorms folded (checked on a seeded random batch of
+    ``input_size`` images), or ``module`` itself where folding does not apply."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, input_size, input_size, generator=generator)
+    folded, count = fold_batchnorm(module, example.contiguous(memory_format=torch.channels_last))
+    log.debug("folded %d BatchNorm layers of %s into their convolutions", count, type(module).__name__)
+    return folded
+
+
+@torch.inference_mode()
+def _same_outputs(reference: nn.Module, candidate: nn.Module, example: torch.Tensor) -> bool:
+    with torch.autocast("cpu", enabled=False):
+        expected, got = reference(example), candidate(example)
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+        return False
+    if expected.shape != got.shape:
+        return False
+    scale = max(1.0, float(expected.abs().max()))
+    return float((expected - got).abs().max()) <= _TOLERANCE * scale

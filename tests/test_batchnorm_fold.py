@@ -1,0 +1,82 @@
+"""Folding BatchNorm into convolutions: same outputs, fewer layers, never a silent change."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from imgcls.batchnorm_fold import fold_batchnorm, folded_for_inference
+
+
+def _trained_stats(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, then eval mode."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            shape = module.running_mean.shape
+            module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["test_efficientnet", "test_resnet", "tf_efficientnet_lite0"])
+def test_folded_network_matches_and_has_no_batchnorm_left(arch: str) -> None:
+    model = _trained_stats(timm.create_model(arch, pretrained=False, num_classes=3))
+    x = torch.randn(2, 3, 64, 64)
+    folded, count = fold_batchnorm(model, x)
+    assert count > 0 and folded is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    # the original keeps its layout (it is what gets saved and trained)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert set(model.state_dict()) != set(folded.state_dict())
+
+
+class _NotInSequence(nn.Module):
+    """A convolution and a BatchNorm side by side that are not connected one after the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.norm(x)
+
+
+def test_unconnected_pair_is_left_unfolded() -> None:
+    model = _trained_stats(_NotInSequence())
+    folded, count = fold_batchnorm(model, torch.randn(2, 3, 8, 8))
+    assert folded is model and count == 0
+
+
+def test_a_batchnorm_in_training_mode_stops_folding_and_keeps_its_statistics() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    model[3].eval()  # the first BatchNorm still normalises with batch statistics
+    folded, count = fold_batchnorm(model, torch.randn(1, 3, 8, 8))
+    assert folded is model and count == 0
+    assert torch.equal(model[1].running_mean, torch.zeros(4))  # no check run touched it
+
+
+def test_a_wrapper_in_training_mode_around_eval_layers_is_folded() -> None:
+    """Like the fine-tune's frozen trunk: a new wrapper module around the eval network's layers."""
+    layers = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    wrapper = nn.Sequential(layers)  # .training is True, its layers' is False
+    folded, count = fold_batchnorm(wrapper, torch.randn(1, 3, 8, 8))
+    assert count == 1 and isinstance(folded[0][1], nn.Identity)
+
+
+def test_folded_for_inference_keeps_the_pooled_feature_api() -> None:
+    model = _trained_stats(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
+    folded = folded_for_inference(model, 64)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        got = folded.forward_head(folded.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
