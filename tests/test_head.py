@@ -32,3 +32,19 @@ def test_head_equals_standardised_logistic_regression_on_raw_features(n_classes)
     probs /= probs.sum(1, keepdims=True)
     np.testing.assert_allclose(probs, reference.predict_proba(scaler.transform(x)), atol=1e-4)
     assert (logits.argmax(1) == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_balanced_fit_equals_sklearns_balanced_class_weights(n_classes):
+    """The solver is ours (no sklearn import at run time); the objective must be sklearn's."""
+    from imgcls.head import _minimise
+
+    x, y = _blobs(n_classes, seed=3)
+    keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y != 0)[::3]])  # class 0 dominates
+    x, y = StandardScaler().fit_transform(x[keep]), y[keep]
+    weight, bias, _ = _minimise(x, y, 0.3, n_classes, True)
+    reference = LogisticRegression(C=0.3, max_iter=1000, tol=1e-8, class_weight="balanced").fit(x, y)
+    logits = x @ weight.T + bias
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, reference.predict_proba(x), atol=1e-3)
