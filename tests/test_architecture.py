@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 # Each module may import only modules of a lower layer (or its own).
 LAYERS = [
     {"errors", "predictions", "profiling", "layout", "cpu_features"},
-    {"config", "images", "registry", "metrics", "calibration", "stats"},
+    {"config", "images", "registry", "metrics", "calibration", "stats", "svg_charts"},
     {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
     {"precision", "checkpoint", "network_split", "finetune_plan", "batchnorm_fold"},
     {"splits", "backbone", "onnx_runtime", "server", "trainloop", "prefetch"},

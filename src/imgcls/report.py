@@ -1,8 +1,8 @@
 """A self-contained ``report.html``: the pictures people would rather look at than read.
 
-Confusion-matrix heat map, reliability diagram, per-class bar chart and a gallery of the
-most confidently wrong images, all embedded as base64 so the file can be mailed or opened
-anywhere.
+Confusion-matrix heat map, reliability diagram, per-class bar chart (SVG, ``svg_charts``) and
+a gallery of the most confidently wrong images, all embedded as base64 so the file can be
+mailed or opened anywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.model_io import write_text_atomic
+from imgcls.svg_charts import confusion_svg, per_class_svg, reliability_svg
 
 GALLERY_SIZE = 24
 THUMBNAIL_PX = 192
@@ -65,17 +66,17 @@ def write_report(
 ) -> Path:
     """Write the HTML report for one classification report (and optional extra tables)."""
     figures = [
-        ("Confusion matrix", _confusion_png(report["confusion_matrix"], classes), "confusion-matrix"),
-        ("Reliability diagram", _reliability_png(report), "reliability"),
-        ("Per-class precision, recall and F1", _per_class_png(report, classes), "per-class"),
+        ("Confusion matrix", confusion_svg(report["confusion_matrix"], classes), "confusion-matrix"),
+        ("Reliability diagram", reliability_svg(report), "reliability"),
+        ("Per-class precision, recall and F1", per_class_svg(report, classes), "per-class"),
     ]
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         _facts_html(facts, report),
         *(_table_html(caption, header, rows) for caption, header, rows in tables),
         *(
-            f'<h2>{name}</h2><img id="{key}" alt="{name}" src="data:image/png;base64,{png}">'
-            for name, png, key in figures
+            f'<h2>{name}</h2><img id="{key}" alt="{name}" src="data:image/svg+xml;base64,{_base64(svg)}">'
+            for name, svg, key in figures
         ),
         _gallery_html(mistakes),
     ]
@@ -123,6 +124,10 @@ def _gallery_html(mistakes: Sequence[Mistake]) -> str:
     return f'<h2>Most confidently wrong images</h2><div id="gallery">{"".join(cards)}</div>'
 
 
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
 def _thumbnail(path: Path) -> str:
     from imgcls.images import UnreadableImageError, load_rgb
 
@@ -157,68 +162,6 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
-    plt = _pyplot()
-    counts = np.asarray(matrix)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=45, ha="right")
-    ax.set_yticks(ticks, classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(classes) <= 30:
-        for (t, p), value in np.ndenumerate(counts):
-            ax.text(
-                p, t, str(value), ha="center", va="center", color="white" if rates[t, p] > 0.5 else "black"
-            )
-    return _figure_png(fig)
-
-
-def _reliability_png(report: dict[str, Any]) -> str:
-    plt = _pyplot()
-    bins = [b for b in report["reliability"] if b["count"]]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    width = report["reliability"][0]["upper"] - report["reliability"][0]["lower"]
-    ax.bar(
-        [b["lower"] for b in bins],
-        [b["accuracy"] for b in bins],
-        width=width,
-        align="edge",
-        alpha=0.7,
-        label="accuracy",
-    )
-    ax.plot(
-        [b["confidence"] for b in bins],
-        [b["accuracy"] for b in bins],
-        "o",
-        color="black",
-        label="mean confidence",
-    )
-    ax.set_xlabel("confidence of the top class")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"ECE {report['ece']:.4f}")
-    ax.legend(loc="upper left")
-    return _figure_png(fig)
-
-
-def _per_class_png(report: dict[str, Any], classes: Sequence[str]) -> str:
-    plt = _pyplot()
-    x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(classes) + 2), 4))
-    for offset, metric in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1"), strict=True):
-        ax.bar(x + offset, [report["per_class"][c][metric] for c in classes], width=0.27, label=metric)
-    ax.set_xticks(x, classes, rotation=45, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right")
-    return _figure_png(fig)
 
 
 _PAGE = """<!doctype html>
