@@ -96,10 +96,12 @@ def _fold_into(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
 
 
 def folded_for_inference(module: nn.Module, input_size: int) -> nn.Module:
-    """``module`` with its BatchNorms folded (checked on a seeded random batch of
-    ``input_size`` images), or ``module`` itself where folding does not apply."""
+    """``module`` with its BatchNorms folded (checked on a seeded random image, ``input_size``
+    pixels or 128 if smaller: a fold is per channel, whatever the size), or ``module`` itself
+    where folding does not apply."""
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, input_size, input_size, generator=generator)
+    side = min(input_size, 128)
+    example = torch.randn(1, 3, side, side, generator=generator)
     folded, count = fold_batchnorm(module, example.contiguous(memory_format=torch.channels_last))
     log.debug("folded %d BatchNorm layers of %s into their convolutions", count, type(module).__name__)
     return folded
