@@ -4,14 +4,15 @@
 
 PATH is one of:
   timm-eager   timm.create_model + eval + torch.no_grad, default allocator: how a user runs it
-  imgcls       the network as imgcls prepares it: channels_last, inference_mode (run under the
-               tuned allocator by the parent, as the CLI runs itself)
+  imgcls       the network as imgcls predicts with it: BatchNorms folded, channels_last,
+               inference_mode (run under the tuned allocator by the parent, as the CLI runs)
   imgcls-bf16  the same under CPU bf16 autocast
   onnxruntime  the network exported to ONNX (opset 17), ONNX Runtime CPU, 2 intra-op threads
   extract-bf16 the probe's feature extraction: pooled features at the feature resolution
-               (1.25x native, 288 px for Lite0), bf16 autocast, batch 32
+               (1.25x native, 288 px for Lite0), BatchNorms folded, bf16 autocast, batch 32
   trunk-bf16   the activation cache's pass: the frozen trunk below the last two stages at the
-               feature resolution, bf16 autocast (what --strategy finetune runs once per image)
+               feature resolution, BatchNorms folded, bf16 autocast (what --strategy finetune
+               runs once per image)
   train-top    one fine-tuning step of the last two stages + head on cached 288 px trunk maps
                (fp32, frozen BatchNorm, AdamW): the CPU default of --strategy finetune
   train-all    one step of the whole network on 224 px images (fp32): --unfreeze all
@@ -89,11 +90,12 @@ def measure(path: str, backbone: str) -> dict:
 
     elif path in ("imgcls", "imgcls-bf16"):
         autocast = path == "imgcls-bf16"
+        network = _folded(model, size)  # what Classifier predicts with
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
             with torch.inference_mode(), cast:
-                return model(x.contiguous(memory_format=torch.channels_last))
+                return network(x.contiguous(memory_format=torch.channels_last))
 
     elif path == "onnxruntime":
         forward = _onnx_forward(model, size)
@@ -189,9 +191,16 @@ def _feature_size(size: int) -> int:
     return feature_input_size(size)
 
 
+def _folded(module: torch.nn.Module, size: int) -> torch.nn.Module:
+    from imgcls.batchnorm_fold import folded_for_inference
+
+    return folded_for_inference(module, size)
+
+
 def _extract(model: torch.nn.Module, size: int) -> dict:
-    pooled = lambda x: model.forward_head(model.forward_features(x), pre_logits=True)  # noqa: E731
     side = _feature_size(size)
+    network = _folded(model, side)
+    pooled = lambda x: network.forward_head(network.forward_features(x), pre_logits=True)  # noqa: E731
     return {"input_size": side, **_bf16_forward(pooled, torch.randn(BATCH, 3, side, side))}
 
 
@@ -206,7 +215,8 @@ def _top_split(model: torch.nn.Module):
 
 def _trunk(model: torch.nn.Module, size: int) -> dict:
     side = _feature_size(size)
-    return {"input_size": side, **_bf16_forward(_top_split(model).trunk, torch.randn(BATCH, 3, side, side))}
+    trunk = _folded(_top_split(model).trunk, side)
+    return {"input_size": side, **_bf16_forward(trunk, torch.randn(BATCH, 3, side, side))}
 
 
 def _train_top(model: torch.nn.Module, size: int) -> dict:

@@ -43,9 +43,11 @@ def test_clothing_small_probe_and_calibration_on_the_test_split(tmp_path):
     assert calibrated.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
     # Temperature scaling minimises the validation log loss, so that cannot get worse. Whether
     # the test ECE drops depends on the data: at 288 px the probe is already calibrated (test
-    # ECE 0.029) and the validation temperature (1.11) raises it to 0.044 (see BENCHMARKS.md).
+    # ECE 0.044) and the validation temperature (1.13) raises it to 0.057 (see BENCHMARKS.md).
     assert calibrated.metrics["val"]["log_loss"] <= plain.metrics["val"]["log_loss"] + 1e-9
-    assert calibrated.metrics["calibration"]["test_ece_before"] == pytest.approx(plain.metrics["test"]["ece"])
+    # the two runs fit the same head (to the last few digits: multithreaded BLAS sums)
+    before = calibrated.metrics["calibration"]["test_ece_before"]
+    assert before == pytest.approx(plain.metrics["test"]["ece"], rel=1e-4)
 
 
 def test_hymenoptera_finetune(tmp_path):
