@@ -109,7 +109,9 @@ def test_onnx_classifier_takes_the_same_inputs_as_the_torch_one(trained, real_im
         clf.predict(path, tta=True)
 
 
-def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(trained, real_images, monkeypatch, caplog):
+def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(
+    trained, real_images, monkeypatch, caplog, capsys
+):
     from imgcls import runtime_choice
     from imgcls.cli import main
     from imgcls.runtime_choice import choose_runtime
@@ -134,6 +136,9 @@ def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(trained, real
     with caplog.at_level("INFO", logger="imgcls"):
         assert main(["predict", str(trained), str(real_images[0]), "--json"]) == 0
     assert "runtime: onnx" in caplog.text
+    capsys.readouterr()  # --weights with a model directory: the same answer whatever the runtime
+    assert main(["predict", str(trained), str(real_images[0]), "--weights", "x.pth"]) != 0
+    assert "a model directory has its own weights" in capsys.readouterr().err
 
     from safetensors.torch import load_file, save_file
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,25 @@ def test_the_cli_decodes_ahead_while_it_imports_torch(tmp_path: Path) -> None:
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     assert "decode + crop (prefetch process)" in out.stdout + out.stderr
     assert (tmp_path / "run" / "model").is_dir()
+
+
+def test_predict_decodes_ahead_with_a_saved_model_in_torch(tmp_path: Path) -> None:
+    import imgcls
+    from imgcls.config import TrainConfig
+
+    folder = write_class_folders(tmp_path / "data", per_class=6, classes=("red", "blue"))
+    run = tmp_path / "run"
+    tiny = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64)
+    imgcls.train(folder, run, config=tiny)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    command = [sys.executable, "-m", "imgcls", "predict", str(run), str(folder), "--runtime", "torch"]
+    out = subprocess.run(
+        [*command, "--profile", "--json"], capture_output=True, text=True, env=env, check=True
+    )
+    assert "decode + crop (prefetch process)" in out.stdout + out.stderr
+    predicted = json.loads(out.stdout[: out.stdout.rindex("]") + 1])
+    in_process = imgcls.load(run).predict_paths([str(folder)]).predictions  # torch loaded: no prefetch
+    assert [p["path"] for p in predicted] == [p.path for p in in_process] and len(predicted) == 12
+    for row, prediction in zip(predicted, in_process, strict=True):
+        assert row["predictions"][0]["label"] == prediction.label
+        assert row["predictions"][0]["probability"] == pytest.approx(prediction.probability, abs=1e-5)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -103,6 +105,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help='print [{"path", "predictions": [{"label", "index", "probability"}]}]',
     )
+    p.add_argument("--profile", action="store_true", help="print where the time went: decode, forward, I/O")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -112,7 +115,12 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     if args.runtime == "onnx" and args.tta:
         raise ConfigError("--tta is not available with --runtime onnx")
-    clf = load_predictor(args)
+    choice = resolve_runtime(args)
+    with decoding_ahead_of_prediction(args):
+        return _predict(load_predictor(args, choice), args)
+
+
+def _predict(clf: Any, args: argparse.Namespace) -> int:
     if args.output:
         return predict_to_file(clf, args)
     if args.runtime == "onnx":
@@ -133,18 +141,47 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_predictor(args: argparse.Namespace) -> Any:
-    """The ONNX Runtime model (no torch import), a saved model, or a pretrained backbone.
-
-    Resolves ``--runtime auto`` and writes the runtime chosen back into ``args.runtime``.
-    """
-    from imgcls.errors import ConfigError
+def resolve_runtime(args: argparse.Namespace) -> Any:
+    """Decide ``--runtime auto`` (without importing torch) and write the choice into ``args``."""
     from imgcls.runtime_choice import choose_runtime
 
-    weights = getattr(args, "weights", None)
     choice = choose_runtime(args.runtime, args.model, tta=getattr(args, "tta", False))
     logging.getLogger("imgcls").info("runtime: %s (%s)", choice.runtime, choice.reason)
     args.runtime = choice.runtime
+    return choice
+
+
+def decoding_ahead_of_prediction(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """With a saved model in torch, decode the images to predict while torch imports (``prefetch``)."""
+    from imgcls.config import Preprocessing
+    from imgcls.data import expand_inputs
+    from imgcls.errors import ImgclsError
+    from imgcls.layout import CONFIG_FILE, model_dir
+    from imgcls.prefetch import prefetch_paths
+
+    config = model_dir(Path(args.model)) / CONFIG_FILE
+    if args.runtime != "torch" or not config.is_file():
+        return contextlib.nullcontext()
+    try:
+        pre = Preprocessing.from_dict(json.loads(config.read_text())["preprocessing"])
+        paths = expand_inputs(args.paths)
+    except (ImgclsError, OSError, ValueError, KeyError):
+        return contextlib.nullcontext()  # the prediction itself reports the problem
+    return prefetch_paths(paths, pre)
+
+
+def load_predictor(args: argparse.Namespace, choice: Any = None) -> Any:
+    """The ONNX Runtime model (no torch import), a saved model, or a pretrained backbone.
+
+    Resolves ``--runtime auto`` (unless ``choice`` did) and writes the runtime chosen back into
+    ``args.runtime``.
+    """
+    from imgcls.errors import ConfigError
+
+    weights = getattr(args, "weights", None)
+    if weights and looks_like_model_dir(args.model):
+        raise ConfigError("--weights goes with a backbone name; a model directory has its own weights")
+    choice = choice or resolve_runtime(args)
     if args.runtime == "onnx":
         if weights:
             raise ConfigError("--weights goes with a backbone name and the torch runtime")
@@ -154,10 +191,6 @@ def load_predictor(args: argparse.Namespace) -> Any:
     from imgcls.classifier import Classifier
 
     if looks_like_model_dir(args.model):
-        if weights:
-            raise ConfigError(
-                "--weights goes with a backbone name; a trained model directory has its own weights"
-            )
         return Classifier.load(args.model)
     return Classifier.pretrained(args.model, weights=weights)
 

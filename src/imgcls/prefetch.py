@@ -86,7 +86,8 @@ class DecodePrefetch:
             os.close(read_end)
             _child(self.paths, pre, self._buffer, slot, write_end)
         os.close(write_end)
-        self._reader: Iterator[str] | None = os.fdopen(read_end, "r", encoding="utf-8")
+        self._pipe = os.fdopen(read_end, "r", encoding="utf-8")
+        self._child_done = False
 
     def get(self, path: Path) -> Decoded | None:
         """``path``'s crop (waiting for the child if needed); None if the loader must do it."""
@@ -107,9 +108,9 @@ class DecodePrefetch:
         return Decoded(crop.reshape(self._shape).copy(), None, seconds)
 
     def _read_one(self) -> bool:
-        line = next(self._reader, None) if self._reader is not None else None
-        if not line:
-            self._reader = None
+        line = "" if self._child_done else self._pipe.readline()
+        if not line:  # the child has finished (or died)
+            self._child_done = True
             return False
         index, reason, seconds = json.loads(line)
         self._done[index] = (reason, seconds)
@@ -123,9 +124,8 @@ class DecodePrefetch:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._pid, 0)
             self._pid = 0
-        if isinstance(self._reader, contextlib.AbstractContextManager):
-            self._reader.close()
-        self._reader = None
+        self._child_done = True
+        self._pipe.close()
         self._buffer.close()
 
 
@@ -172,21 +172,31 @@ def expected_preprocessing(backbone: str, input_size: int | None) -> Preprocessi
     return Preprocessing(size, crop_pct, interpolation, tuple(mean), tuple(std))  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def prefetch_folder(data: str | Path, backbone: str, input_size: int | None) -> Iterator[None]:
+def prefetch_folder(
+    data: str | Path, backbone: str, input_size: int | None
+) -> contextlib.AbstractContextManager:
     """While the block runs, decode ``data``'s images for ``backbone``'s feature extraction.
 
     Meant for the CLI, before it imports torch: without an import to overlap (torch already
     loaded), for a backbone whose preprocessing needs timm, or for a folder that does not scan,
     it does nothing (the command then reports any problem itself).
     """
-    global _ACTIVE
     pre = expected_preprocessing(backbone, input_size)
-    paths = _quiet_scan(data) if pre is not None and "torch" not in sys.modules else None
-    if not paths:
+    if pre is None or "torch" in sys.modules:
+        return contextlib.nullcontext()
+    return prefetch_paths(_quiet_scan(data) or [], pre)
+
+
+@contextlib.contextmanager
+def prefetch_paths(paths: Sequence[Path], pre: Preprocessing) -> Iterator[None]:
+    """While the block runs, decode ``paths`` with ``pre`` (nothing if torch is already loaded:
+    the child is there to use the time its import takes)."""
+    global _ACTIVE
+    # fork() before torch is loaded is safe; Linux only (no fork on Windows, macOS discourages it)
+    if not paths or "torch" in sys.modules or _ACTIVE is not None or not sys.platform.startswith("linux"):
         yield
         return
-    _ACTIVE = DecodePrefetch(paths, pre)  # type: ignore[arg-type]
+    _ACTIVE = DecodePrefetch(paths, pre)
     try:
         yield
     finally:
