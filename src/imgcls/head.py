@@ -9,6 +9,8 @@ for the fit and the scaling is folded back into the weights, so the result is a 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,17 +133,17 @@ def _minimise(
     balanced: bool,
     *,
     start: np.ndarray | None = None,
+    gtol: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Multinomial logistic regression, L2 on the weights (not the bias): the weights, the
-    bias and the raw parameter vector (a warm start for the next C).
+    bias and the raw parameter vector (a warm start for the next C). ``gtol``: stop when no
+    gradient entry exceeds it (sklearn's default ``tol``).
 
     The objective is scikit-learn's (``C * sum of log losses + |W|^2 / 2``, divided by
-    ``C * n`` for scale) and so is the optimiser (scipy's L-BFGS-B), without importing
-    scikit-learn (a second of start-up). Two classes use sklearn's binary form: one free row,
+    ``C * n`` for scale) and so are the stopping rules, without importing scikit-learn or
+    scipy (1.0 s and 0.45 s of start-up). Two classes use sklearn's binary form: one free row,
     the other fixed at zero, since softmax([0, z]) is sigmoid(z).
     """
-    from scipy.optimize import minimize
-
     free = num_classes if num_classes > 2 else 1
     dim = x.shape[1]
     onehot = np.eye(num_classes)[y]
@@ -149,19 +151,73 @@ def _minimise(
     sample_weight = len(y) / (num_classes * counts[y]) if balanced else np.ones(len(y))
     problem = _LogisticLoss(x, onehot, sample_weight, c, free)
     x0 = start if start is not None else np.zeros(free * (dim + 1))
-    result = minimize(
-        problem,
-        x0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": MAX_ITER, "maxls": 50, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps},
-    )
-    weight, bias = problem.unpack(result.x)
-    return weight, bias, result.x
+    params = _lbfgs(problem, x0, max_iter=MAX_ITER, gtol=gtol, ftol=64 * np.finfo(float).eps)
+    weight, bias = problem.unpack(params)
+    return weight, bias, params
+
+
+def _lbfgs(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    *,
+    max_iter: int,
+    gtol: float,
+    ftol: float,
+    memory: int = 10,
+) -> np.ndarray:
+    """Minimise a smooth convex ``fun`` (value and gradient) by L-BFGS with a backtracking
+    (Armijo) line search; stops as scipy's L-BFGS-B does, at max |gradient| <= ``gtol`` or a
+    relative decrease <= ``ftol``. On the probe's problems it takes as many iterations as
+    scipy and reaches the same objective to 1e-4, 3x faster on clothing_small (BENCHMARKS.md).
+    """
+    x = np.array(x0, dtype=np.float64)
+    value, grad = fun(x)
+    pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=memory)
+    for _ in range(max_iter):
+        if np.abs(grad).max() <= gtol:
+            break
+        direction = -_inverse_hessian_times(grad, pairs)
+        slope = float(grad @ direction)
+        if slope >= 0:  # not a descent direction: forget the curvature pairs
+            pairs.clear()
+            direction, slope = -grad, -float(grad @ grad)
+        step = 1.0 if pairs else min(1.0, 1.0 / float(np.abs(grad).sum()))
+        for _ in range(50):
+            new_x = x + step * direction
+            new_value, new_grad = fun(new_x)
+            if new_value <= value + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            break  # no decrease along the direction: x is as good as it gets
+        s, y = new_x - x, new_grad - grad
+        if float(s @ y) > 1e-12:
+            pairs.append((s, y, 1.0 / float(s @ y)))
+        converged = value - new_value <= ftol * max(abs(value), abs(new_value), 1.0)
+        x, value, grad = new_x, new_value, new_grad
+        if converged:
+            break
+    return x
+
+
+def _inverse_hessian_times(grad: np.ndarray, pairs: deque) -> np.ndarray:
+    """L-BFGS's two-loop recursion (Nocedal & Wright, algorithm 7.4)."""
+    q = grad.copy()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        alpha = rho * float(s @ q)
+        q -= alpha * y
+        alphas.append(alpha)
+    if pairs:
+        s, y, rho = pairs[-1]
+        q *= 1.0 / (rho * float(y @ y))  # initial scaling s.y / y.y
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
+        q += (alpha - rho * float(y @ q)) * s
+    return q
 
 
 class _LogisticLoss:
-    """Loss and gradient of the (class-weighted) softmax regression for ``scipy.optimize``.
+    """Loss and gradient of the (class-weighted) softmax regression.
 
     The two products with the features run in float32 (1.6x faster on clothing_small, same
     solution); parameters, losses and gradients stay float64 for the optimiser.
