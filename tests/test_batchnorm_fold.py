@@ -80,3 +80,22 @@ def test_folded_for_inference_keeps_the_pooled_feature_api() -> None:
         expected = model.forward_head(model.forward_features(x), pre_logits=True)
         got = folded.forward_head(folded.forward_features(x), pre_logits=True)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_refolds_after_its_model_changes() -> None:
+    """Predictions follow the model's current weights, even after an in-place change."""
+    from imgcls.classifier import Classifier
+    from imgcls.config import Preprocessing
+
+    model = _trained_stats(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
+    pre = Preprocessing(input_size=64, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
+    clf = Classifier(model, classes=["a", "b"], preprocessing=pre, config={})
+    image = (torch.rand(64, 64, 3) * 255).to(torch.uint8).numpy()
+    before = clf.predict(image).scores[0].probability
+    with torch.no_grad():
+        clf.model.get_classifier().bias.copy_(torch.tensor([0.0, 50.0]))  # class b wins
+    after = clf.predict(image)
+    assert after.label == "b" and after.scores[0].probability > 0.99 and after.scores[0].probability != before
+    with torch.no_grad():
+        clf.model.get_classifier().bias.copy_(torch.tensor([50.0, 0.0]))
+    assert clf.predict(image).label == "a"

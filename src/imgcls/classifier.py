@@ -88,6 +88,11 @@ class _Scores:
         return np.mean(self.probs, axis=0)
 
 
+def _fingerprint(model: nn.Module) -> tuple:
+    """Which tensors ``model`` holds and how often each was changed in place (torch counts)."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
 class Classifier:
     """A trained (or ImageNet-pretrained) classifier.
 
@@ -117,7 +122,7 @@ class Classifier:
         # where this CPU runs it natively; fp32 otherwise).
         wanted = str(config.get("precision", "fp32"))
         self.precision = wanted if wanted == "fp32" or cpu_has_native_bf16() else "fp32"
-        self._folded: nn.Module | None = None
+        self._folded: tuple[tuple, nn.Module] | None = None  # (model's state fingerprint, copy)
 
     @property
     def backbone(self) -> str:
@@ -233,11 +238,12 @@ class Classifier:
         return PathScores(scored.mean_probs, scored.readable, scored.failures)
 
     def _inference_network(self) -> nn.Module:
-        """``model`` with its BatchNorms folded, built on first use (``model`` itself keeps
-        the saved layout for ``save`` and ``export``; change it only before predicting)."""
-        if self._folded is None:
-            self._folded = folded_for_inference(self.model, self.preprocessing.input_size)
-        return self._folded
+        """``model`` with its BatchNorms folded (``model`` itself keeps the saved layout for
+        ``save`` and ``export``), built again whenever ``model``'s tensors have changed."""
+        state = _fingerprint(self.model)
+        if self._folded is None or self._folded[0] != state:
+            self._folded = (state, folded_for_inference(self.model, self.preprocessing.input_size))
+        return self._folded[1]
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         network = self._inference_network()
