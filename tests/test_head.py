@@ -63,3 +63,12 @@ def test_balanced_fit_equals_sklearns_balanced_class_weights(n_classes):
     weight, bias, _ = _minimise(x, y, 0.3, n_classes, True, gtol=1e-9)
     reference = LogisticRegression(C=0.3, max_iter=10_000, tol=1e-10, class_weight="balanced").fit(x, y)
     np.testing.assert_allclose(_probs(x @ weight.T + bias), reference.predict_proba(x), atol=1e-5)
+
+
+def test_c_is_the_strongest_regularisation_within_one_standard_error():
+    from imgcls.head import choose_c
+
+    scores = {0.01: 0.870, 0.03: 0.875, 0.1: 0.860, 1.0: 0.874}
+    assert choose_c(scores, n=3000) == 0.01  # standard error 0.006: 0.870 is as good as 0.875
+    assert choose_c(scores, n=1_000_000) == 0.03  # with this many images 0.005 is real
+    assert choose_c({0.1: float("nan")}, n=5) == 0.1  # too small to cross-validate

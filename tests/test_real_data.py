@@ -38,16 +38,17 @@ def test_clothing_small_probe_and_calibration_on_the_test_split(tmp_path):
     data = shared_dataset("clothing_small")
     plain = imgcls.train(data, tmp_path / "plain")
     assert plain.metrics["test"]["n"] == 372
-    assert plain.metrics["test"]["accuracy"] >= 0.905  # 0.917 measured; 0.890 at 224 px
+    assert plain.metrics["test"]["accuracy"] >= 0.905  # 0.914 measured; 0.890 at 224 px
     calibrated = imgcls.train(data, tmp_path / "calibrated", config=TrainConfig(calibrate=True))
     assert calibrated.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
-    # Temperature scaling minimises the validation log loss, so that cannot get worse. Whether
-    # the test ECE drops depends on the data: at 288 px the probe is already calibrated (test
-    # ECE 0.044) and the validation temperature (1.13) raises it to 0.057 (see BENCHMARKS.md).
+    # Temperature scaling minimises the validation log loss, so that cannot get worse; on the
+    # held-out test split the calibration error must drop too (0.060 -> 0.042 measured, T = 0.90:
+    # the regularised head is under-confident).
     assert calibrated.metrics["val"]["log_loss"] <= plain.metrics["val"]["log_loss"] + 1e-9
+    calibration = calibrated.metrics["calibration"]
+    assert calibration["test_ece_after"] < calibration["test_ece_before"]
     # the two runs fit the same head (to the last few digits: multithreaded BLAS sums)
-    before = calibrated.metrics["calibration"]["test_ece_before"]
-    assert before == pytest.approx(plain.metrics["test"]["ece"], rel=1e-4)
+    assert calibration["test_ece_before"] == pytest.approx(plain.metrics["test"]["ece"], rel=1e-4)
 
 
 def test_hymenoptera_finetune(tmp_path):

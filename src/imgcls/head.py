@@ -56,9 +56,10 @@ def fit_linear_head(
     scale = features.std(axis=0) + 1e-6
     standardised = (features - mean) / scale
     scores = _cross_validate(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
-    best_c = max(scores, key=lambda c: (round(scores[c], 6), -abs(np.log10(c))))
+    best_c = choose_c(scores, n=len(labels))
     log.info(
-        "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f)",
+        "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f; the strongest "
+        "regularisation within one standard error of the best)",
         best_c,
         CV_FOLDS,
         "balanced " if balanced else "",
@@ -71,6 +72,23 @@ def fit_linear_head(
     return LinearHead(
         weight=weight.astype(np.float32), bias=bias.astype(np.float32), c=best_c, cv_accuracy=scores
     )
+
+
+def choose_c(scores: dict[float, float], *, n: int) -> float:
+    """The smallest C (strongest regularisation) whose CV accuracy is within one standard
+    error of the best one, sqrt(p (1 - p) / n): the "one-standard-error rule".
+
+    Differences smaller than that are noise: on clothing_small the CV accuracies of C = 0.01
+    and 0.03 differ by 0.001 (4 of 3,068 images) and the plain maximum flipped between them
+    from run to run. On both benchmark data sets the rule's choice scores higher on the
+    validation split (BENCHMARKS.md).
+    """
+    measured = {c: a for c, a in scores.items() if not np.isnan(a)}
+    if not measured:  # too few images to cross-validate: the one candidate given
+        return next(iter(scores))
+    best = max(measured.values())
+    margin = float(np.sqrt(best * (1 - best) / n))
+    return min(c for c, a in measured.items() if a >= best - margin - 1e-12)
 
 
 def _cross_validate(
