@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgcls.errors import DataError
+from imgcls.metrics import balanced_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ def _cross_validate(
         for c in sorted(c_grid):
             weight, bias, params = _minimise(x[train], y[train], c, num_classes, balanced, start=params)
             predicted[c][held_out] = (x[held_out] @ weight.T + bias).argmax(axis=1)
-    return {c: _accuracy(y, p, balanced=balanced) for c, p in predicted.items()}
+    if balanced:
+        return {c: balanced_accuracy(y, p, num_classes) for c, p in predicted.items()}
+    return {c: float((p == y).mean()) for c, p in predicted.items()}
 
 
 def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -123,12 +126,6 @@ def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
         fold_of[members] = (start + np.arange(len(members))) % folds
         start = (start + len(members)) % folds
     return fold_of
-
-
-def _accuracy(y: np.ndarray, predicted: np.ndarray, *, balanced: bool) -> float:
-    if not balanced:
-        return float((predicted == y).mean())
-    return float(np.mean([(predicted[y == label] == label).mean() for label in np.unique(y)]))
 
 
 def _fit(

@@ -23,6 +23,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return matrix
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Mean recall over the classes present in ``y_true``."""
+    _, recall, _, support = _per_class(confusion_matrix(y_true, y_pred, num_classes))
+    return float(recall[support > 0].mean())
+
+
 def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, balanced and top-k accuracy, macro/weighted P/R/F1, per-class table,
     confusion matrix, log loss, Brier score, expected calibration error and reliability bins."""
@@ -39,7 +45,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequen
     report: dict[str, Any] = {
         "n": len(y_true),
         "accuracy": float((y_true == y_pred).mean()),
-        "balanced_accuracy": float(recall[present].mean()),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred, len(classes)),
         "top_k_accuracy": {str(k): top_k_accuracy(y_true, probs, k) for k in TOP_K if k < len(classes)},
         "macro_precision": float(precision[present].mean()),
         "macro_recall": float(recall[present].mean()),
