@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgcls.backbone import resolve_preprocessing
+from imgcls.batchnorm_fold import fold_batchnorm
 from imgcls.checkpoint import CHECKPOINT_NAME
 from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, DatasetScan
@@ -30,6 +31,7 @@ from imgcls.errors import DataError
 from imgcls.finetune_plan import DROP_RATES, FinetunePlan, plan_finetune, resolve_device, resolve_unfreeze
 from imgcls.metrics import classification_report
 from imgcls.network_split import NetworkSplit, split_network, stage_count
+from imgcls.precision import autocast, resolve_precision
 from imgcls.predictions import softmax
 from imgcls.probe import (
     FeaturedDataset,
@@ -99,7 +101,7 @@ def finetune(
     if split is not None:
         extraction = extract_for(model, scan, pre, cfg, embed=split.trunk, output=f"trunk-{trainable}")
         maps = torch.from_numpy(extraction.features)
-        features = _pooled(split, maps)
+        features = _pooled(split, maps, resolve_precision(cfg.precision, torch.device("cpu")))
         extraction.features = features
     else:
         extraction = extract_for(model, scan, pre, cfg)
@@ -133,15 +135,20 @@ def finetune(
     return Finetuned(featured, splits, fit, plan, state)
 
 
-def _pooled(split: NetworkSplit, maps: torch.Tensor, batch: int = 128) -> np.ndarray:
-    """The frozen network's pooled features, from the cached activation maps."""
+def _pooled(split: NetworkSplit, maps: torch.Tensor, precision: str, batch: int = 128) -> np.ndarray:
+    """The frozen network's pooled features from the cached activation maps, computed as a
+    prediction computes them (BatchNorms folded, the extraction's precision): the probe head
+    fitted on them then scores here as the saved model scores in ``predict`` and ``evaluate``."""
+    if not len(maps):
+        return np.zeros((0, 0), dtype=np.float32)
     split.top.eval()
-    with torch.inference_mode():
+    top, _ = fold_batchnorm(split.top, maps[:1].float().contiguous(memory_format=torch.channels_last))
+    with torch.inference_mode(), autocast(precision):
         parts = [
-            split.top.pooled(maps[i : i + batch].float().contiguous(memory_format=torch.channels_last))
+            top.pooled(maps[i : i + batch].float().contiguous(memory_format=torch.channels_last))
             for i in range(0, len(maps), batch)
         ]
-    return torch.cat(parts).float().numpy() if parts else np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(parts).float().numpy()
 
 
 def _rows(featured: FeaturedDataset, splits: list[str]) -> LabelledRows:
