@@ -33,8 +33,6 @@ from imgcls.errors import ImgclsError
 from imgcls.images import UnreadableImageError, load_rgb
 from imgcls.pixels import crop_array
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MAX_BYTES = 512 * 2**20  # about 1,800 crops at 288 px
 _HANDED_BACK = "handed back"  # the child could not process the image: the loader will
 
@@ -75,7 +73,7 @@ class DecodePrefetch:
     ) -> None:
         self.pre = pre
         self._shape = (pre.input_size, pre.input_size, 3)
-        slot = int(np.prod(self._shape))
+        self._slot = slot = int(np.prod(self._shape))  # bytes of one crop
         self.paths = list(paths)[: max(max_bytes // slot, 0)]
         self._index = {str(p): i for i, p in enumerate(self.paths)}
         self._done: dict[int, tuple[str | None, float]] = {}
@@ -103,8 +101,7 @@ class DecodePrefetch:
             return None
         if reason is not None:
             return Decoded(None, reason, seconds)
-        slot = int(np.prod(self._shape))
-        crop = np.frombuffer(self._buffer, dtype=np.uint8, count=slot, offset=index * slot)
+        crop = np.frombuffer(self._buffer, dtype=np.uint8, count=self._slot, offset=index * self._slot)
         return Decoded(crop.reshape(self._shape).copy(), None, seconds)
 
     def _read_one(self) -> bool:

@@ -17,6 +17,7 @@ FONT = 'font-family="system-ui, sans-serif" font-size="12"'
 CHAR_PX = 7.0  # rough width of one 12 px character, for margins around labels
 SERIES_COLOURS = ("#4c72b0", "#dd8452", "#55a868")
 _BLUES = ((247, 251, 255), (8, 48, 107))  # light to dark, like matplotlib's "Blues"
+_TICKS = np.linspace(0, 1, 6)
 
 
 def _document(width: float, height: float, body: Sequence[str]) -> str:
@@ -86,13 +87,17 @@ class _Axes:
     def y(self, value: float) -> float:
         return self.top + (1 - value) * self.size
 
-    def frame(self, x_label: str, y_label: str, *, x_ticks: bool = True) -> list[str]:
+    def frame(self, width: float | None = None) -> list[str]:
+        """The plot's outline (``width`` pixels wide, default square) and the y axis's ticks."""
+        box = f'width="{width or self.size}" height="{self.size}" fill="none" stroke="#333"'
+        parts = [f'<rect x="{self.left}" y="{self.top}" {box}/>']
+        parts += [_text(self.left - 6, self.y(t) + 4, f"{t:.1f}", anchor="end") for t in _TICKS]
+        return parts
+
+    def labels(self, x_label: str, y_label: str) -> list[str]:
+        """The x axis's ticks and both axes' names."""
         s, left, top = self.size, self.left, self.top
-        parts = [f'<rect x="{left}" y="{top}" width="{s}" height="{s}" fill="none" stroke="#333"/>']
-        for tick in np.linspace(0, 1, 6):
-            parts.append(_text(left - 6, self.y(tick) + 4, f"{tick:.1f}", anchor="end"))
-            if x_ticks:
-                parts.append(_text(self.x(tick), top + s + 16, f"{tick:.1f}"))
+        parts = [_text(self.x(t), top + s + 16, f"{t:.1f}") for t in _TICKS]
         parts.append(_text(left + s / 2, top + s + 34, x_label))
         mid = top + s / 2
         parts.append(_text(12, mid, y_label, extra=f'transform="rotate(-90 12 {mid:.1f})"'))
@@ -118,7 +123,7 @@ def reliability_svg(report: dict[str, Any]) -> str:
         f'<circle cx="{axes.x(b["confidence"]):.1f}" cy="{axes.y(b["accuracy"]):.1f}" r="3.5" fill="black"/>'
         for b in bins
     ]
-    body += axes.frame("confidence of the top class", "accuracy")
+    body += axes.frame() + axes.labels("confidence of the top class", "accuracy")
     body.append(_text(axes.x(0.5), 18, f"ECE {report['ece']:.4f}", extra='font-weight="bold"'))
     body += _legend(
         axes.x(0.03),
@@ -144,9 +149,7 @@ def per_class_svg(report: dict[str, Any], classes: Sequence[str]) -> str:
                 f'<rect x="{x:.1f}" y="{axes.y(value):.1f}" width="{(group - 12) / 3:.1f}" '
                 f'height="{value * axes.size:.1f}" fill="{SERIES_COLOURS[j]}"/>'
             )
-    frame = f'width="{width}" height="{axes.size}" fill="none" stroke="#333"'
-    body.append(f'<rect x="{axes.left}" y="{axes.top}" {frame}/>')
-    body += [_text(axes.left - 6, axes.y(t) + 4, f"{t:.1f}", anchor="end") for t in np.linspace(0, 1, 6)]
+    body += axes.frame(width)
     body += _rotated_labels(
         [axes.left + (i + 0.5) * group for i in range(len(classes))], plot_bottom + 14, classes
     )
