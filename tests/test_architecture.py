@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 # Each module may import only modules of a lower layer (or its own).
 LAYERS = [
     {"errors", "predictions", "profiling", "layout", "cpu_features"},
-    {"config", "images", "registry", "metrics", "calibration", "stats", "svg_charts"},
-    {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch"},
+    {"config", "images", "registry", "metrics", "calibration", "stats", "svg_charts", "known_preprocessing"},
+    {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch", "efficientnet_lite"},
     {"precision", "checkpoint", "network_split", "finetune_plan", "batchnorm_fold"},
     {"splits", "backbone", "onnx_runtime", "server", "trainloop", "prefetch"},
     {"features", "tasks", "history", "inspect_data", "runtime_choice"},
@@ -40,6 +40,7 @@ TORCH_FREE = {
     "cpu_features",
     "prefetch",
     "runtime_choice",
+    "known_preprocessing",
 }
 
 

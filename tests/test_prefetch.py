@@ -13,13 +13,11 @@ import pytest
 import timm
 import torch
 
-from imgcls.backbone import resolve_preprocessing
 from imgcls.config import Preprocessing
 from imgcls.features import FeatureCache, extract_features
 from imgcls.images import load_rgb
-from imgcls.prefetch import PRETRAINED_PREPROCESSING, DecodePrefetch, expected_preprocessing, prefetch_folder
+from imgcls.prefetch import DecodePrefetch, prefetch_folder
 from imgcls.profiling import PROFILE
-from imgcls.registry import BACKBONES, get_backbone
 from imgcls.transforms import eval_crop
 from tests.conftest import REPO, write_class_folders
 
@@ -30,15 +28,6 @@ def _files(root: Path) -> list[Path]:
     folder = write_class_folders(root, per_class=4, classes=("red", "blue"))
     (folder / "red" / "broken.png").write_bytes(b"not an image")
     return sorted(folder.rglob("*.png"))
-
-
-def test_the_table_holds_timms_preprocessing_for_every_named_backbone() -> None:
-    assert set(PRETRAINED_PREPROCESSING) == set(BACKBONES)
-    for name in BACKBONES:
-        spec = get_backbone(name)
-        assert expected_preprocessing(name, None) == resolve_preprocessing(spec), name
-        assert expected_preprocessing(name, 64) == resolve_preprocessing(spec, input_size=64), name
-    assert expected_preprocessing("resnet50.tv_in1k", None) is None  # other tags: ask timm
 
 
 def test_prefetched_crops_are_the_loaders_and_unreadable_files_say_why(tmp_path: Path) -> None:

@@ -1,14 +1,15 @@
 """Building networks: the only module that calls timm's model factory.
 
-``build_network`` returns a timm model with ``num_classes`` outputs and pretrained weights
+``build_network`` returns a network with ``num_classes`` outputs and pretrained weights
 from (in order) an explicit ``--weights`` file, a package or local hub cache, or the hub
-when it is reachable; or random init when ``pretrained=False``.
+when it is reachable; or random init when ``pretrained=False``. EfficientNet-Lite is built
+by ``efficientnet_lite`` (timm's network, without importing timm); everything else by timm.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import torch
 from torch import nn
 
 from imgcls.config import Preprocessing, feature_input_size
+from imgcls.efficientnet_lite import VARIANTS, EfficientNetLite
 from imgcls.errors import BackboneError, WeightsError
+from imgcls.known_preprocessing import native_preprocessing
 from imgcls.registry import BackboneSpec
 from imgcls.transforms import supported_interpolation
 from imgcls.weights import (
@@ -55,11 +58,13 @@ class WeightsInfo:
 def create_network(
     spec: BackboneSpec, *, num_classes: int, options: dict[str, Any] | None = None
 ) -> nn.Module:
-    """An untrained timm network for ``spec`` (no download ever happens here); ``options`` are
+    """An untrained network for ``spec`` (no download ever happens here); ``options`` are
     extra model arguments such as ``drop_rate`` and ``drop_path_rate``."""
-    import timm
-
     try:
+        if spec.timm_arch in VARIANTS:
+            return EfficientNetLite(spec.timm_arch, num_classes=num_classes, **(options or {}))
+        import timm
+
         return timm.create_model(spec.timm_arch, pretrained=False, num_classes=num_classes, **(options or {}))
     except Exception as exc:  # timm raises RuntimeError/ValueError/TypeError for bad arch args
         raise BackboneError(f"cannot build backbone {spec.name} ({spec.timm_arch}): {exc}") from exc
@@ -130,12 +135,23 @@ def _no_weights_message(spec: BackboneSpec) -> str:
 def resolve_preprocessing(
     spec: BackboneSpec, *, input_size: int | None = None, for_features: bool = True
 ) -> Preprocessing:
-    """The backbone's preprocessing from its timm pretrained config; user overrides win.
+    """The backbone's preprocessing from its pretrained config; user overrides win.
 
     Without an explicit ``input_size``, features are taken at ``feature_input_size`` of the
     pretraining resolution (unless the architecture fixes its input size, like ViTs), while
     ``for_features=False`` (the pretrained ImageNet head) keeps the native resolution.
     """
+    known = native_preprocessing(spec.name)
+    native, fixed = (known, False) if known is not None else timm_preprocessing(spec)
+    scaled = for_features and not fixed
+    size = input_size or (feature_input_size(native.input_size) if scaled else native.input_size)
+    if size < 16:
+        raise BackboneError(f"input size must be at least 16 pixels, got {size}")
+    return replace(native, input_size=size)
+
+
+def timm_preprocessing(spec: BackboneSpec) -> tuple[Preprocessing, bool]:
+    """The native preprocessing in timm's pretrained config, and whether the input size is fixed."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(spec.pretrained_name) or timm.models.get_pretrained_cfg(
@@ -143,18 +159,14 @@ def resolve_preprocessing(
     )
     if cfg is None:
         raise BackboneError(f"timm has no preprocessing config for {spec.pretrained_name}")
-    native = int(cfg.input_size[-1])
-    scaled = for_features and not getattr(cfg, "fixed_input_size", False)
-    size = input_size or (feature_input_size(native) if scaled else native)
-    if size < 16:
-        raise BackboneError(f"input size must be at least 16 pixels, got {size}")
-    return Preprocessing(
-        input_size=size,
+    native = Preprocessing(
+        input_size=int(cfg.input_size[-1]),
         crop_pct=float(cfg.crop_pct or 0.875),
         interpolation=supported_interpolation(str(cfg.interpolation)),
         mean=tuple(float(v) for v in cfg.mean),  # type: ignore[arg-type]
         std=tuple(float(v) for v in cfg.std),  # type: ignore[arg-type]
     )
+    return native, bool(getattr(cfg, "fixed_input_size", False))
 
 
 def count_parameters(spec: BackboneSpec, *, num_classes: int = IMAGENET_CLASSES) -> int:

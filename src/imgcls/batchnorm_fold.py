@@ -16,15 +16,14 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import sys
 
 import torch
-from timm.layers import BatchNormAct2d, Conv2dSame
 from torch import nn
 
-log = logging.getLogger(__name__)
+from imgcls.efficientnet_lite import BatchNormAct2d, SamePadConv2d
 
-# Convolutions whose forward pass is linear in ``weight`` (weight-standardising ones are not).
-_FOLDABLE_CONVS = (nn.Conv2d, Conv2dSame)
+log = logging.getLogger(__name__)
 _TOLERANCE = 1e-3  # of the largest output magnitude; a wrong fold is off by O(1)
 
 
@@ -54,7 +53,7 @@ def _fold_children(parent: nn.Module) -> int:
         conv = _last_layer(previous)
         replacement = _norm_replacement(norm)
         if (
-            type(conv) in _FOLDABLE_CONVS
+            type(conv) in _foldable_convs()
             and replacement is not None
             and conv.out_channels == norm.num_features
         ):
@@ -78,9 +77,21 @@ def _norm_replacement(norm: nn.Module) -> nn.Module | None:
         return None
     if type(norm) is nn.BatchNorm2d:
         return nn.Identity()
-    if type(norm) is BatchNormAct2d:  # BatchNorm, then dropout and activation
+    if type(norm) in _norm_act_types():  # BatchNorm, then dropout and activation
         return nn.Sequential(norm.drop, norm.act)
     return None
+
+
+def _foldable_convs() -> tuple[type, ...]:
+    """Convolutions whose forward pass is linear in ``weight`` (weight-standardising ones are
+    not). timm's count only when timm is loaded: a timm network cannot exist otherwise."""
+    timm_layers = sys.modules.get("timm.layers")
+    return (nn.Conv2d, SamePadConv2d) + ((timm_layers.Conv2dSame,) if timm_layers else ())
+
+
+def _norm_act_types() -> tuple[type, ...]:
+    timm_layers = sys.modules.get("timm.layers")
+    return (BatchNormAct2d,) + ((timm_layers.BatchNormAct2d,) if timm_layers else ())
 
 
 @torch.no_grad()

@@ -51,7 +51,7 @@ class _Top(nn.Module):
 def _layout(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]] | None:
     """(stem, stages, tail) of a supported architecture, or ``None``."""
     if hasattr(model, "blocks") and hasattr(model, "conv_stem") and hasattr(model, "conv_head"):
-        if type(model).__name__ != "EfficientNet":  # MobileNetV3 pools before conv_head
+        if type(model).__name__ not in ("EfficientNet", "EfficientNetLite"):  # MobileNetV3 pools first
             return None
         return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
     if all(hasattr(model, f"layer{i}") for i in range(1, 5)) and hasattr(model, "conv1"):

@@ -1,8 +1,9 @@
-"""The eval transform in numpy + PIL, for runtimes that must not import torch (ONNX Runtime).
+"""The eval transform in numpy + PIL, with no torch or torchvision import (ONNX Runtime, and
+the torch path's ``transforms.eval_crop``).
 
-Bit-for-bit the same as ``transforms.eval_transform`` (torchvision on PIL images): resize the
-shorter side with PIL, centre-crop with torchvision's rounding, scale to [0, 1], normalise.
-A unit test holds the two together.
+Bit-for-bit the same as torchvision's ``Resize`` + ``CenterCrop`` + ``ToTensor`` +
+``Normalize`` on PIL images: resize the shorter side with PIL, centre-crop with torchvision's
+rounding, scale to [0, 1], normalise. A unit test holds the two together.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from PIL import Image, ImageOps
 
 from imgcls.config import Preprocessing
 
-_RESAMPLE = {
+RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
@@ -29,7 +30,7 @@ def to_input_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False
 def crop_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False) -> np.ndarray:
     """The geometric half: an H x W x 3 uint8 array (``transforms.eval_crop`` without torch)."""
     resized = _resize_shorter_side(
-        image, pre.resize_size, _RESAMPLE.get(pre.interpolation, Image.Resampling.BICUBIC)
+        image, pre.resize_size, RESAMPLE.get(pre.interpolation, Image.Resampling.BICUBIC)
     )
     cropped = _center_crop(resized, pre.input_size)
     if flip:

@@ -27,34 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.config import Preprocessing, feature_input_size
+from imgcls.config import Preprocessing
 from imgcls.data import scan_dataset
 from imgcls.errors import ImgclsError
 from imgcls.images import UnreadableImageError, load_rgb
+from imgcls.known_preprocessing import expected_preprocessing
 from imgcls.pixels import crop_array
 
 DEFAULT_MAX_BYTES = 512 * 2**20  # about 1,800 crops at 288 px
 _HANDED_BACK = "handed back"  # the child could not process the image: the loader will
-
-_HALF = (0.5, 0.5, 0.5)
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-# What timm's pretrained config says for each registry entry's default tag: native input size,
-# crop_pct, interpolation, mean, std. Known here without importing timm so the CLI can start
-# decoding images while torch loads; a unit test holds it equal to timm's.
-PRETRAINED_PREPROCESSING: dict[str, tuple[int, float, str, tuple[float, ...], tuple[float, ...]]] = {
-    "efficientnet_lite0": (224, 0.875, "bicubic", _HALF, _HALF),
-    "efficientnet_lite1": (240, 0.882, "bicubic", _HALF, _HALF),
-    "efficientnet_lite2": (260, 0.89, "bicubic", _HALF, _HALF),
-    "resnet50": (224, 0.95, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD),
-    "resnet18": (224, 0.95, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD),
-    "densenet121": (224, 0.875, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD),
-    "inception_v3": (299, 0.875, "bicubic", _HALF, _HALF),
-    "inception_v4": (299, 0.875, "bicubic", _HALF, _HALF),
-    "resnetv2_50": (224, 0.95, "bicubic", _HALF, _HALF),
-    "efficientnet_b0": (224, 0.875, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD),
-}
-
 
 @dataclass(frozen=True)
 class Decoded:
@@ -157,16 +138,6 @@ def _decode_into(buffer: mmap.mmap, index: int, slot: int, path: Path, pre: Prep
 # -- the CLI's one prefetch ------------------------------------------------------------------
 
 _ACTIVE: DecodePrefetch | None = None
-
-
-def expected_preprocessing(backbone: str, input_size: int | None) -> Preprocessing | None:
-    """The feature preprocessing ``backbone`` will get, if known without importing timm."""
-    known = PRETRAINED_PREPROCESSING.get(backbone)
-    if known is None:
-        return None
-    native, crop_pct, interpolation, mean, std = known
-    size = input_size or feature_input_size(native)
-    return Preprocessing(size, crop_pct, interpolation, tuple(mean), tuple(std))  # type: ignore[arg-type]
 
 
 def prefetch_folder(

@@ -1,4 +1,9 @@
-"""The only place that turns images into network input tensors."""
+"""The only place that turns images into network input tensors.
+
+The eval transform is ``pixels.crop_array`` (PIL and numpy, bit-identical to torchvision's
+``Resize`` + ``CenterCrop``, which a test holds), so extracting features and predicting do
+not import torchvision; the training augmentations do, when they are built.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
 from imgcls.config import Preprocessing
-
-_INTERPOLATION = {
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "nearest": T.InterpolationMode.NEAREST,
-}
+from imgcls.pixels import RESAMPLE, crop_array
 
 
 # Test-time augmentation views: the centre crop, the whole image (shorter side resized to
@@ -44,18 +43,16 @@ def eval_crop(pre: Preprocessing, *, flip: bool = False) -> Callable[[Image.Imag
     Loader processes return these (a quarter of the bytes of float32), and the main process
     turns a whole batch into network input with ``normalize_batch`` in one vectorised step.
     """
-    steps: list[Callable] = [
-        T.Resize(pre.resize_size, interpolation=_INTERPOLATION[pre.interpolation]),
-        T.CenterCrop(pre.input_size),
-    ]
-    if flip:
-        steps.append(T.RandomHorizontalFlip(p=1.0))
-    steps.append(_uint8_tensor)
-    return T.Compose(steps)
+    return _EvalCrop(pre, flip)
 
 
-def _uint8_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+@dataclasses.dataclass(frozen=True)
+class _EvalCrop:
+    pre: Preprocessing
+    flip: bool
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(crop_array(image, self.pre, flip=self.flip), copy=True))
 
 
 def normalize_batch(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
@@ -80,7 +77,7 @@ def view_settings(pre: Preprocessing, view: str) -> tuple[Preprocessing, bool]:
 
 def supported_interpolation(name: str) -> str:
     """timm configs use a few other spellings; fall back to bicubic for the unknown."""
-    return name if name in _INTERPOLATION else "bicubic"
+    return name if name in RESAMPLE else "bicubic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +115,9 @@ def train_transform(pre: Preprocessing, preset: str) -> Callable[[Image.Image], 
     aug = augment_preset(preset)
     if aug.scale is None:
         return eval_transform(pre)
-    interpolation = _INTERPOLATION[pre.interpolation]
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(pre.interpolation)
     steps: list[Callable] = []
     if aug.rotation:
         steps.append(T.RandomRotation(aug.rotation, interpolation=T.InterpolationMode.BILINEAR))
