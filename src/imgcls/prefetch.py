@@ -37,6 +37,7 @@ from imgcls.pixels import crop_array
 DEFAULT_MAX_BYTES = 512 * 2**20  # about 1,800 crops at 288 px
 _HANDED_BACK = "handed back"  # the child could not process the image: the loader will
 
+
 @dataclass(frozen=True)
 class Decoded:
     """One prefetched image: its crop, or why it is unreadable; the child's seconds on it."""

@@ -17,7 +17,6 @@ from PIL import Image
 from imgcls.config import Preprocessing
 from imgcls.pixels import RESAMPLE, crop_array
 
-
 # Test-time augmentation views: the centre crop, the whole image (shorter side resized to
 # the input size), and the mirror image of each.
 TTA_VIEWS = ("center", "center_flip", "full", "full_flip")
