@@ -187,11 +187,28 @@ def _storage_dtype(output: torch.Tensor) -> np.ndarray:
     return output.float().contiguous().numpy()
 
 
+# On a CPU a forward pass over 8 images is faster per image than one over 32: a small batch's
+# activation maps stay in the caches. Lite0, alternating runs: bf16 68 vs 51 images/s at
+# 288 px and 105 vs 85 at 224 px; fp32 about 40 vs 29 at 288 px.
+CPU_FORWARD_CHUNK = 8
+
+
+def in_chunks(forward: Embedding, batch: torch.Tensor) -> torch.Tensor:
+    """``forward(batch)``, run ``CPU_FORWARD_CHUNK`` images at a time on a CPU (per-image
+    results; a GPU takes the whole batch)."""
+    if batch.device.type != "cpu" or len(batch) <= CPU_FORWARD_CHUNK:
+        return forward(batch)
+    return torch.cat([forward(part) for part in batch.split(CPU_FORWARD_CHUNK)])
+
+
 def pooled_features(model: nn.Module, batch: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """The backbone's pooled, pre-logits features (what the classifier sees), as float32."""
-    batch = batch.contiguous(memory_format=torch.channels_last)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(x), pre_logits=True).float()
+
     with autocast(precision):
-        return model.forward_head(model.forward_features(batch), pre_logits=True).float()
+        return in_chunks(pooled, batch.contiguous(memory_format=torch.channels_last))
 
 
 def extract_features(
@@ -320,7 +337,7 @@ def _compute(
                 with PROFILE.stage("normalise batches"):
                     inputs = normalize_batch(batch, pre)
                 with PROFILE.stage("forward (features)"):
-                    feats = _storage_dtype(embed(inputs))
+                    feats = _storage_dtype(in_chunks(embed, inputs))
                 for index, row in zip(indices, feats, strict=True):
                     computed[digests[index]] = row  # type: ignore[index]
                     pending.append(digests[index])  # type: ignore[arg-type]
