@@ -1,7 +1,8 @@
 """Decode and crop a data set's images in a child process while the CLI is still importing torch.
 
-On two cores the start-up imports (torch, torchvision, timm) take about 5 s of one core, and
-decoding and cropping hymenoptera's 398 photos about 3 s of one core. A child forked before
+On two cores the start-up imports take 2.5-6 s of one core (torch alone for EfficientNet-Lite,
+with torchvision and timm for other backbones), and decoding and cropping hymenoptera's 398
+photos about 3.5 s. A child forked before
 those imports does the decoding on the other core, into shared memory, so feature extraction
 finds its images ready and runs with no loader process competing for the cores.
 
