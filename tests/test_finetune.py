@@ -195,32 +195,6 @@ def test_activation_task_augments_maps_and_mixes_soft_targets():
     assert torch.equal(again[0][0], inputs)  # the epoch's generator decides everything
 
 
-def test_activation_task_draws_the_mirrored_maps_for_about_half_the_samples():
-    maps = torch.zeros(40, 2, 4, 4)  # rows 0..31 train, 32..39 validate
-    rows = LabelledRows(torch.arange(40) % 2, torch.arange(32), torch.arange(32, 40))
-    mirrored = torch.arange(1, 33, dtype=torch.float32).view(32, 1, 1, 1).expand(32, 2, 4, 4).clone()
-    task = ActivationTask(
-        torch.nn.Identity(), maps, rows, num_classes=2, batch_size=32, augment="none", mirrored=mirrored
-    )
-    ((inputs, targets),) = list(task.batches(torch.Generator().manual_seed(0)))
-    marks = inputs[:, 0, 0, 0]
-    flipped = marks > 0
-    assert 8 <= int(flipped.sum()) <= 24  # a fair coin per sample
-    # a mirrored map stands in for its own image: the mark is that image's position + 1
-    row_of_mark = (marks[flipped] - 1).long()
-    assert torch.equal(rows.labels[rows.train[row_of_mark]], targets[flipped])
-    with pytest.raises(ValueError, match="mirrored maps"):
-        ActivationTask(
-            torch.nn.Identity(),
-            maps,
-            rows,
-            num_classes=2,
-            batch_size=4,
-            augment="none",
-            mirrored=mirrored[:5],
-        )
-
-
 def test_augment_presets_change_views_and_none_is_the_eval_view():
     from imgcls.config import AUGMENT_PRESETS, Preprocessing
 
@@ -305,10 +279,7 @@ def test_profile_prints_where_the_time_went(image_folder, tmp_path, capsys):
     ):
         assert stage in table, stage
     decode = next(line for line in table.splitlines() if line.startswith("decode"))
-    splits = (tmp_path / "run" / "splits.csv").read_text().splitlines()[1:]
-    n_train = sum(line.split(",")[-1] == "train" for line in splits)
-    # one decode per image, and one per training image for the mirrored activation maps
-    assert 0 < n_train < 36 and int(decode.split()[-1]) == 36 + n_train
+    assert int(decode.split()[-1]) == 36  # one decode per image
 
 
 def test_decoded_images_are_kept_after_one_pass_and_change_nothing(image_folder):

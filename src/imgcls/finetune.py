@@ -54,7 +54,7 @@ from imgcls.trainloop import (
     run_training,
     warmup_cosine,
 )
-from imgcls.transforms import augment_preset, batch_mixer, eval_transform, train_transform
+from imgcls.transforms import batch_mixer, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ def finetune(
     install_head(model, probe.head)
     rows = _rows(featured, splits)
     plan = plan_finetune(cfg, n_train=len(rows.train), device=device, stages=stage_count(model))
-    mirrored = _mirrored_maps(featured, rows, split, plan, cfg) if maps is not None else None
-    task = _task(featured, split, (maps, mirrored), rows, plan, cfg)
+    task = _task(featured, split, maps, rows, plan, cfg)
     opt = _optimisation(model, task.module, plan, rows, featured, cfg, steps=plan.epochs * task.num_batches())
     settings = LoopSettings(
         epochs=plan.epochs,
@@ -152,31 +151,6 @@ def _pooled(split: NetworkSplit, maps: torch.Tensor, precision: str, batch: int 
     return torch.cat(parts).float().numpy()
 
 
-def _mirrored_maps(
-    featured: FeaturedDataset,
-    rows: LabelledRows,
-    split: NetworkSplit | None,
-    plan: FinetunePlan,
-    cfg: TrainConfig,
-) -> torch.Tensor | None:
-    """The trunk's maps of the mirrored training images, for presets that flip (one more
-    trunk pass over the training images; cached on disk like the others)."""
-    if split is None or not augment_preset(plan.augment).flip:
-        return None
-    records = [featured.records[i] for i in rows.train.tolist()]
-    scan = replace(featured.scan, records=records)
-    output = f"trunk-{split.trainable_stages}"
-    extraction = extract_for(
-        featured.model, scan, featured.preprocessing, cfg, embed=split.trunk, output=output, flip=True
-    )
-    if extraction.failures:
-        raise DataError(
-            f"{len(extraction.failures)} training images became unreadable during the run, "
-            f"e.g. {scan.absolute(records[min(extraction.failures)])}"
-        )
-    return torch.from_numpy(extraction.features)
-
-
 def _rows(featured: FeaturedDataset, splits: list[str]) -> LabelledRows:
     index = {
         s: torch.tensor([i for i, x in enumerate(splits) if x == s], dtype=torch.long) for s in (TRAIN, VAL)
@@ -187,14 +161,12 @@ def _rows(featured: FeaturedDataset, splits: list[str]) -> LabelledRows:
 def _task(
     featured: FeaturedDataset,
     split: NetworkSplit | None,
-    cached: tuple[torch.Tensor | None, torch.Tensor | None],
+    maps: torch.Tensor | None,
     rows: LabelledRows,
     plan: FinetunePlan,
     cfg: TrainConfig,
 ) -> ActivationTask | ImageTask:
-    """``cached``: the trunk's maps of every image, and of the mirrored training images."""
     num_classes = len(featured.classes)
-    maps, mirrored = cached
     if split is not None and maps is not None:
         split.trunk.requires_grad_(False)
         return ActivationTask(
@@ -206,7 +178,6 @@ def _task(
             augment=plan.augment,
             precision=plan.precision,
             device=torch.device(plan.device),
-            mirrored=mirrored,
         )
     paths = [featured.scan.absolute(r) for r in featured.records]
     labels = featured.labels.tolist()

@@ -108,13 +108,11 @@ def extract_for(
     *,
     embed: nn.Module | None = None,
     output: str = "pooled",
-    flip: bool = False,
 ) -> Extraction:
-    """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``
-    (of its mirror image with ``flip``)."""
+    """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``."""
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     precision = resolve_precision(cfg.precision, torch.device("cpu"))
-    space = feature_space(model, pre, flip=flip, output=output, precision=precision)
+    space = feature_space(model, pre, output=output, precision=precision)
     cache = FeatureCache(cache_root if cfg.use_cache else None, space)
     paths = [scan.absolute(r) for r in scan.records]
     with PROFILE.stage("fold BatchNorm"):
@@ -127,10 +125,9 @@ def extract_for(
         paths,
         pre,
         cache=cache,
-        flip=flip,
         batch_size=cfg.batch_size,
         workers=resolve_workers(cfg.workers, len(paths)),
-        progress=ProgressLog(_progress_label(output, flip)),
+        progress=ProgressLog("extracting features" if output == "pooled" else "caching activations"),
         embed=embed,
         precision=precision,
     )
@@ -144,11 +141,6 @@ def extract_for(
     for index, reason in sorted(extraction.failures.items()):
         log.warning("skipped unreadable image %s: %s", paths[index], reason)
     return extraction
-
-
-def _progress_label(output: str, flip: bool) -> str:
-    label = "extracting features" if output == "pooled" else "caching activations"
-    return f"{label} of the mirror images" if flip else label
 
 
 def resolve_workers(workers: int | None, n_images: int) -> int:

@@ -4,9 +4,8 @@
 the frozen lower stages ran once per image, so an epoch costs only the top's forward and
 backward pass. Its augmentation works on the activation maps (random crops of the map,
 mixup for ``strong``): convolutions commute with translation, so a crop of the map stands
-in for a crop of the image. Mirroring a map is not the map of a mirrored image (channels
-respond to oriented patterns), so the flip comes from a second cache: the trunk's maps of the
-mirrored training images, drawn for half the samples.
+in for a crop of the image. (Mirroring a map is not the map of a mirrored image, as
+channels respond to oriented patterns, so there is no flip.)
 
 ``ImageTask`` trains a whole network (or its unfrozen part) on augmented images decoded
 on the fly, for GPUs and for architectures that cannot be split.
@@ -84,17 +83,12 @@ class ActivationTask:
         augment: str,
         precision: str = "fp32",
         device: torch.device | None = None,
-        mirrored: torch.Tensor | None = None,
     ) -> None:
-        """``mirrored``: the maps of the mirrored training images, row ``i`` for ``rows.train[i]``."""
         self.module, self.maps, self.rows, self.precision = top, maps, rows, precision
         self.device = device or torch.device("cpu")
         self.num_classes, self.batch_size = num_classes, batch_size
         self.crop = MAP_CROP[augment]
         self.mixup = MAP_MIXUP.get(augment, 0.0)
-        self.mirrored = mirrored
-        if mirrored is not None and len(mirrored) != len(rows.train):
-            raise ValueError(f"{len(mirrored)} mirrored maps for {len(rows.train)} training rows")
 
     def num_batches(self) -> int:
         return -(-len(self.rows.train) // self.batch_size)
@@ -103,24 +97,14 @@ class ActivationTask:
         train_with_frozen_norms(self.module)
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        positions = torch.randperm(len(self.rows.train), generator=generator)
-        for start in range(0, len(positions), self.batch_size):
-            chosen = positions[start : start + self.batch_size]  # positions within rows.train
-            picked = self.rows.train[chosen]
-            inputs = self._augment(self._views(picked, chosen, generator), generator)
+        order = self.rows.train[torch.randperm(len(self.rows.train), generator=generator)]
+        for start in range(0, len(order), self.batch_size):
+            picked = order[start : start + self.batch_size]
+            inputs = self._augment(self.maps[picked].float(), generator)
             targets = self.rows.labels[picked]
             if self.mixup:
                 inputs, targets = _mixup(inputs, targets, self.num_classes, self.mixup, generator)
             yield inputs, targets
-
-    def _views(self, picked: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The maps of the picked rows, each from the mirrored image with probability 1/2."""
-        maps = self.maps[picked].float()
-        if self.mirrored is None:
-            return maps
-        flip = torch.rand(len(picked), generator=generator) < 0.5
-        maps[flip] = self.mirrored[chosen[flip]].float()
-        return maps
 
     def _augment(self, maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop is None:
