@@ -4,8 +4,10 @@
 
 PATH is one of:
   timm-eager   timm.create_model + eval + torch.no_grad, default allocator: how a user runs it
-  imgcls       the network as imgcls predicts with it: BatchNorms folded, channels_last,
-               inference_mode (run under the tuned allocator by the parent, as the CLI runs)
+               (timm's implementation, with the same weights)
+  imgcls       the network as imgcls predicts with it: imgcls's own Lite implementation,
+               BatchNorms folded, channels_last, inference_mode, 8 images per forward pass
+               (run under the tuned allocator by the parent, as the CLI runs)
   imgcls-bf16  the same under CPU bf16 autocast
   onnxruntime  the network exported to ONNX (opset 17), ONNX Runtime CPU, 2 intra-op threads
   extract-bf16 the probe's feature extraction: pooled features at the feature resolution
@@ -33,6 +35,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from imgcls.features import in_chunks
 
 BATCH = 32
 ROUNDS = 5
@@ -66,6 +70,18 @@ def _imgcls_model(backbone: str) -> tuple[torch.nn.Module, int]:
     return prepare_for_inference(model), resolve_preprocessing(spec, for_features=False).input_size
 
 
+def _timm_model(backbone: str, weights_from: torch.nn.Module) -> torch.nn.Module:
+    """timm's own network for ``backbone`` with the same weights, in eval mode (imgcls builds
+    EfficientNet-Lite without timm; this baseline is timm's implementation)."""
+    import timm
+
+    from imgcls.registry import get_backbone
+
+    model = timm.create_model(get_backbone(backbone).timm_arch, num_classes=1000)
+    model.load_state_dict(weights_from.state_dict())
+    return model.eval()
+
+
 def flops_per_image(model: torch.nn.Module, size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -82,7 +98,7 @@ def measure(path: str, backbone: str) -> dict:
     model, size = _imgcls_model(backbone)
     result = {"path": path, "backbone": backbone, "input_size": size}
     if path == "timm-eager":
-        model = model.to(memory_format=torch.contiguous_format)
+        model = _timm_model(backbone, model)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -95,7 +111,7 @@ def measure(path: str, backbone: str) -> dict:
         def forward(x: torch.Tensor) -> torch.Tensor:
             cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
             with torch.inference_mode(), cast:
-                return network(x.contiguous(memory_format=torch.channels_last))
+                return in_chunks(network, x.contiguous(memory_format=torch.channels_last))
 
     elif path == "onnxruntime":
         forward = _onnx_forward(model, size)
@@ -134,7 +150,7 @@ def _bf16_forward(module: torch.nn.Module, x: torch.Tensor) -> dict:
 
     def forward() -> None:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            module(x.contiguous(memory_format=torch.channels_last))
+            in_chunks(module, x.contiguous(memory_format=torch.channels_last))
 
     forward()
     started = time.perf_counter()
