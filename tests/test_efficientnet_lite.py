@@ -76,3 +76,19 @@ def test_training_a_probe_on_lite_imports_neither_timm_nor_torchvision(tmp_path:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_onnx_export_runs_in_onnx_runtime_with_the_same_outputs(tmp_path: Path) -> None:
+    """Exporters need kernels of known shape, so the export pads the input instead."""
+    import onnxruntime as ort
+
+    model = EfficientNetLite("tf_efficientnet_lite0", num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    path = tmp_path / "lite.onnx"
+    torch.onnx.export(
+        model, (x[:1],), str(path), input_names=["image"], dynamic_axes={"image": {0: "batch"}}, dynamo=False
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), model(x), atol=1e-4)

@@ -57,6 +57,10 @@ class SamePadConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         before_h, after_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         before_w, after_w = _same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # Exporters need a kernel of known shape: pad the input instead (same result).
+            x = F.pad(x, (before_w, after_w, before_h, after_h))
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         weight = self.weight
         if (before_h, before_w) != (after_h, after_w):
             weight = F.pad(weight, (after_w - before_w, 0, after_h - before_h, 0))
