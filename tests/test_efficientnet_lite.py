@@ -92,3 +92,22 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_same_outputs(tmp_path: Path) 
     (got,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(got), model(x), atol=1e-4)
+
+
+def test_every_batchnorm_folds_into_its_convolution() -> None:
+    """The inference copy folds all of them, including those after "same"-padded convolutions."""
+    from imgcls.batchnorm_fold import fold_batchnorm
+
+    model = EfficientNetLite("tf_efficientnet_lite0", num_classes=3).eval()
+    with torch.no_grad():  # non-trivial statistics, so a wrong fold would show
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded, count = fold_batchnorm(model, torch.randn(1, 3, 70, 70))
+    assert count == norms
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 66, 66)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
