@@ -2,9 +2,9 @@
 
 On two cores the start-up imports take 2.5-6 s of one core (torch alone for EfficientNet-Lite,
 with torchvision and timm for other backbones), and decoding and cropping hymenoptera's 398
-photos about 3.5 s. A child forked before
-those imports does the decoding on the other core, into shared memory, so feature extraction
-finds its images ready and runs with no loader process competing for the cores.
+photos about 3.5 s. A child forked before those imports does the decoding on the other core,
+into shared memory, so feature extraction finds its images ready and runs with no loader
+process competing for the cores.
 
 The crops are bit-for-bit those of the loaders (``pixels.crop_array``, held equal to the
 torchvision transform by a test), and extraction uses them only for the same preprocessing.
