@@ -100,7 +100,11 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
     group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
-    group.add_argument("--patience", type=positive_int, help="early-stopping patience in epochs")
+    group.add_argument(
+        "--patience",
+        type=positive_int,
+        help="stop after N epochs without a better val score (default: run every epoch; the best is kept)",
+    )
     group.add_argument(
         "--time-limit",
         type=duration,
