@@ -43,6 +43,7 @@ from imgcls.probe import (
     install_head,
     temperature_scaling,
 )
+from imgcls.profiling import PROFILE
 from imgcls.registry import get_backbone
 from imgcls.splits import assign_splits, check_splits
 from imgcls.tasks import ActivationTask, ImageTask, LabelledRows
@@ -101,7 +102,8 @@ def finetune(
     if split is not None:
         extraction = extract_for(model, scan, pre, cfg, embed=split.trunk, output=f"trunk-{trainable}")
         maps = torch.from_numpy(extraction.features)
-        features = _pooled(split, maps, resolve_precision(cfg.precision, torch.device("cpu")))
+        with PROFILE.stage("pool cached maps (probe features)"):
+            features = _pooled(split, maps, resolve_precision(cfg.precision, torch.device("cpu")))
         extraction.features = features
     else:
         extraction = extract_for(model, scan, pre, cfg)
@@ -115,7 +117,9 @@ def finetune(
     rows = _rows(featured, splits)
     plan = plan_finetune(cfg, n_train=len(rows.train), device=device, stages=stage_count(model))
     task = _task(featured, split, maps, rows, plan, cfg)
-    opt = _optimisation(model, task.module, plan, rows, featured, cfg, steps=plan.epochs * task.num_batches())
+    steps = plan.epochs * task.num_batches()
+    with PROFILE.stage("optimiser set-up (imports timm)"):
+        opt = _optimisation(model, task.module, plan, rows, featured, cfg, steps=steps)
     settings = LoopSettings(
         epochs=plan.epochs,
         patience=plan.patience,
@@ -129,7 +133,8 @@ def finetune(
         before_training()
     model.to(device)
     state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
-    fit = _score(featured, splits, task, probe, cfg)  # on the training device
+    with PROFILE.stage("score every split"):
+        fit = _score(featured, splits, task, probe, cfg)  # on the training device
     model.cpu()
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
     return Finetuned(featured, splits, fit, plan, state)
