@@ -52,7 +52,13 @@ class SamePadConv2d(nn.Conv2d):
     in front and the convolution pads ``after`` on both sides: each output then sees exactly
     TensorFlow's window, without copying the input into a padded tensor. The copy (what timm's
     ``Conv2dSame`` does) made Lite's stride-2 depthwise convolutions 2-7x slower on a CPU.
+    Lite has no dilated convolutions, and this class takes none.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.dilation != (1, 1):
+            raise ValueError(f"SamePadConv2d supports dilation 1 only, got {self.dilation}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         before_h, after_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
