@@ -113,29 +113,42 @@ class DropPath(nn.Module):
         return x * mask.div_(keep)
 
 
-class DepthwiseSeparableConv(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, drop_path: float) -> None:
+class _ResidualBlock(nn.Module):
+    """A block whose branch is added to its input where the shapes allow (stride 1, same
+    channels), through stochastic depth."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, drop_path: float) -> None:
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
+        self.drop_path = DropPath(drop_path)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        return self.drop_path(out) + x if self.has_skip else out
+
+
+class DepthwiseSeparableConv(_ResidualBlock):
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int, drop_path: float) -> None:
+        super().__init__(in_chs, out_chs, stride, drop_path)
         self.conv_dw = _conv(in_chs, in_chs, kernel, stride, groups=in_chs)
         self.bn1 = BatchNormAct2d(in_chs)
         self.se = nn.Identity()
         self.conv_pw = _conv(in_chs, out_chs, 1)
         self.bn2 = BatchNormAct2d(out_chs, act=False)
-        self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv_pw(self.se(self.bn1(self.conv_dw(x)))))
-        return self.drop_path(out) + x if self.has_skip else out
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv_pw(self.se(self.bn1(self.conv_dw(x)))))
 
 
-class InvertedResidual(nn.Module):
+class InvertedResidual(_ResidualBlock):
     def __init__(
         self, in_chs: int, out_chs: int, kernel: int, stride: int, expansion: int, drop_path: float
     ) -> None:
-        super().__init__()
+        super().__init__(in_chs, out_chs, stride, drop_path)
         mid_chs = _make_divisible(in_chs * expansion)
-        self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_pw = _conv(in_chs, mid_chs, 1)
         self.bn1 = BatchNormAct2d(mid_chs)
         self.conv_dw = _conv(mid_chs, mid_chs, kernel, stride, groups=mid_chs)
@@ -143,12 +156,10 @@ class InvertedResidual(nn.Module):
         self.se = nn.Identity()
         self.conv_pwl = _conv(mid_chs, out_chs, 1)
         self.bn3 = BatchNormAct2d(out_chs, act=False)
-        self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
-        out = self.bn3(self.conv_pwl(self.se(out)))
-        return self.drop_path(out) + x if self.has_skip else out
+        return self.bn3(self.conv_pwl(self.se(out)))
 
 
 class EfficientNetLite(nn.Module):
