@@ -37,11 +37,11 @@ _STAGES = (
     ("ir", 1, 3, 1, 6, 320),
 )
 
-# timm architecture -> (channel multiplier, depth multiplier, pretrained input size).
-VARIANTS: dict[str, tuple[float, float, int]] = {
-    "tf_efficientnet_lite0": (1.0, 1.0, 224),
-    "tf_efficientnet_lite1": (1.0, 1.1, 240),
-    "tf_efficientnet_lite2": (1.1, 1.2, 260),
+# timm architecture -> (channel multiplier, depth multiplier).
+VARIANTS: dict[str, tuple[float, float]] = {
+    "tf_efficientnet_lite0": (1.0, 1.0),
+    "tf_efficientnet_lite1": (1.0, 1.1),
+    "tf_efficientnet_lite2": (1.1, 1.2),
 }
 
 
@@ -177,10 +177,10 @@ class EfficientNetLite(nn.Module):
         super().__init__()
         if arch not in VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {arch!r}; known: {', '.join(VARIANTS)}")
-        width, depth, input_size = VARIANTS[arch]
+        width, depth = VARIANTS[arch]
         self.drop_rate = drop_rate
         self.num_features = HEAD_CHANNELS
-        self.pretrained_cfg = _pretrained_cfg(arch, input_size)
+        self.pretrained_cfg = _pretrained_cfg(arch)
         self.conv_stem = _conv(3, STEM_CHANNELS, 3, 2)
         self.bn1 = BatchNormAct2d(STEM_CHANNELS)
         self.blocks = _stages(width, depth, drop_path_rate)
@@ -255,17 +255,11 @@ def _classifier(num_classes: int) -> nn.Module:
     return nn.Linear(HEAD_CHANNELS, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def _pretrained_cfg(arch: str, input_size: int) -> dict[str, Any]:
-    """What callers read from a timm model's ``pretrained_cfg``."""
-    return {
-        "architecture": arch,
-        "input_size": (3, input_size, input_size),
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "interpolation": "bicubic",
-        "classifier": "classifier",
-        "num_classes": 1000,
-    }
+def _pretrained_cfg(arch: str) -> dict[str, Any]:
+    """What imgcls reads from a timm model's ``pretrained_cfg``: the architecture (part of the
+    feature-cache key) and the classifier's name (``weights.classifier_prefix``). The
+    preprocessing is in ``known_preprocessing``."""
+    return {"architecture": arch, "classifier": "classifier"}
 
 
 def _initialise(model: nn.Module) -> None:
