@@ -99,3 +99,18 @@ def test_classifier_refolds_after_its_model_changes() -> None:
     with torch.no_grad():
         clf.model.get_classifier().bias.copy_(torch.tensor([50.0, 0.0]))
     assert clf.predict(image).label == "a"
+
+
+def test_a_split_networks_top_folds_although_it_shares_its_models_head() -> None:
+    """The top of a split network holds the model's head convolution and BatchNorm twice (in
+    its stages and through the model): each pair must be folded once, not once per parent."""
+    from imgcls.efficientnet_lite import EfficientNetLite
+    from imgcls.network_split import split_network
+
+    model = _trained_stats(EfficientNetLite("tf_efficientnet_lite0", num_classes=3))
+    top = split_network(model, 2).top
+    maps = torch.randn(2, 112, 9, 9)
+    folded, count = fold_batchnorm(top, maps)
+    assert count > 0 and folded is not top
+    with torch.inference_mode():
+        torch.testing.assert_close(folded.pooled(maps), top.pooled(maps), rtol=1e-4, atol=1e-4)

@@ -17,6 +17,7 @@ import copy
 import itertools
 import logging
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()):
         return module, 0
     folded = copy.deepcopy(module)
-    count = sum(_fold_children(parent) for parent in list(folded.modules()))
+    count = _fold_children(folded)
     if not count:
         return module, 0
     if not _same_outputs(module, folded, example):
@@ -45,22 +46,44 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     return folded, count
 
 
-def _fold_children(parent: nn.Module) -> int:
-    """Fold each (convolution, BatchNorm) pair of consecutive children of ``parent``."""
-    children = list(parent.named_children())
-    count = 0
-    for (_, previous), (name, norm) in itertools.pairwise(children):
-        conv = _last_layer(previous)
-        replacement = _norm_replacement(norm)
-        if (
-            type(conv) in _foldable_convs()
-            and replacement is not None
-            and conv.out_channels == norm.num_features
-        ):
-            _fold_into(conv, norm)
-            setattr(parent, name, replacement)
-            count += 1
-    return count
+@dataclass(frozen=True)
+class ConvNorm:
+    """A convolution and the BatchNorm that follows it as the next child of the same parent."""
+
+    conv: nn.Conv2d
+    norm: nn.BatchNorm2d
+    after: nn.Module  # what is left of the BatchNorm once its affine map moves into ``conv``
+
+
+def conv_norm_pairs(module: nn.Module) -> list[ConvNorm]:
+    """Every (convolution, BatchNorm) pair of consecutive children in ``module``, each once
+    (a module can sit in two parents, as a split network's top shares its model's head).
+    Children are not always called in their registration order: callers check outputs."""
+    pairs: dict[int, ConvNorm] = {}
+    for parent in module.modules():
+        for (_, previous), (_, norm) in itertools.pairwise(parent.named_children()):
+            conv = _last_layer(previous)
+            after = _norm_replacement(norm)
+            if (
+                id(norm) not in pairs
+                and type(conv) in _foldable_convs()
+                and after is not None
+                and conv.out_channels == norm.num_features
+            ):
+                pairs[id(norm)] = ConvNorm(conv, norm, after)
+    return list(pairs.values())
+
+
+def _fold_children(module: nn.Module) -> int:
+    pairs = conv_norm_pairs(module)
+    replacements = {id(pair.norm): pair.after for pair in pairs}
+    for pair in pairs:
+        _fold_into(pair.conv, pair.norm)
+    for parent in list(module.modules()):  # replace each folded BatchNorm wherever it sits
+        for name, child in list(parent.named_children()):
+            if id(child) in replacements:
+                setattr(parent, name, replacements[id(child)])
+    return len(pairs)
 
 
 def _last_layer(module: nn.Module) -> nn.Module:
@@ -121,7 +144,11 @@ def folded_for_inference(module: nn.Module, input_size: int) -> nn.Module:
 @torch.inference_mode()
 def _same_outputs(reference: nn.Module, candidate: nn.Module, example: torch.Tensor) -> bool:
     with torch.autocast("cpu", enabled=False):
-        expected, got = reference(example), candidate(example)
+        return outputs_match(reference(example), candidate(example))
+
+
+def outputs_match(expected: object, got: object) -> bool:
+    """Whether ``got`` is ``expected`` up to rounding (a wrong fold is off by O(1))."""
     if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
         return False
     if expected.shape != got.shape:
