@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "predictions", "profiling", "layout", "cpu_features"},
     {"config", "images", "registry", "metrics", "calibration", "stats", "svg_charts", "known_preprocessing"},
     {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch", "efficientnet_lite"},
-    {"precision", "checkpoint", "network_split", "finetune_plan", "batchnorm_fold"},
+    {"precision", "checkpoint", "network_split", "finetune_plan", "batchnorm_fold", "train_fast_path"},
     {"splits", "backbone", "onnx_runtime", "server", "trainloop", "prefetch"},
     {"features", "tasks", "history", "inspect_data", "runtime_choice"},
     {"classifier", "probe"},

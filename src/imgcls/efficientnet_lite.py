@@ -60,17 +60,18 @@ class SamePadConv2d(nn.Conv2d):
         if self.dilation != (1, 1):
             raise ValueError(f"SamePadConv2d supports dilation 1 only, got {self.dilation}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # nn.Conv2d.forward calls this with the layer's own weight; the frozen-norm fusion
+        # (frozen_norms) calls it with a rescaled one.
         before_h, after_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         before_w, after_w = _same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             # Exporters need a kernel of known shape: pad the input instead (same result).
             x = F.pad(x, (before_w, after_w, before_h, after_h))
-            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        weight = self.weight
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
         if (before_h, before_w) != (after_h, after_w):
             weight = F.pad(weight, (after_w - before_w, 0, after_h - before_h, 0))
-        return F.conv2d(x, weight, self.bias, self.stride, (after_h, after_w), self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, (after_h, after_w), self.dilation, self.groups)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -47,6 +47,7 @@ from imgcls.profiling import PROFILE
 from imgcls.registry import get_backbone
 from imgcls.splits import assign_splits, check_splits
 from imgcls.tasks import ActivationTask, ImageTask, LabelledRows
+from imgcls.train_fast_path import is_depthwise, training_fast_path
 from imgcls.trainloop import (
     LoopSettings,
     LoopState,
@@ -132,9 +133,11 @@ def finetune(
     if before_training is not None:
         before_training()
     model.to(device)
-    state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
-    with PROFILE.stage("score every split"):
-        fit = _score(featured, splits, task, probe, cfg)  # on the training device
+    with training_fast_path(task.module, _example(task, featured, device)) as fast:
+        log.debug("training fast path: %s", fast)
+        state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
+        with PROFILE.stage("score every split"):
+            fit = _score(featured, splits, task, probe, cfg)  # on the training device
     model.cpu()
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
     return Finetuned(featured, splits, fit, plan, state)
@@ -154,6 +157,18 @@ def _pooled(split: NetworkSplit, maps: torch.Tensor, precision: str, batch: int 
             for i in range(0, len(maps), batch)
         ]
     return torch.cat(parts).float().numpy()
+
+
+def _example(
+    task: ActivationTask | ImageTask, featured: FeaturedDataset, device: torch.device
+) -> torch.Tensor:
+    """One input of the trained module, for checking the fast path's output."""
+    if isinstance(task, ActivationTask):
+        example = task.maps[:1].float()
+    else:
+        side = featured.preprocessing.input_size
+        example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return example.to(device).contiguous(memory_format=torch.channels_last)
 
 
 def _rows(featured: FeaturedDataset, splits: list[str]) -> LabelledRows:
@@ -216,6 +231,8 @@ def _optimisation(
     from timm.optim import param_groups_layer_decay
 
     trained_ids = {id(p) for p in trained.parameters()}
+    if not plan.train_depthwise:
+        trained_ids -= {id(m.weight) for m in trained.modules() if is_depthwise(m)}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in trained_ids)
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
