@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,40 @@ def test_close_stops_the_child(tmp_path: Path) -> None:
     prefetch.close()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_decoding_turns_false_once_the_child_is_done_and_its_crops_stay_readable(tmp_path: Path) -> None:
+    paths = _files(tmp_path)
+    prefetch = DecodePrefetch(paths, PRE)
+    try:
+        deadline = time.monotonic() + 30
+        while prefetch.decoding() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not prefetch.decoding()
+        assert all(prefetch.get(p) is not None for p in paths)
+    finally:
+        prefetch.close()  # the child was reaped already: nothing left to stop
+
+
+def test_the_forward_pass_gives_a_decoding_child_a_core(monkeypatch) -> None:
+    from imgcls import features
+
+    class _Child:
+        busy = True
+
+        def decoding(self) -> bool:
+            return self.busy
+
+    threads = [2]  # a two-core machine
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    child = _Child()
+    with features._threads_beside(child) as make_room:  # type: ignore[arg-type]
+        make_room()
+        make_room()
+        child.busy = False
+        make_room()
+    assert threads == [2, 1, 2, 2]  # one beside the child, both once it is done, restored after
 
 
 def test_extraction_with_a_prefetch_gives_the_same_features(tmp_path: Path, monkeypatch) -> None:

@@ -20,3 +20,14 @@ def has_nvidia_gpu() -> bool:
     """A CUDA device is installed (the driver lists one); torch would run there instead."""
     gpus = Path("/proc/driver/nvidia/gpus")
     return gpus.is_dir() and any(gpus.iterdir())
+
+
+def available_memory() -> int:
+    """Bytes the kernel reports as available (0 where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from imgcls.cpu_features import available_memory
 from imgcls.images import load_rgb
 from imgcls.precision import autocast
 from imgcls.trainloop import Validation
@@ -196,17 +197,6 @@ class _TrainImages(Dataset):
             self.decoded[i] = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
             used += pixels.nbytes
         log.info("decoded-image cache: %d images, %.0f MB", len(self.decoded), used / 2**20)
-
-
-def available_memory() -> int:
-    """Bytes the kernel reports as available (0 where unknown)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class ImageTask:
