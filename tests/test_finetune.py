@@ -309,3 +309,27 @@ def test_finetune_calibrate_folds_the_temperature_into_the_saved_model(image_fol
     evaluation = imgcls.load(tmp_path / "run").evaluate(image_folder, split="val")
     assert evaluation.report["log_loss"] == pytest.approx(metrics["val"]["log_loss"], rel=1e-3, abs=1e-5)
     assert clf.config["head"]["temperature"] == calibration["temperature"]
+
+
+def test_on_a_cpu_depthwise_units_keep_their_pretrained_values_and_the_rest_trains():
+    """Depthwise kernels and the BatchNorm after each are left out of the optimiser on a CPU
+    (their gradients are the slow part of a CPU step); pointwise layers and the head train."""
+    from imgcls.batchnorm_fold import conv_norm_pairs
+    from imgcls.finetune import _optimisation
+    from imgcls.finetune_plan import plan_finetune
+    from imgcls.train_fast_path import is_depthwise
+
+    model = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=3)
+    split = split_network(model, 2)
+    plan = plan_finetune(TINY_FT, n_train=100, device=torch.device("cpu"), stages=len(model.blocks))
+    assert plan.train_depthwise is False
+    _optimisation(model, split.top, plan, None, None, TINY_FT, steps=10)  # type: ignore[arg-type]
+    units = [p for p in conv_norm_pairs(split.top) if is_depthwise(p.conv)]
+    top_units = [u for u in units if any(u.conv is m for m in split.top.stages.modules())]
+    assert top_units
+    for unit in top_units:
+        assert not unit.conv.weight.requires_grad
+        assert not unit.norm.weight.requires_grad and not unit.norm.bias.requires_grad
+    pointwise = [m for m in split.top.stages.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    assert pointwise and all(m.weight.requires_grad for m in pointwise)
+    assert model.get_classifier().weight.requires_grad

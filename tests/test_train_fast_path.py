@@ -128,20 +128,36 @@ def _fuses(conv: nn.Module) -> bool:
     return vars(conv)["forward"].args[1] is not None
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a oneDNN CPU build")
-def test_depthwise_convolutions_run_in_fp32_only_while_recording_gradients() -> None:
-    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    pointwise = nn.Conv2d(8, 8, 1)
-    model = nn.Sequential(pointwise, conv)
-    x = torch.randn(2, 8, 6, 6)
+def _dtypes_seen(conv: nn.Conv2d, model: nn.Module, x: torch.Tensor) -> list[torch.dtype]:
+    """The output dtypes of ``conv`` in a bf16 training step, then in bf16 inference."""
     seen: list[torch.dtype] = []
-    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    with training_fast_path(model, x[:1]) as fast:
-        assert fast.fp32_depthwise == 1
+    hook = conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    with training_fast_path(model, x[:1]):
         seen.clear()  # the check's forward pass
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(x).float().sum().backward()
             with torch.inference_mode():
                 model(x)
-    assert seen == [torch.float32, torch.bfloat16]
-    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    hook.remove()
+    return seen
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a oneDNN CPU build")
+@pytest.mark.parametrize(
+    ("trained", "stride", "expected"),
+    [
+        (True, 1, torch.float32),  # a kernel gradient: slow in bf16
+        (False, 2, torch.float32),  # a stride: slow in bf16
+        (False, 1, torch.bfloat16),  # neither: bf16 costs no more than fp32 and two casts
+    ],
+)
+def test_depthwise_convolutions_train_in_fp32_where_bf16_is_slow(
+    trained: bool, stride: int, expected: torch.dtype
+) -> None:
+    conv = nn.Conv2d(8, 8, 3, stride=stride, padding=1, groups=8)
+    conv.weight.requires_grad_(trained)
+    conv.bias.requires_grad_(trained)
+    model = nn.Sequential(nn.Conv2d(8, 8, 1), conv)
+    seen = _dtypes_seen(conv, model, torch.randn(2, 8, 6, 6))
+    assert seen == [expected, torch.bfloat16]  # inference stays in bf16
+    assert (conv.weight.grad is not None) == trained

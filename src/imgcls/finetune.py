@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgcls.backbone import resolve_preprocessing
-from imgcls.batchnorm_fold import fold_batchnorm
+from imgcls.batchnorm_fold import conv_norm_pairs, fold_batchnorm
 from imgcls.checkpoint import CHECKPOINT_NAME
 from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, DatasetScan
@@ -230,9 +230,7 @@ def _optimisation(
     """AdamW over layer-wise-decayed groups of the trained parameters, warm-up + cosine."""
     from timm.optim import param_groups_layer_decay
 
-    trained_ids = {id(p) for p in trained.parameters()}
-    if not plan.train_depthwise:
-        trained_ids -= {id(m.weight) for m in trained.modules() if is_depthwise(m)}
+    trained_ids = {id(p) for p in trained.parameters()} - {id(p) for p in _frozen_depthwise(trained, plan)}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in trained_ids)
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -251,6 +249,15 @@ def _optimisation(
         return F.cross_entropy(logits, targets, weight=w, label_smoothing=plan.label_smoothing)
 
     return Optimisation(optimizer, scheduler, loss, scaler)
+
+
+def _frozen_depthwise(trained: nn.Module, plan: FinetunePlan) -> list[nn.Parameter]:
+    """Depthwise kernels and the BatchNorm affines right after them, where the plan keeps
+    them pretrained: their gradients are what makes a CPU step slow (``trains_depthwise``)."""
+    if plan.train_depthwise:
+        return []
+    units = [p for p in conv_norm_pairs(trained) if is_depthwise(p.conv)]
+    return [param for unit in units for param in (unit.conv.weight, unit.norm.weight, unit.norm.bias)]
 
 
 def _group_factor(group: dict, plan: FinetunePlan, steps: int, warmup: int, model: nn.Module) -> Any:

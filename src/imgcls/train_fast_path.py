@@ -10,10 +10,13 @@ they are, so checkpoints, the optimiser and the saved model see no difference.
   with ``s = gamma / sqrt(var + eps)``. The rescaled weight costs a pass over the weights;
   the BatchNorm's forward and backward passes over every activation map go away. Gradients
   reach the same parameters and agree up to rounding.
-- **Depthwise convolutions in fp32 under CPU bf16 autocast.** oneDNN's bf16 depthwise
-  backward pass runs 5-15x slower than its fp32 one on this project's CPUs, while bf16
-  pointwise convolutions run 2-4x faster than fp32 ones (BENCHMARKS.md). Only steps that
-  record gradients are changed; inference keeps its bf16 depthwise convolutions.
+- **Depthwise convolutions in fp32 under CPU bf16 autocast** where oneDNN's bf16 backward
+  pass is slow: when it computes the kernel's gradient (5-15x slower than fp32) or the
+  convolution has a stride (a 5x5 stride-2 one: 362 ms against 9 ms for the input's gradient
+  alone). bf16 pointwise convolutions run 2-4x faster than fp32 ones, and a frozen stride-1
+  depthwise convolution runs about as fast in bf16 as in fp32 plus the two casts it would
+  need (BENCHMARKS.md). Only steps that record gradients are changed; inference keeps its
+  bf16 depthwise convolutions.
 
 A BatchNorm put back in training mode (batch statistics) runs unfused.
 """
@@ -104,7 +107,7 @@ def _conv_forward(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, x: torch.Tensor)
     weight, bias = conv.weight, conv.bias
     if norm is not None and not norm.training:
         weight, bias = _fused(weight, bias, norm)
-    if is_depthwise(conv) and _recording_cpu_autocast(x):
+    if is_depthwise(conv) and _recording_cpu_autocast(x) and (weight.requires_grad or conv.stride != (1, 1)):
         with torch.autocast("cpu", enabled=False):
             return conv._conv_forward(x.float(), weight, bias)
     return conv._conv_forward(x, weight, bias)
