@@ -16,8 +16,9 @@ PATH is one of:
                feature resolution, BatchNorms folded, bf16 autocast (what --strategy finetune
                runs once per image)
   train-top    one fine-tuning step of the last two stages + head on cached 288 px trunk maps
-               (fp32, frozen BatchNorm, AdamW): the CPU default of --strategy finetune
-  train-all    one step of the whole network on 224 px images (fp32): --unfreeze all
+               (bf16 where native with fp32 depthwise layers, frozen BatchNorms fused,
+               depthwise kernels frozen, AdamW): the CPU default of --strategy finetune
+  train-all    one such step of the whole network on 224 px images: --unfreeze all
   peak         a 2048x2048 matmul in fp32 and bf16: this machine's reachable peak
 
 Training paths report images/s of whole steps (forward, backward, optimiser) and 3x the
@@ -165,10 +166,20 @@ def _bf16_forward(module: torch.nn.Module, x: torch.Tensor) -> dict:
 
 
 def _train_steps(module: torch.nn.Module, x: torch.Tensor, num_classes: int = 10) -> dict:
-    """images/s of fp32 training steps on batch ``x`` and forward + backward GFLOP/image."""
+    """images/s of training steps as ``--strategy finetune`` runs them on this CPU (its
+    precision, depthwise kernels frozen, the training fast path) and forward + backward
+    GFLOP/image."""
+    from imgcls.finetune_plan import trains_depthwise
+    from imgcls.precision import autocast, resolve_precision
     from imgcls.tasks import train_with_frozen_norms
+    from imgcls.train_fast_path import is_depthwise, training_fast_path
 
-    train_with_frozen_norms(module)
+    cpu = torch.device("cpu")
+    precision = resolve_precision("auto", cpu)
+    if not trains_depthwise(cpu):
+        for layer in module.modules():
+            if is_depthwise(layer):
+                layer.weight.requires_grad_(False)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     targets = torch.randint(num_classes, (len(x),))
@@ -176,20 +187,23 @@ def _train_steps(module: torch.nn.Module, x: torch.Tensor, num_classes: int = 10
 
     def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(module(inputs)[:, :num_classes], labels).backward()
-
-    step(x, targets)
-    optimizer.step()
-    started = time.perf_counter()
-    for _ in range(ROUNDS):
-        step(x, targets)
+        with autocast(precision):
+            logits = module(inputs)[:, :num_classes].float()
+        torch.nn.functional.cross_entropy(logits, labels).backward()
         optimizer.step()
-    rate = len(x) * ROUNDS / (time.perf_counter() - started)
+
+    with training_fast_path(module, x[:1]):
+        train_with_frozen_norms(module)
+        step(x, targets)
+        started = time.perf_counter()
+        for _ in range(ROUNDS):
+            step(x, targets)
+        rate = len(x) * ROUNDS / (time.perf_counter() - started)
     # Backward ~ 2x forward (gradients of inputs and of weights). Not counted directly: torch's
     # FlopCounterMode ignores `groups` in convolution_backward and overcounts depthwise layers.
     with torch.no_grad():
         flops = 3 * _flops(lambda: module(x[:1]))
-    return {"images_per_s": rate, "gflops_per_image": flops / 1e9, "precision": "fp32"}
+    return {"images_per_s": rate, "gflops_per_image": flops / 1e9, "precision": precision}
 
 
 def _flops(run) -> float:

@@ -3,6 +3,7 @@ paths, and achieved compute against this machine's measured peak.
 
     .venv/bin/python benchmarks/run.py --suite quick   # hymenoptera; lite0 inference
     .venv/bin/python benchmarks/run.py --suite full    # + clothing_small; + lite2 inference
+    .venv/bin/python benchmarks/run.py --suite clothing --skip-tutorial  # clothing_small, lite0
 
 Prints a markdown report and writes it with the raw JSON to ``benchmarks/results/``.
 fastai is installed on first use into ``benchmarks/.fastai`` (its own folder, never the
@@ -60,6 +61,7 @@ INFERENCE_PATHS = ("timm-eager", "imgcls", "imgcls-bf16", "onnxruntime")
 STAGE_PATHS = ("extract-bf16", "trunk-bf16", "train-top", "train-all")  # a pipeline stage each
 SUITES = {
     "quick": {"datasets": ["hymenoptera"], "backbones": ["efficientnet_lite0"], "tutorial_epochs": 3},
+    "clothing": {"datasets": ["clothing_small"], "backbones": ["efficientnet_lite0"], "tutorial_epochs": 5},
     "full": {
         "datasets": ["hymenoptera", "clothing_small"],
         "backbones": ["efficientnet_lite0", "efficientnet_lite2"],
@@ -145,7 +147,7 @@ def inference(path: str, backbone: str) -> dict:
     return last_json(out)
 
 
-def time_to_accuracy(suite: dict, skip_fastai: bool) -> list[dict]:
+def time_to_accuracy(suite: dict, skip_fastai: bool, skip_tutorial: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = None if skip_fastai else timm_weights_file(Path(tmp))
@@ -154,10 +156,10 @@ def time_to_accuracy(suite: dict, skip_fastai: bool) -> list[dict]:
             runs = {
                 "imgcls probe (defaults)": lambda d=data: imgcls_train(d),
                 "imgcls finetune": lambda d=data: imgcls_train(d, "--strategy", "finetune"),
-                f"PyTorch tutorial loop ({suite['tutorial_epochs']} epochs)": lambda d=data: tutorial_run(
-                    d, suite["tutorial_epochs"]
-                ),
             }
+            if not skip_tutorial:
+                epochs = suite["tutorial_epochs"]
+                runs[f"PyTorch tutorial loop ({epochs} epochs)"] = lambda d=data, e=epochs: tutorial_run(d, e)
             if weights is not None:
                 runs["fastai vision_learner + fine_tune(3)"] = lambda d=data: fastai_run(d, weights)
             for label, run in runs.items():
@@ -190,7 +192,8 @@ def markdown(report: dict) -> str:
     ]
     for r in report["inference"]:
         achieved = r["gflops_per_image"] * r["images_per_s"]
-        ceiling = peak["peak_bf16_gflops"] if r["path"].endswith("bf16") else peak["peak_fp32_gflops"]
+        bf16 = r["path"].endswith("bf16") or r.get("precision") == "bf16"
+        ceiling = peak["peak_bf16_gflops"] if bf16 else peak["peak_fp32_gflops"]
         latency = f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-"
         lines.append(
             f"| {r['backbone']} | {r['path']} | {r['input_size']} | {r['images_per_s']:.1f} | {latency} | "
@@ -224,6 +227,7 @@ def main() -> None:
     )
     parser.add_argument("--suite", choices=SUITES, default="quick")
     parser.add_argument("--skip-fastai", action="store_true", help="leave fastai out (no install)")
+    parser.add_argument("--skip-tutorial", action="store_true", help="leave the PyTorch tutorial loop out")
     parser.add_argument("--skip-training", action="store_true", help="inference and peak only")
     args = parser.parse_args()
     suite = SUITES[args.suite]
@@ -239,7 +243,9 @@ def main() -> None:
             for backbone in suite["backbones"]
             for path in INFERENCE_PATHS + STAGE_PATHS
         ],
-        "time_to_accuracy": [] if args.skip_training else time_to_accuracy(suite, args.skip_fastai),
+        "time_to_accuracy": (
+            [] if args.skip_training else time_to_accuracy(suite, args.skip_fastai, args.skip_tutorial)
+        ),
     }
     text = markdown(report)
     out = HERE / "results"
