@@ -42,8 +42,8 @@ _CONVS = (nn.Conv2d, SamePadConv2d)
 class FastPath:
     """What ``training_fast_path`` installed."""
 
-    fused_norms: int
-    fp32_depthwise: int
+    fused_norms: int  # BatchNorms computed inside their convolutions
+    depthwise: int  # depthwise convolutions whose precision the fast path chooses
 
 
 @contextlib.contextmanager
