@@ -170,7 +170,7 @@ def time_to_accuracy(suite: dict, skip_fastai: bool, skip_tutorial: bool) -> lis
 
 def markdown(report: dict) -> str:
     lines = [
-        f"Command: `python benchmarks/run.py --suite {report['suite']}`; {report['date']}; "
+        f"Command: `python benchmarks/run.py {report['arguments']}`; {report['date']}; "
         f"{report['machine']['cpu']}, {report['machine']['cores']} cores; {report['machine']['versions']}",
         "",
         "| data set | method | wall s | val acc | test acc |",
@@ -235,6 +235,7 @@ def main() -> None:
         ensure_fastai()
     report = {
         "suite": args.suite,
+        "arguments": " ".join(sys.argv[1:]) or "--suite quick",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "peak": inference("peak", "-"),
