@@ -8,25 +8,12 @@ import torch
 from torch import nn
 
 from imgcls.batchnorm_fold import fold_batchnorm, folded_for_inference
-
-
-def _trained_stats(model: nn.Module) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters, then eval mode."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            shape = module.running_mean.shape
-            module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
-            module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
-    return model.eval()
+from tests.norm_helpers import UnconnectedConvNorm, with_trained_statistics
 
 
 @pytest.mark.parametrize("arch", ["test_efficientnet", "test_resnet", "tf_efficientnet_lite0"])
 def test_folded_network_matches_and_has_no_batchnorm_left(arch: str) -> None:
-    model = _trained_stats(timm.create_model(arch, pretrained=False, num_classes=3))
+    model = with_trained_statistics(timm.create_model(arch, pretrained=False, num_classes=3))
     x = torch.randn(2, 3, 64, 64)
     folded, count = fold_batchnorm(model, x)
     assert count > 0 and folded is not model
@@ -38,20 +25,8 @@ def test_folded_network_matches_and_has_no_batchnorm_left(arch: str) -> None:
     assert set(model.state_dict()) != set(folded.state_dict())
 
 
-class _NotInSequence(nn.Module):
-    """A convolution and a BatchNorm side by side that are not connected one after the other."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.norm = nn.BatchNorm2d(3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + self.norm(x)
-
-
 def test_unconnected_pair_is_left_unfolded() -> None:
-    model = _trained_stats(_NotInSequence())
+    model = with_trained_statistics(UnconnectedConvNorm())
     folded, count = fold_batchnorm(model, torch.randn(2, 3, 8, 8))
     assert folded is model and count == 0
 
@@ -73,7 +48,7 @@ def test_a_wrapper_in_training_mode_around_eval_layers_is_folded() -> None:
 
 
 def test_folded_for_inference_keeps_the_pooled_feature_api() -> None:
-    model = _trained_stats(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
+    model = with_trained_statistics(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
     folded = folded_for_inference(model, 64)
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
@@ -87,7 +62,7 @@ def test_classifier_refolds_after_its_model_changes() -> None:
     from imgcls.classifier import Classifier
     from imgcls.config import Preprocessing
 
-    model = _trained_stats(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
+    model = with_trained_statistics(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
     pre = Preprocessing(input_size=64, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
     clf = Classifier(model, classes=["a", "b"], preprocessing=pre, config={})
     image = (torch.rand(64, 64, 3) * 255).to(torch.uint8).numpy()
@@ -107,7 +82,7 @@ def test_a_split_networks_top_folds_although_it_shares_its_models_head() -> None
     from imgcls.efficientnet_lite import EfficientNetLite
     from imgcls.network_split import split_network
 
-    model = _trained_stats(EfficientNetLite("tf_efficientnet_lite0", num_classes=3))
+    model = with_trained_statistics(EfficientNetLite("tf_efficientnet_lite0", num_classes=3))
     top = split_network(model, 2).top
     maps = torch.randn(2, 112, 9, 9)
     folded, count = fold_batchnorm(top, maps)

@@ -12,24 +12,12 @@ from imgcls.efficientnet_lite import EfficientNetLite
 from imgcls.network_split import split_network
 from imgcls.tasks import train_with_frozen_norms
 from imgcls.train_fast_path import training_fast_path
-
-
-def _with_statistics(model: nn.Module) -> nn.Module:
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            shape = module.running_mean.shape
-            module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
-            module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
-            with torch.no_grad():
-                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
-    return model
+from tests.norm_helpers import UnconnectedConvNorm, with_trained_statistics
 
 
 def _lite_top() -> nn.Module:
     torch.manual_seed(0)
-    model = _with_statistics(EfficientNetLite("tf_efficientnet_lite0", num_classes=4)).double()
+    model = with_trained_statistics(EfficientNetLite("tf_efficientnet_lite0", num_classes=4)).double()
     return split_network(model, 2).top
 
 
@@ -70,7 +58,7 @@ def test_the_fast_path_leaves_the_module_as_it_found_it() -> None:
 
 
 def test_a_batchnorm_in_training_mode_still_normalises_with_batch_statistics() -> None:
-    model = _with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).double()
+    model = with_trained_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())).double()
     x = torch.randn(8, 3, 6, 6, dtype=torch.float64)
     stored = model[1].running_mean.clone()
     with training_fast_path(model, x[:1]) as fast:
@@ -88,20 +76,8 @@ def test_a_batchnorm_in_training_mode_still_normalises_with_batch_statistics() -
     assert not torch.allclose(out, unfused)
 
 
-class _SideBySide(nn.Module):
-    """A convolution and a BatchNorm registered one after the other but not connected."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.norm = nn.BatchNorm2d(3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + self.norm(x)
-
-
 def test_an_unconnected_pair_is_not_fused() -> None:
-    model = _with_statistics(_SideBySide()).eval()
+    model = with_trained_statistics(UnconnectedConvNorm()).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         expected = model(x)
