@@ -16,8 +16,9 @@ PATH is one of:
                feature resolution, BatchNorms folded, bf16 autocast (what --strategy finetune
                runs once per image)
   train-top    one fine-tuning step of the last two stages + head on cached 288 px trunk maps
-               (bf16 where native with fp32 depthwise layers, frozen BatchNorms fused,
-               depthwise kernels frozen, AdamW): the CPU default of --strategy finetune
+               (bf16 where native with fp32 depthwise layers where bf16 is slow, frozen
+               BatchNorms fused, depthwise kernels and their BatchNorms frozen, AdamW): the
+               CPU default of --strategy finetune
   train-all    one such step of the whole network on 224 px images: --unfreeze all
   peak         a 2048x2048 matmul in fp32 and bf16: this machine's reachable peak
 
@@ -167,19 +168,18 @@ def _bf16_forward(module: torch.nn.Module, x: torch.Tensor) -> dict:
 
 def _train_steps(module: torch.nn.Module, x: torch.Tensor, num_classes: int = 10) -> dict:
     """images/s of training steps as ``--strategy finetune`` runs them on this CPU (its
-    precision, depthwise kernels frozen, the training fast path) and forward + backward
+    precision, depthwise kernels and their BatchNorms frozen, the training fast path) and forward + backward
     GFLOP/image."""
     from imgcls.finetune_plan import trains_depthwise
     from imgcls.precision import autocast, resolve_precision
     from imgcls.tasks import train_with_frozen_norms
-    from imgcls.train_fast_path import is_depthwise, training_fast_path
+    from imgcls.train_fast_path import depthwise_unit_parameters, training_fast_path
 
     cpu = torch.device("cpu")
     precision = resolve_precision("auto", cpu)
     if not trains_depthwise(cpu):
-        for layer in module.modules():
-            if is_depthwise(layer):
-                layer.weight.requires_grad_(False)
+        for parameter in depthwise_unit_parameters(module):
+            parameter.requires_grad_(False)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     targets = torch.randint(num_classes, (len(x),))

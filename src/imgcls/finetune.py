@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgcls.backbone import resolve_preprocessing
-from imgcls.batchnorm_fold import conv_norm_pairs, fold_batchnorm
+from imgcls.batchnorm_fold import fold_batchnorm
 from imgcls.checkpoint import CHECKPOINT_NAME
 from imgcls.config import TrainConfig
 from imgcls.data import TEST, TRAIN, VAL, DatasetScan
@@ -47,7 +47,7 @@ from imgcls.profiling import PROFILE
 from imgcls.registry import get_backbone
 from imgcls.splits import assign_splits, check_splits
 from imgcls.tasks import ActivationTask, ImageTask, LabelledRows
-from imgcls.train_fast_path import is_depthwise, training_fast_path
+from imgcls.train_fast_path import depthwise_unit_parameters, training_fast_path
 from imgcls.trainloop import (
     LoopSettings,
     LoopState,
@@ -230,7 +230,8 @@ def _optimisation(
     """AdamW over layer-wise-decayed groups of the trained parameters, warm-up + cosine."""
     from timm.optim import param_groups_layer_decay
 
-    trained_ids = {id(p) for p in trained.parameters()} - {id(p) for p in _frozen_depthwise(trained, plan)}
+    frozen = [] if plan.train_depthwise else depthwise_unit_parameters(trained)
+    trained_ids = {id(p) for p in trained.parameters()} - {id(p) for p in frozen}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in trained_ids)
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -249,15 +250,6 @@ def _optimisation(
         return F.cross_entropy(logits, targets, weight=w, label_smoothing=plan.label_smoothing)
 
     return Optimisation(optimizer, scheduler, loss, scaler)
-
-
-def _frozen_depthwise(trained: nn.Module, plan: FinetunePlan) -> list[nn.Parameter]:
-    """Depthwise kernels and the BatchNorm affines right after them, where the plan keeps
-    them pretrained: their gradients are what makes a CPU step slow (``trains_depthwise``)."""
-    if plan.train_depthwise:
-        return []
-    units = [p for p in conv_norm_pairs(trained) if is_depthwise(p.conv)]
-    return [param for unit in units for param in (unit.conv.weight, unit.norm.weight, unit.norm.bias)]
 
 
 def _group_factor(group: dict, plan: FinetunePlan, steps: int, warmup: int, model: nn.Module) -> Any:

@@ -79,6 +79,13 @@ def _worth_fusing(pair: ConvNorm) -> bool:
     return pair.conv.weight.requires_grad or not pair.norm.weight.requires_grad
 
 
+def depthwise_unit_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The kernels of ``module``'s depthwise convolutions and the affine parameters of the
+    BatchNorm right after each: what a CPU fine-tune keeps pretrained (``trains_depthwise``)."""
+    units = [p for p in conv_norm_pairs(module) if is_depthwise(p.conv)]
+    return [param for unit in units for param in (unit.conv.weight, unit.norm.weight, unit.norm.bias)]
+
+
 def is_depthwise(layer: nn.Module) -> bool:
     """A convolution with one group per input channel."""
     return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
