@@ -91,11 +91,12 @@ def test_the_forward_pass_gives_a_decoding_child_a_core(monkeypatch) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads[-1])
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     child = _Child()
-    with features._threads_beside(child) as make_room:  # type: ignore[arg-type]
-        make_room()
-        make_room()
+    batch = torch.zeros(1)
+    with features._threads_beside(child, lambda x: x) as forward:  # type: ignore[arg-type]
+        forward(batch)
+        forward(batch)
         child.busy = False
-        make_room()
+        assert forward(batch) is batch
     assert threads == [2, 1, 2, 2]  # one beside the child, both once it is done, restored after
 
 

@@ -239,8 +239,7 @@ def extract_features(
     prefetch = active_prefetch(pre) if not flip else None
     batches = _batches(paths, todo, pre, flip, batch_size=batch_size, workers=workers, prefetch=prefetch)
     embed = embed or (lambda batch: pooled_features(model, batch))
-    with autocast(precision), _threads_beside(prefetch) as make_room:
-        forward = _making_room(embed, make_room)
+    with autocast(precision), _threads_beside(prefetch, embed) as forward:
         computed = _compute(forward, pre, batches, len(todo), digests, cache, failures, progress)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
@@ -249,30 +248,24 @@ def extract_features(
 
 
 @contextlib.contextmanager
-def _threads_beside(prefetch: DecodePrefetch | None) -> Iterator[Callable[[], None]]:
-    """Yields a call that sets torch to one thread fewer than usual while the prefetch child
-    decodes on a core, and back once it is done; the usual count is restored after the block.
-    Two threads beside a decoding child on two cores fight it for a core: clothing_small's
-    trunk pass ran at 35 images/s while the child decoded, 57 after (BENCHMARKS.md)."""
+def _threads_beside(prefetch: DecodePrefetch | None, embed: Embedding) -> Iterator[Embedding]:
+    """Yields ``embed`` run with one torch thread fewer than usual while the prefetch child
+    decodes on a core, and all of them once it is done; the usual count is restored after the
+    block. Two threads beside a decoding child on two cores fight it for a core:
+    clothing_small's trunk pass ran at 35 images/s while the child decoded, 57 after
+    (BENCHMARKS.md)."""
     usual = torch.get_num_threads()
 
-    def make_room() -> None:
+    def forward(batch: torch.Tensor) -> torch.Tensor:
         wanted = usual - 1 if usual > 1 and prefetch is not None and prefetch.decoding() else usual
         if wanted != torch.get_num_threads():
             torch.set_num_threads(wanted)
-
-    try:
-        yield make_room
-    finally:
-        torch.set_num_threads(usual)
-
-
-def _making_room(embed: Embedding, make_room: Callable[[], None]) -> Embedding:
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        make_room()
         return embed(batch)
 
-    return forward
+    try:
+        yield forward
+    finally:
+        torch.set_num_threads(usual)
 
 
 def _lookup(
