@@ -7,6 +7,8 @@
 3. Train with AdamW, layer-wise lr decay, warm-up + cosine, label smoothing, dropout and
    drop-path, optional class weights and mixed precision; early stopping keeps the best
    epoch; a checkpoint after every epoch makes ``--resume`` exact.
+4. Keep whichever scores best on validation: the trained weights, or a point on the straight
+   line from the start to them (``weight_interpolation``).
 """
 
 from __future__ import annotations
@@ -57,10 +59,13 @@ from imgcls.trainloop import (
     warmup_cosine,
 )
 from imgcls.transforms import batch_mixer, eval_transform, train_transform
+from imgcls.weight_interpolation import interpolated, snapshot
 
 log = logging.getLogger(__name__)
 
-MAX_CACHE_FRACTION = 0.4  # of the memory available, for the activation maps
+# Points between the start (the probe) and the trained weights scored on validation; 1.0
+# (the trained weights) is the other candidate. See ``weight_interpolation``.
+INTERPOLATION_ALPHAS = (0.5, 0.75)
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Finetuned:
     fit: ProbeFit  # metrics of the fine-tuned model; ``head`` is the probe head it started from
     plan: FinetunePlan
     state: LoopState
+    interpolation: dict[str, Any] | None = None  # the alpha kept, and each one's val accuracy
 
     def summary(self) -> dict[str, Any]:
         """What ``metrics.json`` records about the fine-tuning."""
@@ -79,6 +85,7 @@ class Finetuned:
             "best_epoch": self.state.best_epoch,
             "epochs_trained": max((r.epoch for r in self.state.history), default=0),
             "probe": self.fit.metrics.get("probe", {}),
+            "interpolation": self.interpolation,
         }
 
 
@@ -133,14 +140,44 @@ def finetune(
     if before_training is not None:
         before_training()
     model.to(device)
+    start = snapshot(task.module.state_dict())  # the probe: one end of the interpolation
     with training_fast_path(task.module, _example(task, featured, device)) as fast:
         log.debug("training fast path: %s", fast)
         state = resume_training(task, opt, settings, resume) if resume else run_training(task, opt, settings)
+        with PROFILE.stage("weight interpolation"):
+            interpolation = _interpolate_toward_start(task, start, state)
         with PROFILE.stage("score every split"):
             fit = _score(featured, splits, task, probe, cfg)  # on the training device
     model.cpu()
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
-    return Finetuned(featured, splits, fit, plan, state)
+    return Finetuned(featured, splits, fit, plan, state, interpolation)
+
+
+def _interpolate_toward_start(
+    task: ActivationTask | ImageTask, start: dict[str, torch.Tensor], state: LoopState
+) -> dict[str, Any] | None:
+    """Leave in ``task.module`` the best on validation of the trained weights and the points
+    ``INTERPOLATION_ALPHAS`` of the way from the start to them (``weight_interpolation``);
+    ``None`` when training kept the start or there is no validation split."""
+    if state.best_epoch <= 0 or state.best_score is None:
+        return None
+    end = snapshot(task.module.state_dict())
+    scores = {1.0: state.best_score}
+    for alpha in INTERPOLATION_ALPHAS:
+        task.module.load_state_dict(interpolated(start, end, alpha))
+        validation = task.validate()
+        if validation is None:
+            task.module.load_state_dict(end)
+            return None
+        scores[alpha] = (validation.accuracy, -validation.loss)
+    chosen = max(scores, key=lambda a: (scores[a], a))  # ties go to the larger step
+    task.module.load_state_dict(end if chosen == 1.0 else interpolated(start, end, chosen))
+    log.info(
+        "weight interpolation from the probe: %s; kept alpha %.2f",
+        ", ".join(f"alpha {a:.2f} val {scores[a][0]:.4f}" for a in sorted(scores)),
+        chosen,
+    )
+    return {"alpha": chosen, "val_accuracy": {f"{a:.2f}": scores[a][0] for a in sorted(scores)}}
 
 
 def _pooled(split: NetworkSplit, maps: torch.Tensor, precision: str, batch: int = 128) -> np.ndarray:
