@@ -12,10 +12,11 @@ PATH is one of:
   onnxruntime  the network exported to ONNX (opset 17), ONNX Runtime CPU, 2 intra-op threads
   extract-bf16 the probe's feature extraction: pooled features at the feature resolution
                (1.25x native, 288 px for Lite0), BatchNorms folded, bf16 autocast, batch 32
-  trunk-bf16   the activation cache's pass: the frozen trunk below the last two stages at the
-               feature resolution, BatchNorms folded, bf16 autocast (what --strategy finetune
-               runs once per image)
-  train-top    one fine-tuning step of the last two stages + head on cached 288 px trunk maps
+  trunk-bf16   the activation cache's pass: the frozen trunk below the stages a CPU fine-tune
+               trains (finetune_plan.CPU_AUTO_STAGES, the last three) at the feature
+               resolution, BatchNorms folded, bf16 autocast (what --strategy finetune runs
+               once per image)
+  train-top    one fine-tuning step of those stages + head on cached 288 px trunk maps
                (bf16 where native with fp32 depthwise layers where bf16 is slow, frozen
                BatchNorms fused, depthwise kernels and their BatchNorms frozen, AdamW): the
                CPU default of --strategy finetune
@@ -235,9 +236,10 @@ def _extract(model: torch.nn.Module, size: int) -> dict:
 
 
 def _top_split(model: torch.nn.Module):
+    from imgcls.finetune_plan import CPU_AUTO_STAGES
     from imgcls.network_split import split_network
 
-    split = split_network(model, 2)
+    split = split_network(model, CPU_AUTO_STAGES)
     if split is None:
         raise SystemExit("this backbone cannot be split into stages")
     return split

@@ -46,10 +46,12 @@ def test_finetune_writes_history_curves_and_a_model_that_scores_as_reported(imag
         assert curves.size[0] > 300 and curves.size[1] > 150
     metrics = json.loads((run / "metrics.json").read_text())
     tuned = metrics["finetune"]
-    assert tuned["plan"]["mode"] == "activations" and tuned["plan"]["trainable_stages"] == 2
+    assert tuned["plan"]["mode"] == "activations" and tuned["plan"]["trainable_stages"] == 3
     assert tuned["best_epoch"] in {0, 1, 2, 3}
     best_val = max(float(r["val_accuracy"]) for r in rows)
-    assert metrics["val"]["accuracy"] == pytest.approx(best_val)
+    chosen = tuned["interpolation"]  # None when epoch 0 (the probe) was best
+    kept = chosen["val_accuracy"][f"{chosen['alpha']:.2f}"] if chosen else best_val
+    assert kept >= best_val and metrics["val"]["accuracy"] == pytest.approx(kept)
     reloaded = imgcls.load(run)
     evaluation = reloaded.evaluate(image_folder, split="val")
     assert evaluation.accuracy == pytest.approx(metrics["val"]["accuracy"])
@@ -242,18 +244,22 @@ def test_finetune_settings_are_validated(image_folder, capsys):
         imgcls.train(image_folder, config=cfg.with_overrides({"input_size": None}))
 
 
-def test_auto_strategy_picks_the_probe_on_a_cpu_and_says_why(image_folder, tmp_path):
+def test_auto_strategy_picks_the_probe_for_small_data_and_says_why(image_folder, tmp_path):
     from imgcls.finetune_plan import choose_strategy
 
     cfg = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64, strategy="auto")
     clf = imgcls.train(image_folder, tmp_path / "run", config=cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["auto"]["strategy"] == "probe" and "CPU" in metrics["auto"]["reason"]
+    assert metrics["auto"]["strategy"] == "probe" and "too few" in metrics["auto"]["reason"]
     assert clf.config["strategy"] == "probe"
-    gpu = torch.device("cuda")
-    assert choose_strategy(5000, gpu, None)[0] == "finetune"
-    assert choose_strategy(200, gpu, None)[0] == "probe"
-    assert choose_strategy(5000, gpu, 30.0)[0] == "probe"
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for device in (cpu, gpu):
+        assert choose_strategy(5000, device, None)[0] == "finetune"
+        assert choose_strategy(200, device, None)[0] == "probe"
+        assert choose_strategy(5000, device, 30.0)[0] == "probe"
+    assert choose_strategy(5000, gpu, 300.0)[0] == "finetune"
+    strategy, reason = choose_strategy(5000, cpu, 300.0)  # a CPU needs longer
+    assert strategy == "probe" and "600 s" in reason
 
 
 def test_profile_prints_where_the_time_went(image_folder, tmp_path, capsys):

@@ -96,7 +96,7 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
         "--unfreeze",
         metavar="all|last-N|auto",
         help="which stages train: all, or the last N on cached activations (default: auto = "
-        "last-2 on a CPU, all on a GPU)",
+        "last-3 on a CPU, all on a GPU)",
     )
     group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
     group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
