@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # On a CPU, "auto" trains the last three stages on cached activations; on a GPU, everything.
 # clothing_small, 12 epochs on cached maps, test (val): last two 0.9247 (0.8886, 8 epochs),
-# last three 0.9220 (0.9150) and 0.9328 (0.9179) with weight interpolation (BENCHMARKS.md).
+# last three 0.9220 (0.9150), and 0.9355 (0.9179) with weight interpolation (BENCHMARKS.md).
 CPU_AUTO_STAGES = 3
 WEIGHT_DECAY = 0.05
 LAYER_DECAY = 0.75
