@@ -14,12 +14,12 @@ import statistics
 import subprocess
 import sys
 
-from imgcls.cli import ALLOCATOR_TUNABLES
+from imgcls.cli.main import ALLOCATOR_TUNABLES
 
 CHILD = """
 import sys, time, torch
-from imgcls.backbone import build_network, prepare_for_inference
-from imgcls.registry import get_backbone
+from imgcls.models.backbone import build_network, prepare_for_inference
+from imgcls.models.registry import get_backbone
 model, _ = build_network(get_backbone(sys.argv[1]), num_classes=1000)
 model = prepare_for_inference(model)
 x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from imgcls.features import in_chunks
+from imgcls.models.features import in_chunks
 
 BATCH = 32
 ROUNDS = 5
@@ -65,8 +65,8 @@ def _rate(forward, size: int) -> tuple[float, float]:
 
 
 def _imgcls_model(backbone: str) -> tuple[torch.nn.Module, int]:
-    from imgcls.backbone import build_network, prepare_for_inference, resolve_preprocessing
-    from imgcls.registry import get_backbone
+    from imgcls.models.backbone import build_network, prepare_for_inference
+    from imgcls.models.registry import get_backbone, resolve_preprocessing
 
     spec = get_backbone(backbone)
     model, _ = build_network(spec, num_classes=1000)
@@ -78,7 +78,7 @@ def _timm_model(backbone: str, weights_from: torch.nn.Module) -> torch.nn.Module
     EfficientNet-Lite without timm; this baseline is timm's implementation)."""
     import timm
 
-    from imgcls.registry import get_backbone
+    from imgcls.models.registry import get_backbone
 
     model = timm.create_model(get_backbone(backbone).timm_arch, num_classes=1000)
     model.load_state_dict(weights_from.state_dict())
@@ -171,10 +171,10 @@ def _train_steps(module: torch.nn.Module, x: torch.Tensor, num_classes: int = 10
     """images/s of training steps as ``--strategy finetune`` runs them on this CPU (its
     precision, depthwise kernels and their BatchNorms frozen, the training fast path) and forward + backward
     GFLOP/image."""
-    from imgcls.finetune_plan import trains_depthwise
-    from imgcls.precision import autocast, resolve_precision
-    from imgcls.tasks import train_with_frozen_norms
-    from imgcls.train_fast_path import depthwise_unit_parameters, training_fast_path
+    from imgcls.system.precision import autocast, resolve_precision
+    from imgcls.training._fast_path import depthwise_unit_parameters, training_fast_path
+    from imgcls.training._tasks import train_with_frozen_norms
+    from imgcls.training.plan import trains_depthwise
 
     cpu = torch.device("cpu")
     precision = resolve_precision("auto", cpu)
@@ -217,13 +217,13 @@ def _flops(run) -> float:
 
 
 def _feature_size(size: int) -> int:
-    from imgcls.config import feature_input_size
+    from imgcls.data.preprocessing import feature_input_size
 
     return feature_input_size(size)
 
 
 def _folded(module: torch.nn.Module, size: int) -> torch.nn.Module:
-    from imgcls.batchnorm_fold import folded_for_inference
+    from imgcls.models._batchnorm_fold import folded_for_inference
 
     return folded_for_inference(module, size)
 
@@ -236,8 +236,8 @@ def _extract(model: torch.nn.Module, size: int) -> dict:
 
 
 def _top_split(model: torch.nn.Module):
-    from imgcls.finetune_plan import CPU_AUTO_STAGES
-    from imgcls.network_split import split_network
+    from imgcls.models._network_split import split_network
+    from imgcls.training.plan import CPU_AUTO_STAGES
 
     split = split_network(model, CPU_AUTO_STAGES)
     if split is None:

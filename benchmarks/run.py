@@ -5,7 +5,9 @@ paths, and achieved compute against this machine's measured peak.
     .venv/bin/python benchmarks/run.py --suite full    # + clothing_small; + lite2 inference
     .venv/bin/python benchmarks/run.py --suite clothing --skip-tutorial  # clothing_small, lite0
 
-Prints a markdown report and writes it with the raw JSON to ``benchmarks/results/``.
+Prints a markdown report, writes it with the raw JSON to ``benchmarks/results/``, and puts it
+on ``docs/benchmarks.md`` in place of the previous results (the text between the page's
+``<!-- results:start -->`` and ``<!-- results:end -->`` markers; the rest of the page stays).
 fastai is installed on first use into ``benchmarks/.fastai`` (its own folder, never the
 project's environment; ``--no-deps`` so it can never pull another torch) and runs on this
 environment's torch and timm. Every training run starts a fresh process with a cold cache;
@@ -29,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATASETS = REPO.parent / "shared" / "datasets"
 FASTAI_DIR = HERE / ".fastai"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 FASTAI_PACKAGES = [
     "fastai",
     "fastcore",
@@ -123,8 +127,8 @@ def timm_weights_file(folder: Path) -> Path:
     """The packaged Lite0 weights converted to timm's layout, for fastai's timm loader."""
     import torch
 
-    from imgcls.backbone import build_network
-    from imgcls.registry import get_backbone
+    from imgcls.models.backbone import build_network
+    from imgcls.models.registry import get_backbone
 
     model, _ = build_network(get_backbone("efficientnet_lite0"), num_classes=1000)
     path = folder / "tf_efficientnet_lite0_timm.pth"
@@ -206,8 +210,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def publish(text: str, page: Path = DOCS_PAGE) -> None:
+    """Replace the results between the page's markers with ``text``; the rest of the page stays."""
+    current = page.read_text()
+    start, end = current.find(RESULTS_START), current.find(RESULTS_END)
+    if start < 0 or end < start:
+        # The results are already in benchmarks/results/; only the page is left unchanged.
+        raise SystemExit(f"{page} has no {RESULTS_START} ... {RESULTS_END} markers; results not put there")
+    page.write_text(current[: start + len(RESULTS_START)] + "\n" + text + current[end:])
+
+
 def machine() -> dict:
-    from imgcls.model_io import versions
+    from imgcls.inference.model_format import versions
 
     cpu = next(
         (
@@ -257,7 +271,9 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / f"{args.suite}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{args.suite}.md").write_text(text)
+    publish(text)
     print(text)
+    print(f"results written to {DOCS_PAGE.relative_to(REPO)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from imgcls.backbone import build_network
-from imgcls.registry import get_backbone
+from imgcls.models.backbone import build_network
+from imgcls.models.registry import get_backbone
 
 
 def loaders(data: Path) -> dict[str, torch.utils.data.DataLoader]:

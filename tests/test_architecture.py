@@ -1,4 +1,4 @@
-"""Imports point downward only: pure code at the bottom, the CLI on top."""
+"""The tree shows the data path, and imports follow it: each subpackage imports only those below it."""
 
 from __future__ import annotations
 
@@ -7,102 +7,143 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "imgcls"
 
-# Each module may import only modules of a lower layer (or its own).
-LAYERS = [
-    {"errors", "predictions", "profiling", "layout", "cpu_features"},
-    {"config", "images", "registry", "metrics", "calibration", "stats", "svg_charts", "known_preprocessing"},
-    {"data", "transforms", "weights", "head", "model_io", "report", "pixels", "batch", "efficientnet_lite"},
-    {
-        "precision",
-        "checkpoint",
-        "network_split",
-        "finetune_plan",
-        "batchnorm_fold",
-        "train_fast_path",
-        "weight_interpolation",
-    },
-    {"splits", "backbone", "onnx_runtime", "server", "trainloop", "prefetch"},
-    {"features", "tasks", "history", "inspect_data", "runtime_choice"},
-    {"classifier", "probe"},
-    {"finetune"},
-    {"api", "catalog", "export", "run_comparison"},
-    {"crossval"},
-    {"demo"},
-    {"cli_options"},
-    {"cli_train", "cli_use"},
-    {"cli", "__main__", "__init__"},
-]
+# The foundation every subpackage may use: top-level modules that import no subpackage.
+FOUNDATION = {"errors", "config", "_files"}
+# Top-level modules that only lead into the package: they may import anything.
+ENTRY_POINTS = {"__init__", "__main__", "onnx_runtime"}
+
+# What each subpackage may import besides itself and the foundation. Siblings (models and
+# evaluation; inference and training) do not import each other.
+ALLOWED: dict[str, set[str]] = {
+    "system": set(),
+    "data": {"system"},
+    "models": {"system", "data"},
+    "evaluation": {"system", "data"},
+    "inference": {"system", "data", "models", "evaluation"},
+    "training": {"system", "data", "models", "evaluation"},
+    "deploy": {"system", "data", "models", "evaluation", "inference"},
+    "workflows": {"system", "data", "models", "evaluation", "inference", "training", "deploy"},
+    "cli": {"system", "data", "models", "evaluation", "inference", "training", "deploy", "workflows"},
+}
 
 # What an inference-only install (numpy, Pillow, onnxruntime, FastAPI) runs: no torch anywhere.
 TORCH_FREE = {
     "errors",
-    "predictions",
     "config",
-    "images",
-    "data",
-    "pixels",
-    "batch",
-    "onnx_runtime",
-    "server",
-    "layout",
-    "cpu_features",
-    "prefetch",
-    "runtime_choice",
-    "known_preprocessing",
+    "_files",
+    "system.cpu",
+    "system.profiling",
+    "data.folders",
+    "data.images",
+    "data.preprocessing",
+    "data._pixels",
+    "data._prefetch",
+    "evaluation.metrics",
+    "inference.predictions",
+    "inference.batch",
+    "inference.onnx_runtime",
+    "inference.runtime_choice",
+    "deploy.server",
 }
+HEAVY = {"torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib", "safetensors"}
 
 
-def _layer_of(module: str) -> int:
-    return next(i for i, layer in enumerate(LAYERS) if module in layer)
-
-
-def _imgcls_imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgcls."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("imgcls."))
+def _modules() -> dict[str, Path]:
+    """Dotted names below ``imgcls`` (``data.splits``, ``errors``, ``cli``) and their files."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        found[".".join(parts)] = path
     return found
 
 
-def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    assert modules == set().union(*LAYERS)
+def _imported_modules(tree: ast.AST) -> list[str]:
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return names
 
 
-def test_imports_point_downward():
+def _imgcls_imports(path: Path) -> set[str]:
+    """The imgcls modules ``path`` imports, without the ``imgcls.`` prefix."""
+    return {
+        name.removeprefix("imgcls.")
+        for name in _imported_modules(ast.parse(path.read_text()))
+        if name.startswith("imgcls.")
+    }
+
+
+def _owner(module: str) -> str:
+    """The subpackage a module belongs to, or the top-level module's own name."""
+    return module.split(".")[0]
+
+
+def import_violations(imports: dict[str, set[str]]) -> list[str]:
+    """Imports that point upward or sideways, for a map of module -> the modules it imports."""
     violations = []
-    for path in PACKAGE.glob("*.py"):
-        layer = _layer_of(path.stem)
-        for imported in _imgcls_imports(path):
-            if _layer_of(imported) > layer:
-                violations.append(
-                    f"{path.stem} (layer {layer}) imports {imported} (layer {_layer_of(imported)})"
-                )
-    assert not violations, violations
+    for module, imported in imports.items():
+        owner = _owner(module)
+        if owner in ENTRY_POINTS:
+            continue
+        for target in imported:
+            target_owner = _owner(target)
+            if target_owner == owner or (target_owner in FOUNDATION and owner not in FOUNDATION):
+                continue
+            if owner in FOUNDATION:
+                allowed = target_owner in FOUNDATION
+            else:
+                allowed = target_owner in ALLOWED.get(owner, set())
+            if not allowed:
+                violations.append(f"{module} imports {target}")
+    return violations
+
+
+def test_the_top_level_holds_only_entry_points_and_the_foundation():
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert top <= FOUNDATION | ENTRY_POINTS
+    assert len(top - {"__init__", "__main__"}) <= 4
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(ALLOWED)
+
+
+def test_every_subpackage_init_is_a_docstring_alone():
+    for package in ALLOWED:
+        tree = ast.parse((PACKAGE / package / "__init__.py").read_text())
+        assert ast.get_docstring(tree), package
+        assert len(tree.body) == 1, f"{package}/__init__.py should hold only its docstring"
+
+
+def test_imports_point_down_the_data_path():
+    imports = {module: _imgcls_imports(path) for module, path in _modules().items()}
+    assert not import_violations(imports)
+
+
+def test_the_check_catches_a_lower_subpackage_importing_a_higher_one():
+    assert import_violations({"data.splits": {"training.probe"}}) == ["data.splits imports training.probe"]
+    assert import_violations({"training.probe": {"inference.classifier"}})  # siblings
+    assert import_violations({"errors": {"data.images"}})  # the foundation imports no subpackage
+    assert not import_violations({"training.probe": {"data.splits", "config", "training.head"}})
+    assert not import_violations({"cli.main": {"workflows.train"}})
 
 
 def test_only_backbone_calls_the_timm_model_factory_and_only_transforms_builds_transforms():
-    for path in PACKAGE.glob("*.py"):
+    for module, path in _modules().items():
         text = path.read_text()
-        if path.stem != "backbone":
-            assert "create_model(" not in text, path.name
-        if path.stem != "transforms":
-            assert "T.Compose" not in text and "Normalize(" not in text, path.name
+        if module != "models.backbone":
+            assert "create_model(" not in text, module
+        if module != "data.transforms":
+            assert "T.Compose" not in text and "Normalize(" not in text, module
 
 
 def test_the_onnx_inference_path_never_imports_torch():
-    heavy = {"torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib", "safetensors"}
+    modules = _modules()
     for name in TORCH_FREE:
-        path = PACKAGE / f"{name}.py"
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            modules = (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                if isinstance(node, ast.Import) else []
-            )  # fmt: skip
-            for module in modules:
-                assert module.split(".")[0] not in heavy, f"{name} imports {module}"
-                if module.startswith("imgcls."):
-                    assert module.split(".")[1] in TORCH_FREE, f"{name} imports {module}"
+        for module in _imported_modules(ast.parse(modules[name].read_text())):
+            assert module.split(".")[0] not in HEAVY, f"{name} imports {module}"
+            if module.startswith("imgcls."):
+                assert module.removeprefix("imgcls.") in TORCH_FREE, f"{name} imports {module}"

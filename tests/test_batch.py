@@ -13,9 +13,9 @@ import time
 import pytest
 
 import imgcls
-from imgcls.batch import predict_to_file
 from imgcls.config import TrainConfig
-from imgcls.data import expand_inputs
+from imgcls.data.folders import expand_inputs
+from imgcls.inference.batch import predict_to_file
 from tests.conftest import make_image, shared_dataset
 
 TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64)

@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from imgcls.batchnorm_fold import fold_batchnorm, folded_for_inference
+from imgcls.models._batchnorm_fold import fold_batchnorm, folded_for_inference
 from tests.norm_helpers import UnconnectedConvNorm, with_trained_statistics
 
 
@@ -59,8 +59,8 @@ def test_folded_for_inference_keeps_the_pooled_feature_api() -> None:
 
 def test_classifier_refolds_after_its_model_changes() -> None:
     """Predictions follow the model's current weights, even after an in-place change."""
-    from imgcls.classifier import Classifier
-    from imgcls.config import Preprocessing
+    from imgcls.data.preprocessing import Preprocessing
+    from imgcls.inference.classifier import Classifier
 
     model = with_trained_statistics(timm.create_model("test_efficientnet", pretrained=False, num_classes=2))
     pre = Preprocessing(input_size=64, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -79,8 +79,8 @@ def test_classifier_refolds_after_its_model_changes() -> None:
 def test_a_split_networks_top_folds_although_it_shares_its_models_head() -> None:
     """The top of a split network holds the model's head convolution and BatchNorm twice (in
     its stages and through the model): each pair must be folded once, not once per parent."""
-    from imgcls.efficientnet_lite import EfficientNetLite
-    from imgcls.network_split import split_network
+    from imgcls.models._network_split import split_network
+    from imgcls.models.efficientnet_lite import EfficientNetLite
 
     model = with_trained_statistics(EfficientNetLite("tf_efficientnet_lite0", num_classes=3))
     top = split_network(model, 2).top

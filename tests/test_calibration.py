@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgcls.calibration import fit_temperature
-from imgcls.metrics import expected_calibration_error
-from imgcls.predictions import softmax
+from imgcls.evaluation.calibration import fit_temperature
+from imgcls.evaluation.metrics import expected_calibration_error, softmax
 
 
 def test_recovers_the_temperature_of_overconfident_logits():

@@ -11,11 +11,11 @@ import pytest
 
 import imgcls
 from imgcls.config import TrainConfig
-from imgcls.crossval import compare, cross_validate
-from imgcls.data import ImageRecord
+from imgcls.data.folders import ImageRecord
+from imgcls.data.splits import assign_folds
 from imgcls.errors import ConfigError
-from imgcls.splits import assign_folds
-from imgcls.stats import corrected_paired_t_test, summarize
+from imgcls.evaluation.stats import corrected_paired_t_test, summarize
+from imgcls.workflows.crossval import compare, cross_validate
 from tests.conftest import TINY_BACKBONE
 from tests.test_train import run_cli
 
@@ -122,7 +122,7 @@ def test_evaluate_report_cli_writes_html_and_json(image_folder, tmp_path):
 
 
 def test_cv_refuses_a_strategy_it_does_not_run(image_folder, capsys):
-    from imgcls.cli import main
+    from imgcls.cli.main import main
 
     assert main(["cv", str(image_folder), "--strategy", "finetune", "--folds", "2"]) != 0
     assert "probe strategy only" in capsys.readouterr().err
@@ -131,7 +131,7 @@ def test_cv_refuses_a_strategy_it_does_not_run(image_folder, capsys):
 def test_exact_mcnemar_agrees_with_the_binomial_test():
     from scipy.stats import binomtest
 
-    from imgcls.stats import mcnemar_test
+    from imgcls.evaluation.stats import mcnemar_test
 
     first = [True] * 50 + [True] * 9 + [False] * 2 + [False] * 5
     second = [True] * 50 + [False] * 9 + [True] * 2 + [False] * 5
@@ -144,7 +144,7 @@ def test_exact_mcnemar_agrees_with_the_binomial_test():
 
 def test_compare_runs_scores_the_same_images_and_tests_the_best_two(image_folder, tmp_path):
     from imgcls.errors import DataError
-    from imgcls.run_comparison import compare_runs
+    from imgcls.workflows.compare_runs import compare_runs
 
     runs = []
     for name, size in (("a", 64), ("b", 32)):  # same seed, so the same val split

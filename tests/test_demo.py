@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from imgcls.data import scan_dataset
-from imgcls.demo import DIGIT_SIZE, write_digits
+from imgcls.data.folders import scan_dataset
+from imgcls.workflows.demo import DIGIT_SIZE, write_digits
 
 
 def test_digits_are_written_as_a_class_folder_tree(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import timm
 import torch
 
-from imgcls.backbone import create_network
-from imgcls.efficientnet_lite import VARIANTS, DropPath, EfficientNetLite
-from imgcls.network_split import split_network
-from imgcls.registry import get_backbone
+from imgcls.models._network_split import split_network
+from imgcls.models.backbone import create_network
+from imgcls.models.efficientnet_lite import VARIANTS, DropPath, EfficientNetLite
+from imgcls.models.registry import get_backbone
 from tests.conftest import write_class_folders
 
 
@@ -66,7 +66,7 @@ def test_training_a_probe_on_lite_imports_neither_timm_nor_torchvision(tmp_path:
     data = write_class_folders(tmp_path / "data", per_class=6)
     script = (
         "import sys\n"
-        "from imgcls.cli import main\n"
+        "from imgcls.cli.main import main\n"
         f"code = main(['train', {str(data)!r}, '--output', {str(tmp_path / 'run')!r}, '--no-pretrained',"
         " '--input-size', '32', '--no-cache', '--no-report', '-q'])\n"
         "assert code == 0, code\n"
@@ -96,7 +96,7 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_same_outputs(tmp_path: Path) 
 
 def test_every_batchnorm_folds_into_its_convolution() -> None:
     """The inference copy folds all of them, including those after "same"-padded convolutions."""
-    from imgcls.batchnorm_fold import fold_batchnorm
+    from imgcls.models._batchnorm_fold import fold_batchnorm
 
     model = EfficientNetLite("tf_efficientnet_lite0", num_classes=3).eval()
     with torch.no_grad():  # non-trivial statistics, so a wrong fold would show

@@ -13,7 +13,7 @@ from PIL import Image
 
 import imgcls
 from imgcls.config import TrainConfig
-from imgcls.export import ExportError, export_model
+from imgcls.deploy.export import ExportError, export_model
 
 # fp32: exports are fp32, so exact parity is with the fp32 torch path (bf16 models differ ~1e-3).
 TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32")
@@ -55,7 +55,7 @@ def test_onnx_model_predicts_in_a_process_that_never_imports_torch(trained, real
     expected = [imgcls.load(trained).predict(p).to_dict() for p in real_images]
     script = (
         "import json, sys\n"
-        "from imgcls.cli import main\n"
+        "from imgcls.cli.main import main\n"
         "code = main(['predict', sys.argv[1], *sys.argv[2:], '--runtime', 'onnx', '--json', '-q'])\n"
         "assert code == 0\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -95,7 +95,7 @@ def test_onnx_classifier_takes_the_same_inputs_as_the_torch_one(trained, real_im
     import numpy as np
 
     from imgcls.errors import ConfigError
-    from imgcls.onnx_runtime import OnnxClassifier
+    from imgcls.inference.onnx_runtime import OnnxClassifier
 
     export_model(trained, format="onnx", check_images=real_images)
     clf = OnnxClassifier.load(trained)
@@ -112,9 +112,9 @@ def test_onnx_classifier_takes_the_same_inputs_as_the_torch_one(trained, real_im
 def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(
     trained, real_images, monkeypatch, caplog, capsys
 ):
-    from imgcls import runtime_choice
-    from imgcls.cli import main
-    from imgcls.runtime_choice import choose_runtime
+    from imgcls.cli.main import main
+    from imgcls.inference import runtime_choice
+    from imgcls.inference.runtime_choice import choose_runtime
 
     assert choose_runtime("auto", trained).reason.startswith("no model.onnx")
     export_model(trained, format="onnx", check_images=real_images)

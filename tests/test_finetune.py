@@ -19,13 +19,14 @@ import torch
 from PIL import Image
 
 import imgcls
-from imgcls.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from imgcls.cli import main
+from imgcls._files import CHECKPOINT_FILE
+from imgcls.cli.main import main
 from imgcls.config import TrainConfig, parse_duration, parse_unfreeze
+from imgcls.data.transforms import batch_mixer, train_transform
 from imgcls.errors import ConfigError
-from imgcls.network_split import split_network
-from imgcls.tasks import ActivationTask, LabelledRows
-from imgcls.transforms import batch_mixer, train_transform
+from imgcls.models._network_split import split_network
+from imgcls.training._tasks import ActivationTask, LabelledRows
+from imgcls.training.checkpoint import load_checkpoint
 from tests.conftest import TINY_ARGS, TINY_BACKBONE, write_class_folders
 
 TINY_FT = TrainConfig(
@@ -38,7 +39,7 @@ def test_finetune_writes_history_curves_and_a_model_that_scores_as_reported(imag
     clf = imgcls.train(image_folder, run, config=TINY_FT)
     names = {p.name for p in run.iterdir()}
     assert {"history.csv", "curves.png", "metrics.json", "model", "report.html", "run_config.json"} <= names
-    assert CHECKPOINT_NAME not in names  # finished runs leave no checkpoint behind
+    assert CHECKPOINT_FILE not in names  # finished runs leave no checkpoint behind
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert all(float(r["train_loss"]) > 0 for r in rows[1:])
@@ -93,14 +94,14 @@ def test_kill_9_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(_train_command(data, killed), stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
-    while not (killed / CHECKPOINT_NAME).exists():  # epoch 1 is done: kill somewhere in epoch 2+
+    while not (killed / CHECKPOINT_FILE).exists():  # epoch 1 is done: kill somewhere in epoch 2+
         assert process.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
         time.sleep(0.05)
     time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
-    stopped_at = load_checkpoint(killed / CHECKPOINT_NAME)["state"]["next_epoch"]
+    stopped_at = load_checkpoint(killed / CHECKPOINT_FILE)["state"]["next_epoch"]
     assert stopped_at <= 6
 
     assert main(["train", "--resume", str(killed)]) == 0
@@ -112,7 +113,7 @@ def test_kill_9_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     losses = [float(r["train_loss"] or 0) for r in csv.DictReader((killed / "history.csv").open())]
     expected_losses = [float(r["train_loss"] or 0) for r in csv.DictReader((straight / "history.csv").open())]
     assert losses == pytest.approx(expected_losses, rel=1e-4)
-    assert not (killed / CHECKPOINT_NAME).exists()
+    assert not (killed / CHECKPOINT_FILE).exists()
 
 
 def test_resume_of_a_finished_or_probe_run_is_a_clear_error(image_folder, tmp_path, capsys):
@@ -198,7 +199,8 @@ def test_activation_task_augments_maps_and_mixes_soft_targets():
 
 
 def test_augment_presets_change_views_and_none_is_the_eval_view():
-    from imgcls.config import AUGMENT_PRESETS, Preprocessing
+    from imgcls.config import AUGMENT_PRESETS
+    from imgcls.data.preprocessing import Preprocessing
 
     pre = Preprocessing(64, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
@@ -245,7 +247,7 @@ def test_finetune_settings_are_validated(image_folder, capsys):
 
 
 def test_auto_strategy_picks_the_probe_for_small_data_and_says_why(image_folder, tmp_path):
-    from imgcls.finetune_plan import choose_strategy
+    from imgcls.training.plan import choose_strategy
 
     cfg = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64, strategy="auto")
     clf = imgcls.train(image_folder, tmp_path / "run", config=cfg)
@@ -289,8 +291,8 @@ def test_profile_prints_where_the_time_went(image_folder, tmp_path, capsys):
 
 
 def test_decoded_images_are_kept_after_one_pass_and_change_nothing(image_folder):
-    from imgcls.config import Preprocessing
-    from imgcls.tasks import _TrainImages
+    from imgcls.data.preprocessing import Preprocessing
+    from imgcls.training._tasks import _TrainImages
 
     paths = sorted(image_folder.rglob("*.png"))
     pre = Preprocessing(48, 0.875, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -320,16 +322,16 @@ def test_finetune_calibrate_folds_the_temperature_into_the_saved_model(image_fol
 def test_on_a_cpu_depthwise_units_keep_their_pretrained_values_and_the_rest_trains():
     """Depthwise kernels and the BatchNorm after each are left out of the optimiser on a CPU
     (their gradients are the slow part of a CPU step); pointwise layers and the head train."""
-    from imgcls.batchnorm_fold import conv_norm_pairs
-    from imgcls.finetune import _optimisation
-    from imgcls.finetune_plan import plan_finetune
-    from imgcls.train_fast_path import is_depthwise
+    from imgcls.models._batchnorm_fold import conv_norm_pairs
+    from imgcls.training._fast_path import is_depthwise
+    from imgcls.training.finetune import _optimisation
+    from imgcls.training.plan import plan_finetune
 
     model = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=3)
     split = split_network(model, 2)
     plan = plan_finetune(TINY_FT, n_train=100, device=torch.device("cpu"), stages=len(model.blocks))
     assert plan.train_depthwise is False
-    _optimisation(model, split.top, plan, None, None, TINY_FT, steps=10)  # type: ignore[arg-type]
+    _optimisation(model, split.top, plan, None, None, balanced=False, steps=10)  # type: ignore[arg-type]
     units = [p for p in conv_norm_pairs(split.top) if is_depthwise(p.conv)]
     top_units = [u for u in units if any(u.conv is m for m in split.top.stages.modules())]
     assert top_units

@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from imgcls.head import fit_linear_head
+from imgcls.training.head import fit_linear_head
 
 
 def _blobs(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +43,7 @@ def _probs(logits: np.ndarray) -> np.ndarray:
 def test_solver_reaches_sklearns_optimum(n_classes):
     """Run to a tight tolerance, imgcls's L-BFGS and sklearn's meet: the same objective (to 1e-5:
     the feature products run in float32)."""
-    from imgcls.head import _minimise
+    from imgcls.training.head import _minimise
 
     x, y = _blobs(n_classes, seed=5)
     x = StandardScaler().fit_transform(x)
@@ -55,7 +55,7 @@ def test_solver_reaches_sklearns_optimum(n_classes):
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_balanced_fit_equals_sklearns_balanced_class_weights(n_classes):
     """The solver is ours (no sklearn import at run time); the objective must be sklearn's."""
-    from imgcls.head import _minimise
+    from imgcls.training.head import _minimise
 
     x, y = _blobs(n_classes, seed=3)
     keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y != 0)[::3]])  # class 0 dominates
@@ -66,7 +66,7 @@ def test_balanced_fit_equals_sklearns_balanced_class_weights(n_classes):
 
 
 def test_c_is_the_strongest_regularisation_within_one_standard_error():
-    from imgcls.head import choose_c
+    from imgcls.training.head import choose_c
 
     scores = {0.01: 0.870, 0.03: 0.875, 0.1: 0.860, 1.0: 0.874}
     assert choose_c(scores, n=3000) == 0.01  # standard error 0.006: 0.870 is as good as 0.875

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls import images
-from imgcls.images import UnreadableImageError, decode_rgb, load_rgb
+from imgcls.data import images
+from imgcls.data.images import UnreadableImageError, decode_rgb, load_rgb
 from tests.conftest import make_image
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from imgcls.metrics import (
+from imgcls.evaluation.metrics import (
     classification_report,
     expected_calibration_error,
     format_report,
     reliability_bins,
+    softmax,
 )
-from imgcls.predictions import softmax
 
 
 def _fixed_predictions(seed: int, n: int = 300, classes: int = 6) -> tuple[np.ndarray, np.ndarray]:

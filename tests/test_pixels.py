@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from imgcls.config import Preprocessing
-from imgcls.pixels import crop_array, to_input_array
-from imgcls.transforms import eval_crop, eval_transform, normalize_batch
+from imgcls.data._pixels import crop_array, to_input_array
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.transforms import eval_crop, eval_transform, normalize_batch
 from tests.conftest import make_image
 
 

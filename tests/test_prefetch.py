@@ -14,12 +14,13 @@ import pytest
 import timm
 import torch
 
-from imgcls.config import Preprocessing
-from imgcls.features import FeatureCache, extract_features
-from imgcls.images import load_rgb
-from imgcls.prefetch import DecodePrefetch, prefetch_folder
-from imgcls.profiling import PROFILE
-from imgcls.transforms import eval_crop
+from imgcls.data._prefetch import DecodePrefetch, prefetch_folder
+from imgcls.data.images import load_rgb
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.transforms import eval_crop
+from imgcls.models.features import FeatureCache, extract_features
+from imgcls.models.registry import preprocessing_without_timm
+from imgcls.system.profiling import PROFILE
 from tests.conftest import REPO, write_class_folders
 
 PRE = Preprocessing(input_size=48, crop_pct=0.875, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -79,7 +80,7 @@ def test_decoding_turns_false_once_the_child_is_done_and_its_crops_stay_readable
 
 
 def test_the_forward_pass_gives_a_decoding_child_a_core(monkeypatch) -> None:
-    from imgcls import features
+    from imgcls.models import features
 
     class _Child:
         busy = True
@@ -101,7 +102,7 @@ def test_the_forward_pass_gives_a_decoding_child_a_core(monkeypatch) -> None:
 
 
 def test_extraction_with_a_prefetch_gives_the_same_features(tmp_path: Path, monkeypatch) -> None:
-    import imgcls.prefetch as prefetch_module
+    import imgcls.data._prefetch as prefetch_module
 
     paths = _files(tmp_path)
     model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
@@ -119,12 +120,14 @@ def test_extraction_with_a_prefetch_gives_the_same_features(tmp_path: Path, monk
 
 
 def test_prefetch_folder_needs_a_known_backbone_and_torch_not_yet_loaded(tmp_path: Path) -> None:
-    import imgcls.prefetch as prefetch_module
+    import imgcls.data._prefetch as prefetch_module
 
     folder = write_class_folders(tmp_path / "data", per_class=2, classes=("red", "blue"))
-    with prefetch_folder(folder, "efficientnet_lite0", 64):  # torch is loaded in this process
+    with prefetch_folder(
+        folder, preprocessing_without_timm("efficientnet_lite0", 64)
+    ):  # torch is loaded in this process
         assert prefetch_module._ACTIVE is None
-    with prefetch_folder(tmp_path / "missing", "efficientnet_lite0", 64):
+    with prefetch_folder(tmp_path / "missing", preprocessing_without_timm("efficientnet_lite0", 64)):
         assert prefetch_module._ACTIVE is None
 
 

@@ -10,8 +10,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from imgcls.backbone import build_network
-from imgcls.registry import get_backbone
+from imgcls.models.backbone import build_network
+from imgcls.models.registry import get_backbone
 
 CAT_CLASSES = range(281, 286)
 ESPRESSO = 967

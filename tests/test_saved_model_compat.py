@@ -23,3 +23,15 @@ def test_a_model_saved_before_the_restructuring_predicts_the_same(kind):
         assert got.keys() == row["probabilities"].keys()
         for label, probability in row["probabilities"].items():
             assert got[label] == pytest.approx(probability, abs=1e-6), (row["image"], label)
+
+
+def test_the_old_onnx_runtime_module_still_works_and_warns():
+    import importlib
+    import sys
+
+    sys.modules.pop("imgcls.onnx_runtime", None)
+    with pytest.warns(DeprecationWarning, match=r"imgcls\.inference\.onnx_runtime"):
+        old = importlib.import_module("imgcls.onnx_runtime")
+    from imgcls.inference.onnx_runtime import OnnxClassifier
+
+    assert old.OnnxClassifier is OnnxClassifier

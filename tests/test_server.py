@@ -12,7 +12,7 @@ from PIL import Image
 
 import imgcls
 from imgcls.config import TrainConfig
-from imgcls.export import export_model
+from imgcls.deploy.export import export_model
 from tests.server_helpers import running_server
 
 

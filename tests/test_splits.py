@@ -6,9 +6,15 @@ from collections import Counter
 
 import pytest
 
-from imgcls.data import ImageRecord
+from imgcls.data.folders import ImageRecord
+from imgcls.data.splits import (
+    assign_splits,
+    check_splits,
+    read_manifest,
+    splits_from_manifest,
+    write_manifest,
+)
 from imgcls.errors import DataError
-from imgcls.splits import assign_splits, check_splits, read_manifest, splits_from_manifest, write_manifest
 
 
 def _records(counts: dict[str, int], folder_split: str | None = None) -> list[ImageRecord]:

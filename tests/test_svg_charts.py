@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from imgcls.metrics import classification_report
-from imgcls.svg_charts import confusion_svg, per_class_svg, reliability_svg
+from imgcls.evaluation._svg_charts import confusion_svg, per_class_svg, reliability_svg
+from imgcls.evaluation.metrics import classification_report
 
 SVG = "{http://www.w3.org/2000/svg}"
 CLASSES = ["cat", "dog & co", "<bird>"]

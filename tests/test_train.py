@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import imgcls
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.config import TrainConfig
 from imgcls.errors import DataError
 from tests.conftest import TINY_ARGS, TINY_BACKBONE, make_image, write_class_folders
@@ -152,7 +152,7 @@ def test_existing_run_directory_is_not_overwritten_silently(image_folder, tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    with pytest.raises(DataError, match="--overwrite"):
+    with pytest.raises(DataError, match="`overwrite=True`"):  # a Python user is told the keyword
         imgcls.train(image_folder, run, config=TINY)
     imgcls.train(image_folder, run, config=TINY, overwrite=True)
     assert (run / "precious.txt").read_text() == "keep me"
@@ -178,7 +178,7 @@ def test_offline_backbone_without_weights_fails_fast_with_guidance(image_folder)
 
 def test_bad_values_are_clear_errors(image_folder, capsys):
     assert main(["train", str(image_folder), "--val-fraction", "1.5", "--output", "x"]) == 2
-    assert "val_fraction must be in [0, 1)" in capsys.readouterr().err
+    assert "--val-fraction must be in [0, 1)" in capsys.readouterr().err
     assert main(["train", str(image_folder), "--backbone", "no_such_net", "--output", "x"]) == 2
     assert "unknown backbone 'no_such_net'" in capsys.readouterr().err
     assert main(["evaluate", str(image_folder), str(image_folder)]) == 2

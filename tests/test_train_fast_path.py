@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from imgcls.efficientnet_lite import EfficientNetLite
-from imgcls.network_split import split_network
-from imgcls.tasks import train_with_frozen_norms
-from imgcls.train_fast_path import training_fast_path
+from imgcls.models._network_split import split_network
+from imgcls.models.efficientnet_lite import EfficientNetLite
+from imgcls.training._fast_path import training_fast_path
+from imgcls.training._tasks import train_with_frozen_norms
 from tests.norm_helpers import UnconnectedConvNorm, with_trained_statistics
 
 

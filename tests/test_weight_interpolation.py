@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from imgcls.finetune import _interpolate_toward_start
-from imgcls.trainloop import LoopState, Validation
-from imgcls.weight_interpolation import interpolated, snapshot
+from imgcls.training._interpolation import interpolated, snapshot
+from imgcls.training._loop import LoopState, Validation
+from imgcls.training.finetune import _interpolate_toward_start
 
 
 def test_interpolated_moves_floats_along_the_line_and_keeps_counters_from_the_end():

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from imgcls.backbone import build_network
 from imgcls.errors import WeightsError
-from imgcls.registry import get_backbone
-from imgcls.weights import adapt_keys, read_state_dict
+from imgcls.models.backbone import build_network
+from imgcls.models.registry import get_backbone
+from imgcls.models.weights import adapt_keys, read_state_dict
 
 
 @pytest.fixture(scope="module")

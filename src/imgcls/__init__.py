@@ -27,22 +27,24 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from imgcls.api import load, resume, train
-    from imgcls.classifier import Classifier, Evaluation, Prediction
     from imgcls.config import TrainConfig
-    from imgcls.crossval import compare, cross_validate
     from imgcls.errors import ImgclsError
+    from imgcls.inference.classifier import Classifier, Prediction
+    from imgcls.inference.evaluate import Evaluation
+    from imgcls.inference.loading import load
+    from imgcls.workflows.crossval import compare, cross_validate
+    from imgcls.workflows.train import resume, train
 
 # Imported on first use so that ``import imgcls`` (and ``imgcls --help``) does not load torch.
 _LAZY = {
-    "train": "imgcls.api",
-    "load": "imgcls.api",
-    "resume": "imgcls.api",
-    "cross_validate": "imgcls.crossval",
-    "compare": "imgcls.crossval",
-    "Classifier": "imgcls.classifier",
-    "Evaluation": "imgcls.classifier",
-    "Prediction": "imgcls.classifier",
+    "train": "imgcls.workflows.train",
+    "load": "imgcls.inference.loading",
+    "resume": "imgcls.workflows.train",
+    "cross_validate": "imgcls.workflows.crossval",
+    "compare": "imgcls.workflows.crossval",
+    "Classifier": "imgcls.inference.classifier",
+    "Evaluation": "imgcls.inference.evaluate",
+    "Prediction": "imgcls.inference.classifier",
     "TrainConfig": "imgcls.config",
     "ImgclsError": "imgcls.errors",
 }

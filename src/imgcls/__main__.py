@@ -1,3 +1,3 @@
-from imgcls.cli import entry
+from imgcls.cli.main import entry
 
 entry()

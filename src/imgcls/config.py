@@ -21,50 +21,26 @@ AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "auto")
+RUNTIMES = ("auto", "torch", "onnx")  # for prediction: see inference.runtime_choice
 
-
-# Frozen features are extracted at 1.25x the resolution the backbone was pretrained at (to a
-# multiple of 32). Networks pretrained on random-resized crops see objects larger in training
-# than in a centre crop of the same size, so they describe an image better at a higher test
-# resolution (Touvron et al., "Fixing the train-test resolution discrepancy", 2019). Measured
-# with Lite0 (224 -> 288): hymenoptera val 0.948 -> 0.974, clothing_small test 0.890 -> 0.917.
-FEATURE_RESOLUTION_SCALE = 1.25
-
-
-def feature_input_size(native: int) -> int:
-    return int(32 * round(native * FEATURE_RESOLUTION_SCALE / 32))
+# Defaults of settings outside TrainConfig, shared by the library functions that take them
+# and the CLI flags that set them.
+FOLDS = 5
+REPEATS = 1
+EXPORT_TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch
+GRID_ROWS = 6  # images in inspect-data's augmentation grid
+GRID_VIEWS = 6  # augmented views of each
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the network's input tensor (eval transform).
+class ServeLimits:
+    """What one request to ``imgcls serve`` may ask for, and how requests are batched."""
 
-    Resize the shorter side to ``floor(input_size / crop_pct)``, centre-crop ``input_size``,
-    scale to [0, 1] and normalise with ``mean`` / ``std``.
-    """
-
-    input_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @property
-    def resize_size(self) -> int:
-        return int(self.input_size / self.crop_pct)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(
-            input_size=int(data["input_size"]),
-            crop_pct=float(data["crop_pct"]),
-            interpolation=str(data["interpolation"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-        )
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_files: int = 16
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    top_k: int = 5
 
 
 @dataclass(frozen=True)
@@ -103,17 +79,17 @@ class TrainConfig:
         _check_fraction("test_fraction", self.test_fraction)
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError(
-                f"val_fraction + test_fraction must leave data to train on; got "
+                f"`val_fraction` + `test_fraction` must leave data to train on; got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
         if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"unknown `strategy` {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"`batch_size` must be >= 1, got {self.batch_size}")
         if self.input_size is not None and self.input_size < 16:
-            raise ConfigError(f"input_size must be at least 16 pixels, got {self.input_size}")
+            raise ConfigError(f"`input_size` must be at least 16 pixels, got {self.input_size}")
         if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"`workers` must be >= 0, got {self.workers}")
         _check_choice("augment", self.augment, AUGMENT_PRESETS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -122,17 +98,17 @@ class TrainConfig:
         for name in ("epochs", "patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(f"`{name}` must be >= 1, got {value}")
         if self.freeze_epochs < 0:
-            raise ConfigError(f"freeze_epochs must be >= 0, got {self.freeze_epochs}")
+            raise ConfigError(f"`freeze_epochs` must be >= 0, got {self.freeze_epochs}")
         if self.lr is not None and not 0 < self.lr < 1:
-            raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+            raise ConfigError(f"`lr` must be in (0, 1), got {self.lr}")
         if self.time_limit is not None and self.time_limit <= 0:
-            raise ConfigError(f"time_limit must be positive seconds, got {self.time_limit}")
+            raise ConfigError(f"`time_limit` must be positive seconds, got {self.time_limit}")
         if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         if self.weights is not None and not self.pretrained:
-            raise ConfigError("--weights and --no-pretrained contradict each other; pick one")
+            raise ConfigError("`weights` and `pretrained=False` contradict each other; pick one")
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """Return a copy with the non-``None`` values of ``overrides`` applied."""
@@ -149,7 +125,7 @@ class TrainConfig:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        raise ConfigError(f"unknown `{name}` {value!r}; choose one of {', '.join(choices)}")
 
 
 def parse_unfreeze(value: str) -> int | None:
@@ -161,7 +137,7 @@ def parse_unfreeze(value: str) -> int | None:
     prefix, _, count = value.partition("-")
     if prefix != "last" or not count.isdigit() or int(count) < 1:
         raise ConfigError(
-            f"unfreeze must be 'auto', 'all' or 'last-N' with N >= 1 (e.g. last-2), got {value!r}"
+            f"`unfreeze` must be 'auto', 'all' or 'last-N' with N >= 1 (e.g. last-2), got {value!r}"
         )
     return int(count)
 
@@ -183,7 +159,7 @@ def parse_duration(text: str) -> float:
 
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        raise ConfigError(f"`{name}` must be in [0, 1), got {value}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

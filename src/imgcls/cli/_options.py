@@ -1,0 +1,255 @@
+"""Arguments and printing shared by the ``imgcls`` commands.
+
+Nothing heavy is imported at module level: ``imgcls --help`` must start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False) -> None:
+    """Options shared by train, cv and compare (everything that shapes features and the head)."""
+    p.add_argument(
+        "data",
+        nargs="?" if data_optional else None,
+        help="image folder: one sub-folder per class, optionally under train/ val/ test/"
+        + (" (with --resume: the run's own)" if data_optional else ""),
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="local state dict (torchvision or timm layout, .pth or .safetensors)",
+    )
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        default=None,
+        help="train from random init",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=strategies(),
+        help="how to train (default: probe = linear head on frozen features)",
+    )
+    p.add_argument("--seed", type=int, help="seed for splits, folds and training (default: 0)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=int, help="image-decoding processes (default: automatic)")
+    p.add_argument("--input-size", type=int, help="network input size in pixels (default: the backbone's)")
+    p.add_argument(
+        "--cache-dir", help="feature cache location (default: $IMGCLS_CACHE_DIR or ~/.cache/imgcls)"
+    )
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        default=None,
+        help="do not read or write the feature cache",
+    )
+    p.add_argument(
+        "--no-report", dest="report", action="store_false", default=None, help="do not write report.html"
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or TOML settings (e.g. a saved run_config.json); flags override it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow writing into an existing non-empty output directory",
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--precision",
+        choices=precisions(),
+        help="forward-pass precision for features and training (default: auto = bf16 where native)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where the time went: decode, transform, forward, backward, head fit, I/O",
+    )
+
+
+def add_finetune_options(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import AUGMENT_PRESETS, CLASS_WEIGHTS, DEVICES
+
+    group = p.add_argument_group("fine-tuning (--strategy finetune or auto)")
+    group.add_argument("--epochs", type=positive_int, help="most epochs to train (default: by data size)")
+    group.add_argument(
+        "--lr", type=float, help="peak AdamW learning rate of the top layer (default: by mode)"
+    )
+    group.add_argument(
+        "--freeze-epochs",
+        type=non_negative_int,
+        help="epochs that train only the head before the body unfreezes (default: 0; the head starts fitted)",
+    )
+    group.add_argument(
+        "--unfreeze",
+        metavar="all|last-N|auto",
+        help="which stages train: all, or the last N on cached activations (default: auto = "
+        "last-3 on a CPU, all on a GPU)",
+    )
+    group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
+    group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
+    group.add_argument(
+        "--patience",
+        type=positive_int,
+        help="stop after N epochs without a better val score (default: run every epoch; the best is kept)",
+    )
+    group.add_argument(
+        "--time-limit",
+        type=duration,
+        metavar="DURATION",
+        help="stop gracefully by this wall time (e.g. 90s, 10m, 1h) and keep the best model",
+    )
+    group.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        help="auto: weight the loss by inverse class frequency (default: none)",
+    )
+
+
+def precisions() -> Sequence[str]:
+    from imgcls.config import PRECISIONS
+
+    return PRECISIONS
+
+
+def strategies() -> Sequence[str]:
+    from imgcls.config import STRATEGIES
+
+    return STRATEGIES
+
+
+CONFIG_FIELDS = (
+    "backbone", "weights", "pretrained", "strategy", "seed", "val_fraction", "test_fraction",
+    "batch_size", "workers", "input_size", "cache_dir", "use_cache", "calibrate", "report",
+    "epochs", "lr", "freeze_epochs", "unfreeze", "augment", "device", "precision", "patience",
+    "time_limit", "class_weights",
+)  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """defaults < --config file < flags."""
+    from imgcls.config import TrainConfig, load_config_file
+
+    config = TrainConfig()
+    if args.config:
+        config = config.with_overrides(load_config_file(args.config))
+    return config.with_overrides({name: getattr(args, name, None) for name in CONFIG_FIELDS})
+
+
+def add_fold_options(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import FOLDS, REPEATS
+
+    p.add_argument("--folds", type=int, default=FOLDS, help=f"number of stratified folds (default: {FOLDS})")
+    p.add_argument(
+        "--repeats", type=int, default=REPEATS, help=f"repeat with new fold seeds (default: {REPEATS})"
+    )
+
+
+def duration(text: str) -> float:
+    from imgcls.config import parse_duration
+    from imgcls.errors import ConfigError
+
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)"
+    )
+    p.add_argument(
+        "--workers", type=non_negative_int, default=0, help="image-decoding processes (default: 0)"
+    )
+    p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
+
+
+def add_runtime_option(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import RUNTIMES
+
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="ONNX Runtime on the model's export (model.onnx; no torch import) or torch; auto "
+        "(default): ONNX Runtime when a current export exists and this CPU lacks native bf16",
+    )
+
+
+def progress_printer(what: str) -> Callable[[int, int], None]:
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        eta = (total - done) / rate if rate else 0.0
+        print(f"\r{what}: {done}/{total} images, {rate:.0f} img/s, ETA {eta:.0f} s", end="", file=sys.stderr)
+        if done >= total:
+            print(file=sys.stderr)
+
+    return report
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def print_unreadable(unreadable: dict[str, str]) -> None:
+    for path, reason in unreadable.items():
+        print(f"imgcls: skipped unreadable image {path}: {reason}", file=sys.stderr)
+
+
+# Library messages name settings as Python code writes them, in backquotes (`weights=FILE`,
+# `pretrained=False`); the CLI shows the flag a user types instead (--weights FILE,
+# --no-pretrained).
+_SETTING = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`\s]+))?`")
+_FLAG_NAMES = {"use_cache": "cache"}  # settings whose flag is named otherwise
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each backquoted setting written as its command-line flag."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        dashed = _FLAG_NAMES.get(name, name).replace("_", "-")
+        if value == "True":
+            return f"--{dashed}"
+        if value == "False":
+            return f"--no-{dashed}"
+        return f"--{dashed}" if value is None else f"--{dashed} {value}"
+
+    return _SETTING.sub(flag, message)
+
+
+class FlagFormatter(logging.Formatter):
+    """Log lines with settings written as flags (``as_flags``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return as_flags(super().format(record))

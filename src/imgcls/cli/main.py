@@ -1,0 +1,195 @@
+"""The ``imgcls`` command: a thin client of the library.
+
+Nothing heavy is imported at module level, so ``imgcls --help`` starts instantly; each
+command imports what it needs (the handlers live in ``cli_train`` and ``cli_use``). Library
+errors (``ImgclsError``) are printed without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from imgcls.cli.model_commands import (
+    add_demo,
+    add_evaluate,
+    add_export,
+    add_models,
+    add_predict,
+    add_serve,
+    run_demo,
+    run_evaluate,
+    run_export,
+    run_models,
+    run_predict,
+    run_serve,
+)
+from imgcls.cli.train_commands import (
+    add_compare,
+    add_cv,
+    add_inspect_data,
+    add_train,
+    run_compare,
+    run_cv,
+    run_inspect_data,
+    run_train,
+)
+
+EXIT_USAGE = 2
+
+
+EXIT_INTERRUPTED = 130
+
+
+# glibc's malloc returns freed activation buffers to the OS and page-faults them back in on
+# every forward pass; a large top pad and mmap threshold keep them, which makes CPU inference
+# much faster (docs/performance.md). The setting has to be in the environment when the process starts.
+ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=536870912"
+
+
+_EXTRA_FOR_MODULE = {
+    "torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "sklearn": "train",
+    "scipy": "train", "matplotlib": "train", "onnx": "train", "onnxruntime": "onnx",
+    "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
+}  # fmt: skip
+
+
+_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve"})
+
+
+def entry() -> None:
+    """Console-script entry point: tune the allocator (re-executing once), then run ``main``."""
+    argv = sys.argv[1:]
+    if _should_tune_allocator(argv):
+        env = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR_TUNABLES)
+        os.execve(sys.executable, [sys.executable, "-m", "imgcls", *argv], env)
+    _exit_now(main(argv))
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: finalising torch, timm, scikit-learn and
+    matplotlib modules takes 1.2-1.7 s here, and every file is written and closed by now."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken pipe: nothing to save
+            stream.flush()
+    os._exit(code)
+
+
+def _should_tune_allocator(argv: Sequence[str]) -> bool:
+    if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ or os.environ.get("IMGCLS_NO_REEXEC"):
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(_HEAVY_COMMANDS.intersection(argv))
+
+
+_STARTED = time.perf_counter()  # process start, near enough: the CLI is the first import
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
+    from imgcls.errors import ImgclsError
+
+    if getattr(args, "profile", False):
+        from imgcls.system.profiling import PROFILE
+
+        PROFILE.reset(started=_STARTED)
+    try:
+        code = int(args.handler(args) or 0)
+        if getattr(args, "profile", False):
+            print(f"\nwhere the time went:\n{PROFILE.table()}", file=sys.stderr)
+        return code
+    except ImgclsError as exc:
+        from imgcls.cli._options import as_flags
+
+        print(f"imgcls: error: {as_flags(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imgcls: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_FOR_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"imgcls: error: '{args.command}' needs {exc.name}: pip install 'imgcls[{extra}]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Train, evaluate and use image classifiers built on pretrained backbones.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgcls {_version()}")
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    logging_options.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (adder, handler, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[logging_options])
+        adder(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    """0: INFO (progress and notes), -1: WARNING, -2: ERROR, +1: DEBUG; all to stderr."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(
+        verbosity, logging.ERROR if verbosity < 0 else logging.DEBUG
+    )
+    from imgcls.cli._options import FlagFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(FlagFormatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _version() -> str:
+    from imgcls import __version__
+
+    return __version__
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {
+    "train": (add_train, run_train, "train a classifier on a folder of labelled images"),
+    "evaluate": (add_evaluate, run_evaluate, "score a trained model on labelled images"),
+    "predict": (
+        add_predict,
+        run_predict,
+        "classify images with a trained model or a pretrained backbone",
+    ),
+    "export": (add_export, run_export, "export a model to ONNX or TorchScript, with a parity check"),
+    "serve": (add_serve, run_serve, "serve a model over HTTP with a web page (FastAPI + uvicorn)"),
+    "cv": (add_cv, run_cv, "k-fold cross-validation with mean, std and a 95%% interval"),
+    "compare": (add_compare, run_compare, "cross-validate several backbones on the same folds"),
+    "models": (add_models, run_models, "list the named backbones and where their weights are"),
+    "inspect-data": (
+        add_inspect_data,
+        run_inspect_data,
+        "class counts per split, and a picture grid of augmented training views",
+    ),
+    "demo": (
+        add_demo,
+        run_demo,
+        "train, evaluate and predict on built-in data (scikit-learn's digits)",
+    ),
+}
+
+
+if __name__ == "__main__":
+    entry()

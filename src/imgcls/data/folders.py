@@ -1,0 +1,173 @@
+"""Finding labelled images in a folder tree.
+
+Two layouts are understood:
+
+- class folders directly: ``DATA/<class>/**/<image>``
+- split folders: ``DATA/train/<class>/...`` plus optional ``val/`` (or ``valid/``,
+  ``validation/``) and ``test/``.
+
+Paths are recorded relative to ``DATA`` with forward slashes, so a split manifest written on
+one machine is valid on another.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgcls.data.images import is_image_path
+from imgcls.errors import DataError
+
+log = logging.getLogger(__name__)
+
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLIT_FOLDERS = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image: ``path`` is relative to the data root; ``folder_split`` is the
+    split its folder names (``None`` for the class-folders layout)."""
+
+    path: str
+    label: str
+    folder_split: str | None = None
+
+
+@dataclass
+class DatasetScan:
+    """What ``scan_dataset`` found."""
+
+    root: Path
+    classes: list[str]
+    records: list[ImageRecord]
+    folder_splits: set[str] = field(default_factory=set)
+    ignored: list[str] = field(default_factory=list)
+
+    def absolute(self, record: ImageRecord) -> Path:
+        return self.root / record.path
+
+
+def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
+    """List every image under ``root`` with its class; validate the class layout."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist or is not a folder")
+    split_dirs = _split_dirs(root)
+    scan = DatasetScan(root=root, classes=[], records=[])
+    if split_dirs:
+        if TRAIN not in split_dirs.values():
+            raise DataError(
+                f"{root} has {', '.join(sorted(split_dirs))}/ but no train/ folder; put the "
+                f"training images in {root / 'train'}/<class>/"
+            )
+        # train first: the val/test classes are checked against it
+        for folder, split in sorted(split_dirs.items(), key=lambda item: item[1] != TRAIN):
+            _scan_class_folders(root / folder, root, scan, folder_split=split)
+        scan.folder_splits = set(split_dirs.values())
+        _note_stray_entries(root, set(split_dirs), scan)
+    else:
+        _scan_class_folders(root, root, scan, folder_split=None)
+    _validate(scan, min_classes=min_classes)
+    return scan
+
+
+def _split_dirs(root: Path) -> dict[str, str]:
+    dirs = {
+        p.name: SPLIT_FOLDERS[p.name.lower()]
+        for p in root.iterdir()
+        if p.is_dir() and p.name.lower() in SPLIT_FOLDERS
+    }
+    by_split: dict[str, list[str]] = {}
+    for name, split in dirs.items():
+        by_split.setdefault(split, []).append(name)
+    for split, names in by_split.items():
+        if len(names) > 1:
+            raise DataError(f"{root} has several {split} folders ({', '.join(sorted(names))}); keep one")
+    return dirs
+
+
+def _scan_class_folders(folder: Path, root: Path, scan: DatasetScan, *, folder_split: str | None) -> None:
+    classes = set(scan.classes)
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            scan.ignored.append(f"{_rel(entry, root)} (not inside a class folder)")
+            continue
+        images = _images_under(entry, root, scan)
+        if not images:
+            log.warning("class folder %s holds no images; skipped", entry)
+            continue
+        if folder_split not in (None, TRAIN) and entry.name not in classes:
+            raise DataError(
+                f"class folder {entry} has no counterpart in the training data "
+                f"({root / 'train'}); every {folder_split} class must also be a train class"
+            )
+        classes.add(entry.name)
+        scan.records.extend(ImageRecord(path, entry.name, folder_split) for path in images)
+    scan.classes = sorted(classes)
+
+
+def _images_under(folder: Path, root: Path, scan: DatasetScan) -> list[str]:
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if is_image_path(path):
+            images.append(_rel(path, root))
+        else:
+            scan.ignored.append(f"{_rel(path, root)} (not an image file extension)")
+    return images
+
+
+def _note_stray_entries(root: Path, split_folders: set[str], scan: DatasetScan) -> None:
+    for entry in sorted(root.iterdir()):
+        if entry.name not in split_folders and not entry.name.startswith("."):
+            scan.ignored.append(f"{_rel(entry, root)} (not a train/val/test folder)")
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _validate(scan: DatasetScan, *, min_classes: int) -> None:
+    if not scan.records:
+        raise DataError(
+            f"no images found in {scan.root}; expected one sub-folder per class "
+            f"(e.g. {scan.root}/cats/img1.jpg), optionally under train/ and val/"
+        )
+    if len(scan.classes) < min_classes:
+        raise DataError(
+            f"only one class ({scan.classes[0]!r}) in {scan.root}: a classifier needs at least "
+            f"{min_classes} class folders"
+        )
+    if scan.ignored:
+        shown = "; ".join(scan.ignored[:5])
+        more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
+        log.warning("ignored %d entries in %s: %s%s", len(scan.ignored), scan.root, shown, more)
+
+
+def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:
+    """Files, folders (searched recursively) and glob patterns to a sorted list of image files.
+
+    A path that does not exist and a pattern that matches nothing are errors that name it.
+    """
+    import glob
+
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and is_image_path(p))
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            if not matches:
+                raise DataError(f"the pattern {item!r} matches no files")
+            found.extend(p for p in matches if p.is_file() and is_image_path(p))
+        else:
+            raise DataError(f"{item} does not exist")
+    return list(dict.fromkeys(found))

@@ -1,0 +1,196 @@
+"""Export a saved model to ONNX or TorchScript, then prove the export computes the same thing.
+
+The export takes the preprocessed image batch (N x 3 x H x W, dynamic N) and returns logits;
+class names, preprocessing and backbone travel in its metadata. After writing, the exported
+model and the PyTorch model run on the same real images; the maximum absolute logit
+difference and the top-1 agreement are reported, and an export that disagrees is deleted and
+reported as an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls._files import (
+    ONNX_FILE,
+    RUN_CONFIG_FILE,
+    SPLITS_FILE,
+    TORCHSCRIPT_FILE,
+    read_run_config,
+    weights_digest,
+)
+from imgcls.config import EXPORT_TOLERANCE
+from imgcls.data._pixels import to_input_array
+from imgcls.data.folders import VAL
+from imgcls.data.images import UnreadableImageError, load_rgb
+from imgcls.data.splits import read_manifest
+from imgcls.errors import ConfigError, ImgclsError
+from imgcls.inference.classifier import Classifier
+from imgcls.inference.onnx_runtime import METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_NAMES = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE}
+MAX_CHECK_IMAGES = 16
+OPSET = 17
+
+
+class ExportError(ImgclsError):
+    """The exported model does not reproduce the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    format: str
+    images: int
+    max_abs_logit_diff: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def export_model(
+    model_dir: str | Path,
+    *,
+    format: str,
+    output: str | Path | None = None,
+    check_images: Sequence[str | Path] = (),
+    tolerance: float = EXPORT_TOLERANCE,
+) -> ExportReport:
+    """Export ``model_dir`` and run the parity check; see the module docstring."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    clf = Classifier.load(model_dir)
+    model = clf.model.to(memory_format=torch.contiguous_format).eval()
+    path = Path(output) if output else clf.directory / DEFAULT_NAMES[format]  # type: ignore[operator]
+    metadata = json.dumps(_metadata(clf))
+    size = clf.preprocessing.input_size
+    example = torch.zeros(2, 3, size, size)
+    batch = _check_batch(clf, check_images)
+    # Written and checked under a temporary name: a failed export never replaces a good one.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if format == "onnx":
+            _export_onnx(model, example, tmp, metadata)
+        else:
+            _export_torchscript(model, example, tmp, metadata)
+        report = _parity(model, format, tmp, batch, tolerance)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report = dataclasses.replace(report, path=path)
+    log.info(
+        "exported %s: max |logit diff| %.2e, top-1 agreement %.4f",
+        path,
+        report.max_abs_logit_diff,
+        report.top1_agreement,
+    )
+    return report
+
+
+def _metadata(clf: Classifier) -> dict[str, Any]:
+    return {
+        "format_version": 1,
+        "classes": clf.classes,
+        "preprocessing": clf.preprocessing.to_dict(),
+        "backbone": {"name": clf.backbone, "timm_arch": clf.config["backbone"].get("timm_arch")},
+        "metrics": clf.metrics,
+        # ``--runtime auto`` uses the export only while the model's weights are still these.
+        "weights_digest": weights_digest(clf.directory) if clf.directory is not None else None,
+        "input": "float32 N x 3 x H x W, preprocessed",
+        "output": "logits N x classes",
+    }
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    import onnx
+
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata
+    onnx.save(proto, str(path))
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    torch.jit.save(traced, str(path), _extra_files={"imgcls.json": metadata})
+
+
+def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndarray:
+    """Preprocessed real images: the given ones, else validation images of the training run."""
+    paths = [Path(p) for p in check_images] or _run_images(clf)
+    arrays = []
+    for path in paths[:MAX_CHECK_IMAGES]:
+        try:
+            arrays.append(
+                to_input_array(load_rgb(path, min_side=clf.preprocessing.resize_size), clf.preprocessing)
+            )
+        except UnreadableImageError as exc:
+            log.warning("parity check skips %s: %s", path, exc.reason)
+    if not arrays:
+        raise ConfigError(
+            "no readable images for the parity check: pass `check_images=PATH...` (the training "
+            "data named in the run's run_config.json was not found)"
+        )
+    return np.stack(arrays)
+
+
+def _run_images(clf: Classifier) -> list[Path]:
+    """Images of the training run, validation first; none when the run's files are not there."""
+    run_dir = clf.run_dir
+    if run_dir is None or not (run_dir / RUN_CONFIG_FILE).is_file() or not (run_dir / SPLITS_FILE).is_file():
+        return []
+    root = Path(read_run_config(run_dir)["data"])
+    rows = sorted(read_manifest(run_dir / SPLITS_FILE).items(), key=lambda row: row[1][1] != VAL)
+    return [root / path for path, _ in rows if (root / path).is_file()][:MAX_CHECK_IMAGES]
+
+
+def _parity(model: nn.Module, format: str, path: Path, batch: np.ndarray, tolerance: float) -> ExportReport:
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch)).float().numpy()
+    actual = _run_export(format, path, batch)
+    diff = float(np.abs(actual - expected).max())
+    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
+    report = ExportReport(path, format, len(batch), diff, agreement)
+    if diff > tolerance or agreement < 1.0:
+        raise ExportError(
+            f"the {format} export does not reproduce the PyTorch model on {len(batch)} images: "
+            f"max |logit diff| {diff:.3e} (tolerance {tolerance:.1e}), top-1 agreement {agreement:.4f}; "
+            f"nothing was written"
+        )
+    return report
+
+
+def _run_export(format: str, path: Path, batch: np.ndarray) -> np.ndarray:
+    if format == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+    loaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        return loaded(torch.from_numpy(batch)).float().numpy()

@@ -1,0 +1,203 @@
+"""A self-contained ``report.html``: the pictures people would rather look at than read.
+
+Confusion-matrix heat map, reliability diagram, per-class bar chart (SVG, ``svg_charts``) and
+a gallery of the most confidently wrong images, all embedded as base64 so the file can be
+mailed or opened anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls._files import write_text_atomic
+from imgcls.evaluation._svg_charts import confusion_svg, per_class_svg, reliability_svg
+
+GALLERY_SIZE = 24
+THUMBNAIL_PX = 192
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A wrongly classified image: ``path`` to read it, ``shown`` to name it."""
+
+    path: Path
+    shown: str
+    true_label: str
+    predicted_label: str
+    confidence: float
+
+
+def confident_mistakes(
+    paths: Sequence[Path],
+    shown: Sequence[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    limit: int = GALLERY_SIZE,
+) -> list[Mistake]:
+    """The wrong predictions with the highest confidence, most confident first."""
+    predicted = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    wrong = np.flatnonzero(predicted != y_true)
+    ranked = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    return [
+        Mistake(paths[i], shown[i], classes[y_true[i]], classes[predicted[i]], float(confidence[i]))
+        for i in ranked
+    ]
+
+
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    facts: Sequence[tuple[str, str]],
+    report: dict[str, Any],
+    classes: Sequence[str],
+    mistakes: Sequence[Mistake],
+    tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]] = (),
+) -> Path:
+    """Write the HTML report for one classification report (and optional extra tables)."""
+    figures = [
+        ("Confusion matrix", confusion_svg(report["confusion_matrix"], classes), "confusion-matrix"),
+        ("Reliability diagram", reliability_svg(report), "reliability"),
+        ("Per-class precision, recall and F1", per_class_svg(report, classes), "per-class"),
+    ]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        _facts_html(facts, report),
+        *(_table_html(caption, header, rows) for caption, header, rows in tables),
+        *(
+            f'<h2>{name}</h2><img id="{key}" alt="{name}" src="data:image/svg+xml;base64,{_base64(svg)}">'
+            for name, svg, key in figures
+        ),
+        _gallery_html(mistakes),
+    ]
+    write_text_atomic(path, _PAGE.format(title=html.escape(title), body="\n".join(parts)))
+    return path
+
+
+def _facts_html(facts: Sequence[tuple[str, str]], report: dict[str, Any]) -> str:
+    rows = [
+        *facts,
+        ("images", str(report["n"])),
+        ("accuracy", f"{report['accuracy']:.4f}"),
+        ("balanced accuracy", f"{report['balanced_accuracy']:.4f}"),
+        ("macro F1", f"{report['macro_f1']:.4f}"),
+        ("log loss", f"{report['log_loss']:.4f}"),
+        ("Brier score", f"{report['brier']:.4f}"),
+        ("expected calibration error", f"{report['ece']:.4f}"),
+    ]
+    rows += [(f"top-{k} accuracy", f"{v:.4f}") for k, v in report["top_k_accuracy"].items()]
+    return _table_html("Summary", (), rows)
+
+
+def _table_html(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<h2>{html.escape(caption)}</h2><table>{thead}<tbody>{body}</tbody></table>"
+
+
+def _gallery_html(mistakes: Sequence[Mistake]) -> str:
+    if not mistakes:
+        return '<h2>Most confidently wrong images</h2><p id="gallery">No mistakes.</p>'
+    cards = []
+    for m in mistakes:
+        true, predicted, shown = (
+            html.escape(m.true_label),
+            html.escape(m.predicted_label),
+            html.escape(m.shown),
+        )
+        image = f'<img class="mistake" alt="{shown}" src="data:image/jpeg;base64,{_thumbnail(m.path)}">'
+        caption = (
+            f"true <b>{true}</b>, predicted <b>{predicted}</b> ({m.confidence:.2f})<br><small>{shown}</small>"
+        )
+        cards.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+    return f'<h2>Most confidently wrong images</h2><div id="gallery">{"".join(cards)}</div>'
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def _thumbnail(path: Path) -> str:
+    from imgcls.data.images import UnreadableImageError, load_rgb
+
+    try:
+        image = load_rgb(path, min_side=THUMBNAIL_PX)
+    except UnreadableImageError:
+        from PIL import Image
+
+        image = Image.new("RGB", (THUMBNAIL_PX, THUMBNAIL_PX), (200, 200, 200))
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    if max(image.size) < THUMBNAIL_PX // 2:  # tiny images (digits, CIFAR): enlarge, keep pixels sharp
+        scale = THUMBNAIL_PX // 2 // max(image.size) + 1
+        image = image.resize((image.width * scale, image.height * scale), resample=0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure_png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }}
+table {{ border-collapse: collapse; margin-bottom: 1rem; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }}
+img {{ max-width: 100%; }}
+#gallery {{ display: flex; flex-wrap: wrap; gap: 0.8rem; }}
+figure {{ margin: 0; width: 200px; font-size: 0.85rem; }}
+figure img {{ display: block; max-height: 192px; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes:
+    """Loss (train and val) and val accuracy by epoch, as PNG bytes."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = (
+        ("loss", (("train_loss", "train loss"), ("val_loss", "val loss"))),
+        (
+            "validation accuracy (epoch 0: the probe head)",
+            (("val_accuracy", "val accuracy"), ("val_balanced_accuracy", "val balanced accuracy")),
+        ),
+    )
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+    return base64.b64decode(_figure_png(fig))

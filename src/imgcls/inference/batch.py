@@ -1,0 +1,171 @@
+"""Batch prediction over large folders: streaming, resumable, one output row per input file.
+
+Files are scored in chunks and each chunk's rows are appended and flushed before the next is
+read, so memory stays flat however many files there are and a killed run loses at most one
+chunk. Rerunning with the same output skips every path already written. Works with any
+predictor that has ``classes`` and ``score_paths`` (torch ``Classifier`` or ``OnnxClassifier``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from imgcls.errors import ConfigError
+from imgcls.inference.predictions import PathScores, rank_classes
+
+log = logging.getLogger(__name__)
+
+CHUNK = 512
+CSV_FIELDS = ("path", "label", "index", "probability", "top_k", "error")
+
+
+class PathScorer(Protocol):
+    classes: list[str]
+
+    def score_paths(
+        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+    ) -> PathScores: ...
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    written: int
+    skipped_existing: int
+    unreadable: int
+    seconds: float
+
+
+def predict_to_file(
+    predictor: PathScorer,
+    paths: Sequence[Path],
+    output: Path,
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    workers: int = 0,
+    tta: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchSummary:
+    """Append a row per path to ``output`` (``.csv`` or ``.jsonl``), skipping paths already there."""
+    kind = _kind(output)
+    _truncate_partial_line(output)  # before reading: a row without its newline was never finished
+    done = already_written(output, kind)
+    todo = [p for p in paths if str(p) not in done]
+    started = time.perf_counter()
+    written = unreadable = 0
+    with _open_for_append(output, kind) as (handle, write_row):
+        for chunk in _chunks(todo, CHUNK):
+            scores = predictor.score_paths(chunk, batch_size=batch_size, workers=workers, tta=tta)
+            for row in _rows(chunk, scores, predictor.classes, top_k):
+                write_row(row)
+                unreadable += bool(row["error"])
+            handle.flush()
+            written += len(chunk)
+            if progress is not None:
+                progress(written, len(todo))
+    return BatchSummary(written, len(paths) - len(todo), unreadable, time.perf_counter() - started)
+
+
+def _kind(output: Path) -> str:
+    suffix = output.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise ConfigError(f"`output` must end in .csv or .jsonl, got {output.name}")
+    return suffix[1:]
+
+
+def already_written(output: Path, kind: str) -> set[str]:
+    """Paths that a previous (possibly killed) run already wrote; a torn last line is ignored."""
+    if not output.is_file():
+        return set()
+    with output.open(encoding="utf-8", newline="") as handle:
+        if kind == "csv":
+            return {
+                row["path"]
+                for row in csv.DictReader(handle)
+                if row.get("path") and row.get("error") is not None
+            }
+        seen = set()
+        for line in handle:
+            try:
+                seen.add(json.loads(line)["path"])
+            except (ValueError, KeyError):
+                continue  # the line a killed run was writing
+        return seen
+
+
+class _open_for_append:
+    """Open ``output`` for appending; write the CSV header once."""
+
+    def __init__(self, output: Path, kind: str) -> None:
+        self.output, self.kind = output, kind
+        self.handle: TextIO | None = None
+
+    def __enter__(self) -> tuple[TextIO, Callable[[dict[str, Any]], None]]:
+        new = not self.output.is_file() or self.output.stat().st_size == 0
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.output.open("a", encoding="utf-8", newline="")
+        if self.kind == "jsonl":
+            handle = self.handle
+            return handle, lambda row: handle.write(json.dumps(_jsonl(row)) + "\n")
+        writer = csv.DictWriter(self.handle, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        return self.handle, lambda row: writer.writerow(_csv(row))
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.handle is not None
+        self.handle.close()
+
+
+def _truncate_partial_line(output: Path) -> None:
+    """Drop a last line that has no newline (what a kill in mid-write leaves)."""
+    if not output.is_file() or output.stat().st_size == 0:
+        return
+    with output.open("r+b") as handle:
+        size = handle.seek(0, 2)
+        start = max(0, size - 65536)
+        handle.seek(start)
+        tail = handle.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        handle.truncate(start + cut + 1 if cut >= 0 else start)
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _rows(paths: Sequence[Path], scores: PathScores, classes: list[str], k: int) -> Iterator[dict[str, Any]]:
+    readable = [str(p) for p, ok in zip(paths, scores.readable, strict=True) if ok]
+    ranked = iter(rank_classes(scores.probs, classes, readable, k))
+    for i, path in enumerate(paths):
+        if i in scores.failures:
+            yield {"path": str(path), "predictions": [], "error": scores.failures[i]}
+        else:
+            yield {**next(ranked).to_dict(), "error": ""}
+
+
+def _jsonl(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "error" or v}
+
+
+def _csv(row: dict[str, Any]) -> dict[str, Any]:
+    best = row["predictions"][0] if row["predictions"] else {"label": "", "index": "", "probability": ""}
+    top = [[p["label"], round(p["probability"], 6)] for p in row["predictions"]]
+    return {
+        "path": row["path"],
+        "label": best["label"],
+        "index": best["index"],
+        "probability": best["probability"],
+        "top_k": json.dumps(top) if top else "",
+        "error": row["error"],
+    }

@@ -1,0 +1,230 @@
+"""``Classifier``: a network, its class names and its preprocessing, ready to predict.
+
+Scoring goes through the backbone's pooled features and the classification layer, the same
+computation as the full forward pass, so features cached on disk (keyed by content and
+backbone) make re-evaluating a model on the same images nearly free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from imgcls._files import model_dir, read_model_config
+from imgcls.data.folders import expand_inputs
+from imgcls.data.images import ImageInput, as_rgb_image, to_rgb
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.transforms import TTA_VIEWS, eval_transform, view_settings
+from imgcls.errors import DataError, WeightsError
+from imgcls.inference._scoring import score_views, views_for
+from imgcls.inference.evaluate import Evaluation, evaluate
+from imgcls.inference.model_format import load_weights_into, save_model_dir
+from imgcls.inference.predictions import PathScores, Prediction, PredictionRun, rank_classes
+from imgcls.models._batchnorm_fold import folded_for_inference
+from imgcls.models.backbone import (
+    IMAGENET_CLASSES,
+    build_network,
+    create_network,
+    imagenet_class_names,
+    prepare_for_inference,
+)
+from imgcls.models.features import (
+    pooled_features,
+)
+from imgcls.models.registry import get_backbone, resolve_preprocessing
+from imgcls.system.cpu import cpu_has_native_bf16
+
+log = logging.getLogger(__name__)
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Which tensors ``model`` holds and how often each was changed in place (torch counts)."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+class Classifier:
+    """A trained (or ImageNet-pretrained) classifier.
+
+    Args:
+        model: a timm network whose classifier has ``len(classes)`` outputs.
+        classes: class names in output-index order.
+        preprocessing: the eval transform's settings.
+        config: the saved model config (backbone, metrics, ...); see ``model_io``.
+        directory: where the model was saved or loaded from, if anywhere.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        classes: Sequence[str],
+        preprocessing: Preprocessing,
+        config: dict[str, Any],
+        directory: Path | None = None,
+    ) -> None:
+        self.model = prepare_for_inference(model)
+        self.classes = list(classes)
+        self.preprocessing = preprocessing
+        self.config = config
+        self.directory = directory
+        # The precision the features were computed in when the head was fitted (bf16 only
+        # where this CPU runs it natively; fp32 otherwise).
+        wanted = str(config.get("precision", "fp32"))
+        self.precision = wanted if wanted == "fp32" or cpu_has_native_bf16() else "fp32"
+        self._folded: tuple[tuple, nn.Module] | None = None  # (model's state fingerprint, copy)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config["backbone"]["name"])
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The training run's directory (``RUN_DIR`` of ``RUN_DIR/model``), if saved."""
+        if self.directory is None:
+            return None
+        return self.directory.parent if self.directory.name == "model" else self.directory
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.config.get("metrics", {}))
+
+    # -- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Classifier:
+        """Load a model saved by ``save`` (``RUN_DIR/model`` or ``RUN_DIR`` itself)."""
+        directory = model_dir(Path(directory))
+        config = read_model_config(directory)
+        spec = get_backbone(config["backbone"]["name"])
+        model = create_network(spec, num_classes=len(config["classes"]))
+        load_weights_into(model, directory)
+        pre = Preprocessing.from_dict(config["preprocessing"])
+        return cls(model, classes=config["classes"], preprocessing=pre, config=config, directory=directory)
+
+    @classmethod
+    def pretrained(cls, backbone: str, *, weights: str | Path | None = None) -> Classifier:
+        """The backbone with its ImageNet head, predicting the 1,000 ImageNet classes."""
+        spec = get_backbone(backbone)
+        model, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights)
+        if info.report is not None and not info.report.classifier_loaded:
+            raise WeightsError(
+                f"the weights for {backbone} ({info.location}) carry no 1000-class ImageNet head"
+            )
+        config = {"backbone": {"name": spec.name, "timm_arch": spec.timm_arch, "weights": info.to_dict()}}
+        return cls(
+            model,
+            classes=imagenet_class_names(),
+            preprocessing=resolve_preprocessing(spec, for_features=False),
+            config=config,
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        config = {
+            k: v
+            for k, v in self.config.items()
+            if k not in ("format", "format_version", "created", "versions")
+        }
+        config.update(
+            classes=self.classes,
+            num_classes=len(self.classes),
+            preprocessing=self.preprocessing.to_dict(),
+        )
+        save_model_dir(directory, self.model, config)
+        self.directory = directory
+        return directory
+
+    # -- prediction ---------------------------------------------------------------------------
+
+    def predict(self, image: ImageInput, *, top_k: int = 5, tta: bool = False) -> Prediction:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes.
+
+        With ``tta``, probabilities are averaged over the centre crop, the whole image and
+        the mirror image of each.
+        """
+        path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
+        views = []
+        for view in views_for(tta):
+            pre, flip = view_settings(self.preprocessing, view)
+            batch = eval_transform(pre, flip=flip)(pil).unsqueeze(0)
+            with torch.inference_mode():
+                views.append(self._logits(batch).float().softmax(-1))
+        return self._top_k(torch.stack(views).mean(0).numpy(), [path], top_k)[0]
+
+    def predict_paths(
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        top_k: int = 5,
+        tta: bool = False,
+        batch_size: int = 32,
+        workers: int = 0,
+    ) -> PredictionRun:
+        """Classify files, folders (recursively) and glob patterns; unreadable files are listed."""
+        paths = expand_inputs([str(p) for p in inputs])
+        if not paths:
+            raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
+        scored = score_views(self, paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
+        kept = [str(p) for p, ok in zip(paths, scored.readable, strict=True) if ok]
+        unreadable = {str(paths[i]): reason for i, reason in scored.failures.items()}
+        return PredictionRun(self._top_k(scored.mean_probs, kept, top_k), unreadable)
+
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Class probabilities (images x classes) of decoded images, in one batch."""
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        transform = eval_transform(self.preprocessing)
+        batch = torch.stack([transform(to_rgb(image)) for image in images])
+        with torch.inference_mode():
+            logits = self._logits(batch)
+        return logits.float().softmax(dim=-1).numpy()
+
+    def score_paths(
+        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+    ) -> PathScores:
+        """Class probabilities of the readable files among ``paths`` (no feature cache)."""
+        scored = score_views(self, paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
+        return PathScores(scored.mean_probs, scored.readable, scored.failures)
+
+    def inference_network(self) -> nn.Module:
+        """``model`` with its BatchNorms folded (``model`` itself keeps the saved layout for
+        ``save`` and ``export``), built again whenever ``model``'s tensors have changed."""
+        state = _fingerprint(self.model)
+        if self._folded is None or self._folded[0] != state:
+            self._folded = (state, folded_for_inference(self.model, self.preprocessing.input_size))
+        return self._folded[1]
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        network = self.inference_network()
+        return network.get_classifier()(pooled_features(network, batch, self.precision))
+
+    def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
+        return rank_classes(probs, self.classes, paths, k)
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        data: str | Path,
+        *,
+        split: str = "val",
+        tta: bool = False,
+        batch_size: int = 32,
+        workers: int = 0,
+        cache_dir: Path | None = None,
+    ) -> Evaluation:
+        """Metrics on one split of a labelled folder (see ``inference.evaluate.evaluate``)."""
+        return evaluate(
+            self, data, split=split, tta=tta, batch_size=batch_size, workers=workers, cache_dir=cache_dir
+        )
+
+
+def _views(tta: bool) -> tuple[str, ...]:
+    return TTA_VIEWS if tta else TTA_VIEWS[:1]

@@ -1,0 +1,101 @@
+"""Opening a model to predict with: a saved model directory in torch or ONNX Runtime, or a
+pretrained backbone by name with its ImageNet classes. ``imgcls.load`` and every command that
+predicts (``predict``, ``serve``) open models here, so Python and the CLI get the same thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgcls._files import CONFIG_FILE, model_dir, read_model_config
+from imgcls.config import RUNTIMES
+from imgcls.data._prefetch import prefetch_paths
+from imgcls.data.folders import expand_inputs
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.errors import ConfigError, ImgclsError
+from imgcls.inference.runtime_choice import choose_runtime
+
+if TYPE_CHECKING:
+    from imgcls.inference.classifier import Classifier
+    from imgcls.inference.onnx_runtime import OnnxClassifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model ready to predict, and which runtime runs it and why."""
+
+    predictor: Classifier | OnnxClassifier
+    runtime: str
+    reason: str
+
+
+def looks_like_model_dir(value: str | Path) -> bool:
+    """Whether ``value`` names a directory (a saved model) rather than a backbone name."""
+    text = str(value)
+    return Path(text).is_dir() or "/" in text or text.startswith(".")
+
+
+def open_model(
+    model: str | Path, *, runtime: str = "auto", weights: str | Path | None = None, tta: bool = False
+) -> OpenedModel:
+    """A saved model (``RUN_DIR`` or ``RUN_DIR/model``) or a backbone name, in ``runtime``.
+
+    ``runtime`` is ``torch``, ``onnx`` (the directory's ``model.onnx``; no torch import) or
+    ``auto`` (whichever is faster here; see ``runtime_choice``). ``weights`` goes with a
+    backbone name only: a local ImageNet state dict for it. ``tta`` needs torch.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown `runtime` {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if weights and looks_like_model_dir(model):
+        raise ConfigError("`weights` goes with a backbone name; a model directory has its own weights")
+    if runtime == "onnx" and (weights or tta):
+        raise ConfigError("`runtime=onnx` runs a saved model's export, without `weights` or `tta`")
+    choice = choose_runtime(runtime, model, tta=tta)
+    log.info("runtime: %s (%s)", choice.runtime, choice.reason)
+    if choice.runtime == "onnx":
+        from imgcls.inference.onnx_runtime import OnnxClassifier
+
+        predictor: Classifier | OnnxClassifier = choice.onnx or OnnxClassifier.load(model)
+    else:
+        from imgcls.inference.classifier import Classifier
+
+        if looks_like_model_dir(model):
+            predictor = Classifier.load(model)
+        else:
+            predictor = Classifier.pretrained(str(model), weights=weights)
+    return OpenedModel(predictor, choice.runtime, choice.reason)
+
+
+def load(
+    model: str | Path, *, runtime: str = "torch", weights: str | Path | None = None
+) -> Classifier | OnnxClassifier:
+    """Reload a saved model (``RUN_DIR`` or ``RUN_DIR/model``), or a backbone by name.
+
+    ``runtime="auto"`` gives what ``imgcls predict`` uses: ONNX Runtime where it is faster here
+    and an up-to-date export exists, else torch.
+    """
+    return open_model(model, runtime=runtime, weights=weights).predictor
+
+
+def decoding_ahead_of_prediction(
+    model: str | Path, inputs: Sequence[str], runtime: str
+) -> contextlib.AbstractContextManager:
+    """With a saved model in torch, decode the images to predict in a child process while
+    torch imports; otherwise (or when anything is amiss) nothing: the prediction itself then
+    reports the problem."""
+    if runtime != "torch" or not (model_dir(Path(model)) / CONFIG_FILE).is_file():
+        return contextlib.nullcontext()
+    try:
+        config: dict[str, Any] = read_model_config(model_dir(Path(model)))
+        pre = Preprocessing.from_dict(config["preprocessing"])
+        paths = expand_inputs(list(inputs))
+    except (ImgclsError, OSError, ValueError, KeyError):
+        return contextlib.nullcontext()
+    return prefetch_paths(paths, pre)

@@ -1,0 +1,77 @@
+"""Prediction results, shared by every runtime (torch, ONNX Runtime, the HTTP server).
+
+Pure Python and numpy: importing it never loads torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imgcls.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes for one image, most likely first."""
+
+    path: str | None
+    scores: tuple[ClassScore, ...]
+
+    @property
+    def label(self) -> str:
+        return self.scores[0].label
+
+    @property
+    def probability(self) -> float:
+        return self.scores[0].probability
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``imgcls predict --json`` and ``POST /predict``."""
+        return {
+            "path": self.path,
+            "predictions": [
+                {"label": s.label, "index": s.index, "probability": s.probability} for s in self.scores
+            ],
+        }
+
+
+@dataclass
+class PredictionRun:
+    """Predictions for the readable inputs and the reason each unreadable one was skipped."""
+
+    predictions: list[Prediction]
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PathScores:
+    """Class probabilities of the readable files among some paths, in input order."""
+
+    probs: np.ndarray
+    readable: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def rank_classes(
+    probs: np.ndarray, classes: Sequence[str], paths: Sequence[str | None], k: int
+) -> list[Prediction]:
+    """One ``Prediction`` per row of ``probs`` with its ``k`` most probable classes."""
+    if k < 1:
+        raise ConfigError(f"top-k must be at least 1, got {k}")
+    k = min(k, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        Prediction(path, tuple(ClassScore(classes[i], int(i), float(row[i])) for i in best))
+        for path, row, best in zip(paths, probs, order, strict=True)
+    ]

@@ -1,0 +1,63 @@
+"""``--runtime auto``: ONNX Runtime or torch for prediction, whichever is faster here.
+
+On a CPU with native bf16 (AVX-512 BF16 / AMX), torch with bf16 autocast is the fastest way to
+run a network, so a model whose saved precision is bf16 runs in torch there. Elsewhere ONNX
+Runtime serves it without importing torch, which makes a prediction command start seconds
+sooner, and is the faster of the two for single images (docs/performance.md), provided an
+export exists (``imgcls export``), was made from the model's current weights and onnxruntime is
+installed. Deciding imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgcls._files import CONFIG_FILE, model_dir, weights_digest
+from imgcls.errors import ImgclsError
+from imgcls.inference.onnx_runtime import OnnxClassifier, find_onnx_file
+from imgcls.system.cpu import cpu_has_native_bf16
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    runtime: str  # "torch" or "onnx"
+    reason: str
+    onnx: OnnxClassifier | None = None  # loaded while deciding, ready to use
+
+
+def choose_runtime(requested: str, model: str | Path, *, tta: bool = False) -> RuntimeChoice:
+    """The runtime to predict with, and why (``requested``: ``auto``, ``torch`` or ``onnx``)."""
+    if requested != "auto":
+        return RuntimeChoice(requested, f"{requested} was asked for")
+    directory = Path(model)
+    if not (directory.is_dir() and (model_dir(directory) / CONFIG_FILE).is_file()):
+        return RuntimeChoice("torch", "not a trained model directory")
+    if tta:
+        return RuntimeChoice("torch", "test-time augmentation runs in torch")
+    if _saved_precision(directory) == "bf16" and cpu_has_native_bf16():
+        return RuntimeChoice("torch", "bf16 on this CPU's native bf16 units is the fastest path")
+    try:
+        onnx_path = find_onnx_file(directory)
+    except ImgclsError:
+        return RuntimeChoice("torch", "no model.onnx (run 'imgcls export' to let ONNX Runtime serve it)")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return RuntimeChoice("torch", "onnxruntime is not installed (pip install 'imgcls[onnx]')")
+    onnx = OnnxClassifier.load(onnx_path)
+    if onnx.config.get("weights_digest") != weights_digest(directory):
+        log.warning(
+            "%s was exported from other weights than %s; using torch (re-export it)", onnx_path, directory
+        )
+        return RuntimeChoice("torch", "model.onnx is out of date")
+    return RuntimeChoice("onnx", "ONNX Runtime beats torch fp32 on a CPU without native bf16", onnx)
+
+
+def _saved_precision(directory: Path) -> str:
+    config: dict[str, Any] = json.loads((model_dir(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return str(config.get("precision", "fp32"))

@@ -1,0 +1,388 @@
+"""Frozen-backbone feature extraction with an on-disk cache keyed by content.
+
+A cache entry is keyed by the image file's content digest inside a *feature space*: a
+digest of the network's backbone tensors and the preprocessing. Entries live in append-only
+shard files (``<cache>/features/<space>/*.npz``) written atomically, so an interrupted run
+keeps what it computed, several processes (or ranks) can add shards side by side, and a
+second run on the same data and backbone extracts nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from imgcls.data._prefetch import DecodePrefetch, active_prefetch
+from imgcls.data.images import UnreadableImageError, load_rgb
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.transforms import eval_crop, normalize_batch
+from imgcls.models.weights import classifier_prefix
+from imgcls.system.precision import autocast
+from imgcls.system.profiling import PROFILE
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+SHARD_IMAGES = 1024
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("IMGCLS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgcls"
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+
+
+def feature_space(
+    model: nn.Module,
+    pre: Preprocessing,
+    *,
+    flip: bool = False,
+    output: str = "pooled",
+    precision: str = "fp32",
+) -> str:
+    """Digest of everything that decides a feature vector: backbone tensors + preprocessing.
+
+    ``output`` names what is stored: ``pooled`` features, or e.g. ``trunk-5`` (the activation
+    maps after the first five stages).
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    described = {
+        "format": CACHE_FORMAT,
+        "pre": pre.to_dict(),
+        "flip": flip,
+        "net": type(model).__name__,
+        # BatchNorm eps and padding mode are not in the state dict; the architecture name is.
+        "arch": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+        # Features come from the network with its BatchNorms folded (batchnorm_fold).
+        "batchnorm": "folded",
+    }
+    if output != "pooled":
+        described["output"] = output
+    if precision != "fp32":
+        described["precision"] = precision
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    head = classifier_prefix(model) + "."
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(head):
+            continue
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Append-only shards of ``{digest: feature vector}`` for one feature space."""
+
+    def __init__(self, root: Path | None, space: str) -> None:
+        self.directory = root / "features" / space if root is not None else None
+        self._entries: dict[str, np.ndarray] = {}
+        self._loaded = False
+
+    def lookup(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
+        self._load()
+        return {d: self._entries[d] for d in digests if d in self._entries}
+
+    def add(self, digests: Sequence[str], features: np.ndarray) -> None:
+        self._load()
+        for digest, row in zip(digests, features, strict=True):
+            self._entries[digest] = row
+        if self.directory is None or not digests:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.directory / f".{name}.tmp"  # not *.npz: readers never see a half-written shard
+        with tmp.open("wb") as handle:
+            np.savez(handle, digests=np.array(digests, dtype="S32"), features=features)
+        tmp.replace(self.directory / f"{name}.npz")
+
+    def _load(self) -> None:
+        if self._loaded or self.directory is None or not self.directory.is_dir():
+            self._loaded = True
+            return
+        for shard in sorted(self.directory.glob("[!.]*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    digests, features = data["digests"], data["features"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                log.warning("ignoring unreadable feature cache shard %s (%s)", shard, exc)
+                continue
+            for digest, row in zip(digests, features, strict=True):
+                self._entries[digest.decode()] = row
+        self._loaded = True
+
+
+@dataclass
+class Extraction:
+    """Features of the readable images, in input order, and why the others failed."""
+
+    features: np.ndarray
+    readable: np.ndarray
+    failures: dict[int, str] = field(default_factory=dict)
+    computed: int = 0
+    seconds: float = 0.0
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], pre: Preprocessing, flip: bool) -> None:
+        self.paths, self.indices = paths, indices
+        self.transform = eval_crop(pre, flip=flip)
+        self.min_side = pre.resize_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None, tuple[float, float]]:
+        index = self.indices[i]
+        started = time.perf_counter()
+        try:
+            image = load_rgb(self.paths[index], min_side=self.min_side)
+        except UnreadableImageError as exc:
+            return index, None, exc.reason, (time.perf_counter() - started, 0.0)
+        decoded = time.perf_counter()
+        tensor = self.transform(image)
+        return index, tensor, None, (decoded - started, time.perf_counter() - decoded)
+
+
+_Item = tuple[int, torch.Tensor | None, str | None, tuple[float, float]]
+# indices, stacked uint8 crops, unreadable images' reasons, seconds per profile stage
+_Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[str, float]]
+
+
+def _collate(items: list[_Item]) -> _Batch:
+    """Stack the readable images; the per-image decode/transform seconds go to the profile
+    (summed here, in whichever process collates)."""
+    ok = [(i, t) for i, t, _, _ in items if t is not None]
+    failures = {i: reason for i, _, reason, _ in items if reason is not None}
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    timings = {"decode": sum(s[0] for *_, s in items), "transform": sum(s[1] for *_, s in items)}
+    return [i for i, _ in ok], batch, failures, timings
+
+
+Embedding = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _storage_dtype(output: torch.Tensor) -> np.ndarray:
+    """float32, also for activation maps: a model scored on cached maps must score exactly as
+    it does on images."""
+    return output.float().contiguous().numpy()
+
+
+# On a CPU a forward pass over 8 images is faster per image than one over 32: a small batch's
+# activation maps stay in the caches (in bf16 and fp32 alike; docs/performance.md).
+CPU_FORWARD_CHUNK = 8
+
+
+def in_chunks(forward: Embedding, batch: torch.Tensor) -> torch.Tensor:
+    """``forward(batch)``, run ``CPU_FORWARD_CHUNK`` images at a time on a CPU (per-image
+    results; a GPU takes the whole batch)."""
+    if batch.device.type != "cpu" or len(batch) <= CPU_FORWARD_CHUNK:
+        return forward(batch)
+    return torch.cat([forward(part) for part in batch.split(CPU_FORWARD_CHUNK)])
+
+
+def pooled_features(model: nn.Module, batch: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """The backbone's pooled, pre-logits features (what the classifier sees), as float32."""
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(x), pre_logits=True).float()
+
+    with autocast(precision):
+        return in_chunks(pooled, batch.contiguous(memory_format=torch.channels_last))
+
+
+def extract_features(
+    model: nn.Module,
+    paths: Sequence[Path],
+    pre: Preprocessing,
+    *,
+    cache: FeatureCache,
+    flip: bool = False,
+    batch_size: int = 32,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    embed: Embedding | None = None,
+    precision: str = "fp32",
+) -> Extraction:
+    """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise.
+
+    ``embed`` maps an input batch to features (default: the pooled features of ``model``);
+    ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip``, ``embed`` and
+    ``precision`` (``fp32``, or the autocast dtype of the forward pass).
+    """
+    started = time.perf_counter()
+    failures: dict[int, str] = {}
+    with PROFILE.stage("file digests + cache lookup"):
+        digests, known = _lookup(paths, cache, failures)
+    todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
+    prefetch = active_prefetch(pre) if not flip else None
+    batches = _batches(paths, todo, pre, flip, batch_size=batch_size, workers=workers, prefetch=prefetch)
+    embed = embed or (lambda batch: pooled_features(model, batch))
+    with autocast(precision), _threads_beside(prefetch, embed) as forward:
+        computed = _compute(forward, pre, batches, len(todo), digests, cache, failures, progress)
+    known.update(computed)
+    extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
+    extraction.seconds = time.perf_counter() - started
+    return extraction
+
+
+@contextlib.contextmanager
+def _threads_beside(prefetch: DecodePrefetch | None, embed: Embedding) -> Iterator[Embedding]:
+    """Yields ``embed`` run with one torch thread fewer than usual while the prefetch child
+    decodes on a core, and all of them once it is done; the usual count is restored after the
+    block. Two threads beside a decoding child on two cores fight it for a core, and the
+    trunk pass slows down more than the child's work is worth."""
+    usual = torch.get_num_threads()
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        wanted = usual - 1 if usual > 1 and prefetch is not None and prefetch.decoding() else usual
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
+        return embed(batch)
+
+    try:
+        yield forward
+    finally:
+        torch.set_num_threads(usual)
+
+
+def _lookup(
+    paths: Sequence[Path], cache: FeatureCache, failures: dict[int, str]
+) -> tuple[list[str | None], dict[str, np.ndarray]]:
+    """Each file's content digest (``None`` if unreadable) and the cached features found."""
+    digests: list[str | None] = []
+    for index, path in enumerate(paths):
+        if cache.directory is None:  # nothing to look up or keep: key by position, skip hashing
+            digests.append(f"#{index}")
+            continue
+        try:
+            digests.append(file_digest(path))
+        except OSError as exc:
+            digests.append(None)
+            failures[index] = f"cannot read file ({exc.strerror})"
+    return digests, cache.lookup([d for d in digests if d is not None])
+
+
+def _batches(
+    paths: Sequence[Path],
+    todo: list[int],
+    pre: Preprocessing,
+    flip: bool,
+    *,
+    batch_size: int,
+    workers: int,
+    prefetch: DecodePrefetch | None,
+) -> Iterator[_Batch]:
+    """Batches of the ``todo`` images: those the prefetch decoded first, then the loader's."""
+    rest = todo
+    if prefetch is not None:
+        rest = []
+        yield from _prefetched_batches(prefetch, paths, todo, batch_size, rest)
+    if rest:
+        files = _ImageFiles(paths, rest, pre, flip)
+        yield from DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+
+
+def _prefetched_batches(
+    prefetch: DecodePrefetch, paths: Sequence[Path], todo: list[int], batch_size: int, missed: list[int]
+) -> Iterator[_Batch]:
+    """Collate the prefetch's crops; indices it does not have go to ``missed``."""
+    items: list[_Item] = []
+    for index in todo:
+        decoded = prefetch.get(paths[index])
+        if decoded is None:
+            missed.append(index)
+            continue
+        crop = torch.from_numpy(decoded.crop) if decoded.crop is not None else None
+        items.append((index, crop, decoded.reason, (decoded.seconds, 0.0)))
+        if len(items) == batch_size:
+            yield _prefetched(_collate(items))
+            items = []
+    if items:
+        yield _prefetched(_collate(items))
+
+
+def _prefetched(batch: _Batch) -> _Batch:
+    indices, crops, failures, timings = batch
+    return indices, crops, failures, {"decode + crop": timings["decode"]}
+
+
+def _compute(
+    embed: Embedding,
+    pre: Preprocessing,
+    batches: Iterator[_Batch],
+    total: int,
+    digests: list[str | None],
+    cache: FeatureCache,
+    failures: dict[int, str],
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, np.ndarray]:
+    """Run the images the cache lacks through the backbone; add them to the cache in shards."""
+    if not total:
+        return {}
+    computed: dict[str, np.ndarray] = {}
+    pending: list[str] = []
+    done = 0
+    with torch.inference_mode():
+        while True:
+            with PROFILE.stage("wait for decoded images"):
+                item = next(batches, None)
+            if item is None:
+                break
+            indices, batch, batch_failures, timings = item
+            for stage, seconds in timings.items():
+                PROFILE.add(stage, seconds, len(indices) + len(batch_failures))
+            failures.update(batch_failures)
+            if batch is not None:
+                with PROFILE.stage("normalise batches"):
+                    inputs = normalize_batch(batch, pre)
+                with PROFILE.stage("forward (features)"):
+                    feats = _storage_dtype(in_chunks(embed, inputs))
+                for index, row in zip(indices, feats, strict=True):
+                    computed[digests[index]] = row  # type: ignore[index]
+                    pending.append(digests[index])  # type: ignore[arg-type]
+            if len(pending) >= SHARD_IMAGES:
+                with PROFILE.stage("cache write"):
+                    cache.add(pending, np.stack([computed[d] for d in pending]))
+                pending = []
+            done += len(indices) + len(batch_failures)
+            if progress is not None:
+                progress(done, total)
+    if pending:
+        with PROFILE.stage("cache write"):
+            cache.add(pending, np.stack([computed[d] for d in pending]))
+    return computed
+
+
+def _assemble(
+    paths: Sequence[Path],
+    digests: list[str | None],
+    known: dict[str, np.ndarray],
+    failures: dict[int, str],
+    *,
+    computed_count: int,
+) -> Extraction:
+    readable = np.array([i not in failures for i in range(len(paths))], dtype=bool)
+    rows = [known[d] for i, d in enumerate(digests) if readable[i] and d is not None]
+    features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    return Extraction(features=features, readable=readable, failures=failures, computed=computed_count)

@@ -1,0 +1,335 @@
+"""The epoch loop of every gradient-trained strategy.
+
+What is trained and on which batches is a ``TrainingTask``; this module owns the rest:
+per-epoch seeding (so a resumed run replays the same batches), mixed precision, the
+learning-rate schedule, early stopping on the validation score with the best weights kept,
+a wall-clock deadline checked between batches, an atomic checkpoint after every epoch,
+a progress bar and the epoch table. Only rank 0 talks (``show_progress``), ready for DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.system.profiling import PROFILE
+from imgcls.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Validation:
+    loss: float
+    accuracy: float
+    balanced_accuracy: float
+
+
+class TrainingTask(Protocol):
+    """What the loop trains: ``module`` on the batches of ``batches``."""
+
+    module: nn.Module
+
+    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (inputs, targets); all randomness drawn from ``generator``."""
+        ...
+
+    def num_batches(self) -> int: ...
+
+    def train_mode(self) -> None: ...
+
+    def validate(self) -> Validation | None: ...
+
+
+@dataclass
+class EpochRecord:
+    """One row of the epoch table and ``history.csv``; epoch 0 is the starting point."""
+
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    val_balanced_accuracy: float | None
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    patience: int
+    seed: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    deadline: float | None = None  # time.perf_counter() value by which to stop
+    show_progress: bool = True
+    checkpoint: Path | None = None
+
+
+@dataclass
+class LoopState:
+    """Where a run stands; saved in every checkpoint."""
+
+    next_epoch: int = 1
+    best_epoch: int = -1
+    best_score: tuple[float, float] | None = None  # (val accuracy, -val loss)
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+    stopped: str = ""
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "next_epoch": self.next_epoch,
+            "best_epoch": self.best_epoch,
+            "best_score": list(self.best_score) if self.best_score else None,
+            "best_state": self.best_state,
+            "history": [asdict(r) for r in self.history],
+        }
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> LoopState:
+        score = data["best_score"]
+        return cls(
+            next_epoch=int(data["next_epoch"]),
+            best_epoch=int(data["best_epoch"]),
+            best_score=(float(score[0]), float(score[1])) if score else None,
+            best_state=data["best_state"],
+            history=[EpochRecord(**row) for row in data["history"]],
+        )
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Optimisation:
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss: LossFn
+    scaler: torch.amp.GradScaler | None = None
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed every generator from (seed, epoch); returns one for the epoch's data order."""
+    value = (seed * 1_000_003 + epoch) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    return torch.Generator().manual_seed(value)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine decay to ``floor`` (a multiplier of each group's lr)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def run_training(
+    task: TrainingTask, opt: Optimisation, settings: LoopSettings, state: LoopState | None = None
+) -> LoopState:
+    """Train until the epochs, the patience or the deadline run out; leaves the best weights in
+    ``task.module`` and returns the final state (``state.stopped`` says why it stopped)."""
+    if state is None:
+        state = LoopState()
+        start = task.validate()  # epoch 0: the starting point is a candidate too
+        _record(state, task, EpochRecord(0, None, *_val_fields(start), _lr(opt), 0.0, 0.0), start)
+        _log_header()
+        _log_row(state.history[-1])
+    else:
+        _log_header()
+    epoch_seconds: list[float] = [r.seconds for r in state.history if r.epoch > 0]
+    for epoch in range(state.next_epoch, settings.epochs + 1):
+        if _out_of_time(settings, epoch_seconds):
+            state.stopped = "time limit"
+            break
+        record = _train_epoch(task, opt, settings, epoch)
+        if record is None:
+            state.stopped = "time limit"
+            break
+        with PROFILE.stage("validate"):
+            validation = task.validate()
+        record.val_loss, record.val_accuracy, record.val_balanced_accuracy = _val_fields(validation)
+        _record(state, task, record, validation)
+        _log_row(record)
+        epoch_seconds.append(record.seconds)
+        state.next_epoch = epoch + 1
+        if settings.checkpoint is not None:
+            with PROFILE.stage("checkpoint write"):
+                _save(settings.checkpoint, task, opt, state)
+        if (
+            validation is not None
+            and epoch < settings.epochs
+            and epoch - state.best_epoch >= settings.patience
+        ):
+            state.stopped = f"early stop (no better val score for {settings.patience} epochs)"
+            break
+    state.stopped = state.stopped or "completed"
+    if state.best_state is not None:
+        task.module.load_state_dict(state.best_state)
+    log.info("training %s; best val at epoch %d", state.stopped, state.best_epoch)
+    return state
+
+
+def resume_training(
+    task: TrainingTask, opt: Optimisation, settings: LoopSettings, payload: dict[str, Any]
+) -> LoopState:
+    """Continue from a checkpoint payload written by ``run_training``."""
+    task.module.load_state_dict(payload["module"])
+    opt.optimizer.load_state_dict(payload["optimizer"])
+    opt.scheduler.load_state_dict(payload["scheduler"])
+    if opt.scaler is not None and payload.get("scaler"):
+        opt.scaler.load_state_dict(payload["scaler"])
+    restore_rng_states(payload["rng"])
+    state = LoopState.from_payload(payload["state"])
+    log.info("resuming at epoch %d (best so far: epoch %d)", state.next_epoch, state.best_epoch)
+    return run_training(task, opt, settings, state)
+
+
+def _train_epoch(
+    task: TrainingTask, opt: Optimisation, settings: LoopSettings, epoch: int
+) -> EpochRecord | None:
+    generator = seed_epoch(settings.seed, epoch)
+    task.train_mode()
+    started = time.perf_counter()
+    total_loss, seen = 0.0, 0
+    with _progress(settings, epoch, task.num_batches()) as bar:
+        for inputs, targets in _timed(task.batches(generator)):
+            if settings.deadline is not None and time.perf_counter() > settings.deadline:
+                log.info("time limit reached during epoch %d; its partial training is discarded", epoch)
+                return None
+            loss = _step(task.module, opt, settings, inputs, targets)
+            total_loss += loss * len(inputs)
+            seen += len(inputs)
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+    seconds = time.perf_counter() - started
+    return EpochRecord(epoch, total_loss / max(seen, 1), None, None, None, _lr(opt), seconds, seen / seconds)
+
+
+def _step(
+    module: nn.Module, opt: Optimisation, settings: LoopSettings, inputs: torch.Tensor, targets: torch.Tensor
+) -> float:
+    inputs = inputs.to(settings.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    targets = targets.to(settings.device, non_blocking=True)
+    with PROFILE.stage("train forward"), _autocast(settings):
+        loss = opt.loss(module(inputs).float(), targets)
+    opt.optimizer.zero_grad(set_to_none=True)
+    with PROFILE.stage("train backward + step"):
+        if opt.scaler is not None:
+            opt.scaler.scale(loss).backward()
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
+        else:
+            loss.backward()
+            opt.optimizer.step()
+    opt.scheduler.step()
+    return float(loss.detach())
+
+
+def _timed(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches, with the time spent producing each (decode, augment, collate) profiled."""
+    while True:
+        with PROFILE.stage("train batches (data + augment)"):
+            item = next(batches, None)
+        if item is None:
+            return
+        yield item
+
+
+def _autocast(settings: LoopSettings) -> contextlib.AbstractContextManager:
+    if settings.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(settings.device.type, dtype=settings.autocast_dtype)
+
+
+def _out_of_time(settings: LoopSettings, epoch_seconds: list[float]) -> bool:
+    """Stop before an epoch that would end past the deadline (judged by the slowest so far)."""
+    if settings.deadline is None:
+        return False
+    remaining = settings.deadline - time.perf_counter()
+    expected = max(epoch_seconds) if epoch_seconds else 0.0
+    if remaining <= expected or remaining <= 0:
+        log.info("time limit: %.0f s left, an epoch takes about %.0f s; stopping", remaining, expected)
+        return True
+    return False
+
+
+def _record(state: LoopState, task: TrainingTask, record: EpochRecord, validation: Validation | None) -> None:
+    state.history.append(record)
+    score = (validation.accuracy, -validation.loss) if validation is not None else (float(record.epoch), 0.0)
+    if state.best_score is None or score > state.best_score:
+        state.best_score, state.best_epoch = score, record.epoch
+        state.best_state = {k: v.detach().clone() for k, v in task.module.state_dict().items()}
+
+
+def _save(path: Path, task: TrainingTask, opt: Optimisation, state: LoopState) -> None:
+    save_checkpoint(
+        path,
+        {
+            "module": task.module.state_dict(),
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
+            "rng": rng_states(),
+            "state": state.to_payload(),
+        },
+    )
+
+
+def _val_fields(validation: Validation | None) -> tuple[float | None, float | None, float | None]:
+    if validation is None:
+        return None, None, None
+    return validation.loss, validation.accuracy, validation.balanced_accuracy
+
+
+def _lr(opt: Optimisation) -> float:
+    return max(group["lr"] for group in opt.optimizer.param_groups)
+
+
+def _progress(settings: LoopSettings, epoch: int, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=f"epoch {epoch}/{settings.epochs}",
+        unit="batch",
+        leave=False,
+        disable=not (settings.show_progress and sys.stderr.isatty()),  # logs get the epoch table
+        mininterval=1.0,
+    )
+
+
+_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_bal_acc", "lr", "sec", "img/s")
+
+
+def _log_header() -> None:
+    log.info("".join(f"{c:>12}" for c in _COLUMNS))
+
+
+def _log_row(r: EpochRecord) -> None:
+    values = (r.train_loss, r.val_loss, r.val_accuracy, r.val_balanced_accuracy)
+    cells = [f"{r.epoch:>12d}", *(f"{v:>12.4f}" if v is not None else f"{'-':>12}" for v in values)]
+    cells += [f"{r.lr:>12.2e}", f"{r.seconds:>12.1f}", f"{r.images_per_s:>12.0f}"]
+    log.info("".join(cells))

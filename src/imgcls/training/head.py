@@ -1,0 +1,258 @@
+"""A multinomial logistic-regression head on frozen features.
+
+The L2 strength is chosen by stratified cross-validation on the training split only, so
+the validation and test numbers reported afterwards stay honest. Features are standardised
+for the fit and the scaling is folded back into the weights, so the result is a plain
+``Linear`` layer on raw features.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from imgcls.data.splits import stratified_folds
+from imgcls.errors import DataError
+from imgcls.evaluation.metrics import balanced_accuracy
+
+log = logging.getLogger(__name__)
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_C = 0.1  # used when a class is too small to cross-validate
+CV_FOLDS = 3
+MAX_ITER = 300
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """``logits = features @ weight.T + bias`` for all classes (``weight``: classes x dim)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    c: float
+    cv_accuracy: dict[float, float]
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        return features @ self.weight.T + self.bias
+
+
+def fit_linear_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    seed: int,
+    c_grid: tuple[float, ...] = C_GRID,
+    balanced: bool = False,
+) -> LinearHead:
+    """Fit the head; ``labels`` are class indices in ``range(num_classes)``.
+
+    ``balanced`` weights every class equally (inverse class frequency) and picks C by
+    balanced accuracy.
+    """
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0) + 1e-6
+    standardised = (features - mean) / scale
+    scores = _cross_validate(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
+    best_c = choose_c(scores, n=len(labels))
+    log.info(
+        "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f; the strongest "
+        "regularisation within one standard error of the best)",
+        best_c,
+        CV_FOLDS,
+        "balanced " if balanced else "",
+        scores[best_c],
+    )
+    weight, bias = _fit(standardised, labels, c=best_c, num_classes=num_classes, balanced=balanced)
+    # Fold the standardisation into the layer: w' = w / s, b' = b - w' . mean
+    weight = weight / scale
+    bias = bias - weight @ mean
+    return LinearHead(
+        weight=weight.astype(np.float32), bias=bias.astype(np.float32), c=best_c, cv_accuracy=scores
+    )
+
+
+def choose_c(scores: dict[float, float], *, n: int) -> float:
+    """The smallest C (strongest regularisation) whose CV accuracy is within one standard
+    error of the best one, sqrt(p (1 - p) / n): the "one-standard-error rule".
+
+    Differences smaller than that are noise: neighbouring values of C often differ by a few
+    images, and the plain maximum then flips between them from run to run, while the rule
+    keeps the simpler model.
+    """
+    measured = {c: a for c, a in scores.items() if not np.isnan(a)}
+    if not measured:  # too few images to cross-validate: the one candidate given
+        return next(iter(scores))
+    best = max(measured.values())
+    margin = float(np.sqrt(best * (1 - best) / n))
+    return min(c for c, a in measured.items() if a >= best - margin - 1e-12)
+
+
+def _cross_validate(
+    x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
+) -> dict[float, float]:
+    folds = min(CV_FOLDS, int(np.bincount(y).min()))
+    if folds < 2:
+        return {DEFAULT_C: float("nan")}
+    if len(c_grid) == 1:
+        return {c_grid[0]: float("nan")}
+    fold_of = np.array(stratified_folds(y.tolist(), folds=folds, seed=seed))
+    predicted = {c: np.empty_like(y) for c in c_grid}
+    num_classes = int(y.max()) + 1
+    for fold in range(folds):
+        train, held_out = fold_of != fold, fold_of == fold
+        # Each fit starts from the previous, more regularised solution (as sklearn's
+        # warm_start does): far fewer iterations for the same fold accuracies.
+        params = None
+        for c in sorted(c_grid):
+            weight, bias, params = _minimise(x[train], y[train], c, num_classes, balanced, start=params)
+            predicted[c][held_out] = (x[held_out] @ weight.T + bias).argmax(axis=1)
+    if balanced:
+        return {c: balanced_accuracy(y, p, num_classes) for c, p in predicted.items()}
+    return {c: float((p == y).mean()) for c, p in predicted.items()}
+
+
+def _fit(
+    x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int, balanced: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    present = np.unique(y)
+    if len(present) != num_classes:
+        raise DataError(
+            f"every class needs readable training images; {len(present)} of {num_classes} have some"
+        )
+    weight, bias, _ = _minimise(x, y, c, num_classes, balanced)
+    return weight, bias
+
+
+def _minimise(
+    x: np.ndarray,
+    y: np.ndarray,
+    c: float,
+    num_classes: int,
+    balanced: bool,
+    *,
+    start: np.ndarray | None = None,
+    gtol: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Multinomial logistic regression, L2 on the weights (not the bias): the weights, the
+    bias and the raw parameter vector (a warm start for the next C). ``gtol``: stop when no
+    gradient entry exceeds it (sklearn's default ``tol``).
+
+    The objective is scikit-learn's (``C * sum of log losses + |W|^2 / 2``, divided by
+    ``C * n`` for scale) and so are the stopping rules, without importing scikit-learn or
+    scipy (1.0 s and 0.45 s of start-up). Two classes use sklearn's binary form: one free row,
+    the other fixed at zero, since softmax([0, z]) is sigmoid(z).
+    """
+    free = num_classes if num_classes > 2 else 1
+    dim = x.shape[1]
+    onehot = np.eye(num_classes)[y]
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    sample_weight = len(y) / (num_classes * counts[y]) if balanced else np.ones(len(y))
+    problem = _LogisticLoss(x, onehot, sample_weight, c, free)
+    x0 = start if start is not None else np.zeros(free * (dim + 1))
+    params = _lbfgs(problem, x0, max_iter=MAX_ITER, gtol=gtol, ftol=64 * np.finfo(float).eps)
+    weight, bias = problem.unpack(params)
+    return weight, bias, params
+
+
+def _lbfgs(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    *,
+    max_iter: int,
+    gtol: float,
+    ftol: float,
+    memory: int = 10,
+) -> np.ndarray:
+    """Minimise a smooth convex ``fun`` (value and gradient) by L-BFGS with a backtracking
+    (Armijo) line search; stops as scipy's L-BFGS-B does, at max |gradient| <= ``gtol`` or a
+    relative decrease <= ``ftol``. On the probe's problems it takes as many iterations as
+    scipy and reaches the same objective (a test holds them equal), without scipy's overhead.
+    """
+    x = np.array(x0, dtype=np.float64)
+    value, grad = fun(x)
+    pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=memory)
+    for _ in range(max_iter):
+        if np.abs(grad).max() <= gtol:
+            break
+        direction = -_inverse_hessian_times(grad, pairs)
+        slope = float(grad @ direction)
+        if slope >= 0:  # not a descent direction: forget the curvature pairs
+            pairs.clear()
+            direction, slope = -grad, -float(grad @ grad)
+        step = 1.0 if pairs else min(1.0, 1.0 / float(np.abs(grad).sum()))
+        for _ in range(50):
+            new_x = x + step * direction
+            new_value, new_grad = fun(new_x)
+            if new_value <= value + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            break  # no decrease along the direction: x is as good as it gets
+        s, y = new_x - x, new_grad - grad
+        if float(s @ y) > 1e-12:
+            pairs.append((s, y, 1.0 / float(s @ y)))
+        converged = value - new_value <= ftol * max(abs(value), abs(new_value), 1.0)
+        x, value, grad = new_x, new_value, new_grad
+        if converged:
+            break
+    return x
+
+
+def _inverse_hessian_times(grad: np.ndarray, pairs: deque) -> np.ndarray:
+    """L-BFGS's two-loop recursion (Nocedal & Wright, algorithm 7.4)."""
+    q = grad.copy()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        alpha = rho * float(s @ q)
+        q -= alpha * y
+        alphas.append(alpha)
+    if pairs:
+        s, y, rho = pairs[-1]
+        q *= 1.0 / (rho * float(y @ y))  # initial scaling s.y / y.y
+    for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
+        q += (alpha - rho * float(y @ q)) * s
+    return q
+
+
+class _LogisticLoss:
+    """Loss and gradient of the (class-weighted) softmax regression.
+
+    The two products with the features run in float32 (faster, and the solution is the
+    same); parameters, losses and gradients stay float64 for the optimiser.
+    """
+
+    def __init__(
+        self, x: np.ndarray, onehot: np.ndarray, sample_weight: np.ndarray, c: float, free: int
+    ) -> None:
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.onehot, self.free = onehot, free
+        self.sample_weight = sample_weight / sample_weight.sum()
+        self.l2 = 1.0 / (c * sample_weight.sum())
+
+    def unpack(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All classes' weight rows and biases (the fixed row of the binary form is zero)."""
+        dim = self.x.shape[1]
+        weight = params[: self.free * dim].reshape(self.free, dim)
+        bias = params[self.free * dim :]
+        if self.free == 1:
+            weight, bias = np.vstack([np.zeros(dim), weight]), np.concatenate([[0.0], bias])
+        return weight, bias
+
+    def __call__(self, params: np.ndarray) -> tuple[float, np.ndarray]:
+        weight, bias = self.unpack(params)
+        logits = (self.x @ weight.T.astype(np.float32)).astype(np.float64) + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        total = exp.sum(axis=1, keepdims=True)
+        log_probs = logits - np.log(total)
+        free_weight = weight[-self.free :]
+        loss = -(self.sample_weight * (self.onehot * log_probs).sum(axis=1)).sum()
+        loss += 0.5 * self.l2 * float((free_weight * free_weight).sum())
+        residual = ((exp / total - self.onehot) * self.sample_weight[:, None])[:, -self.free :]
+        grad_weight = (residual.T.astype(np.float32) @ self.x).astype(np.float64) + self.l2 * free_weight
+        return loss, np.concatenate([grad_weight.ravel(), residual.sum(axis=0)])

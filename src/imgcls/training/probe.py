@@ -1,0 +1,295 @@
+"""The steps of the probe strategy, shared by ``train``, ``cross_validate`` and ``compare``.
+
+Build the backbone once, extract (or fetch cached) features for every image once, then fit
+and score a linear head on any assignment of images to train/val/test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.data.folders import TEST, TRAIN, VAL, DatasetScan, ImageRecord
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.errors import DataError
+from imgcls.evaluation.calibration import fit_temperature
+from imgcls.evaluation.metrics import classification_report, expected_calibration_error, softmax
+from imgcls.evaluation.report import Mistake, confident_mistakes
+from imgcls.models._batchnorm_fold import folded_for_inference
+from imgcls.models.backbone import WeightsInfo, build_network, prepare_for_inference
+from imgcls.models.features import (
+    Extraction,
+    FeatureCache,
+    extract_features,
+    feature_space,
+)
+from imgcls.models.registry import BackboneSpec
+from imgcls.system.profiling import PROFILE
+from imgcls.training.head import LinearHead, fit_linear_head
+from imgcls.training.run_plan import FeatureSettings, RunPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeaturedDataset:
+    """A scanned data set with the backbone that embeds it and every readable image's features.
+
+    ``records``, ``features``, ``labels`` and ``splits`` hold the readable images only, in scan
+    order; ``splits`` is the run plan's assignment of each.
+    """
+
+    scan: DatasetScan
+    spec: BackboneSpec
+    preprocessing: Preprocessing
+    model: nn.Module
+    weights: WeightsInfo
+    records: list[ImageRecord]
+    features: np.ndarray
+    labels: np.ndarray
+    splits: list[str]
+    unreadable: dict[str, str]
+    extract_seconds: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.scan.classes
+
+
+def featurize(scan: DatasetScan, plan: RunPlan) -> FeaturedDataset:
+    """Build the planned backbone and extract features for every image in ``scan``."""
+    model, info = build_model(plan, num_classes=len(scan.classes))
+    return featured_dataset(scan, plan, model, info, extract_for(model, scan, plan.features))
+
+
+def featured_dataset(
+    scan: DatasetScan, plan: RunPlan, model: nn.Module, info: WeightsInfo, extraction: Extraction
+) -> FeaturedDataset:
+    """Pair the readable images with their features, class indices and planned splits."""
+    readable = [r for r, ok in zip(scan.records, extraction.readable, strict=True) if ok]
+    splits = [s for s, ok in zip(plan.splits, extraction.readable, strict=True) if ok]
+    index = {name: i for i, name in enumerate(scan.classes)}
+    labels = np.array([index[r.label] for r in readable], dtype=np.int64)
+    unreadable = {scan.records[i].path: reason for i, reason in sorted(extraction.failures.items())}
+    return FeaturedDataset(
+        scan,
+        plan.spec,
+        plan.preprocessing,
+        model,
+        info,
+        readable,
+        extraction.features,
+        labels,
+        splits,
+        unreadable,
+        extraction.seconds,
+    )
+
+
+def build_model(
+    plan: RunPlan, *, num_classes: int, options: dict[str, Any] | None = None
+) -> tuple[nn.Module, WeightsInfo]:
+    """The planned network with its pretrained weights, in eval mode and channels_last;
+    ``options`` go to the model factory (e.g. dropout rates)."""
+    torch.manual_seed(plan.seed)  # random init (and any new head) is reproducible
+    with PROFILE.stage("build model + load weights"):
+        model, info = build_network(
+            plan.spec,
+            num_classes=num_classes,
+            weights=plan.weights,
+            pretrained=plan.pretrained,
+            options=options,
+        )
+    if not info.pretrained:
+        log.warning(
+            "NO PRETRAINED WEIGHTS: %s starts from random init (`pretrained=False`); "
+            "expect far lower accuracy",
+            plan.spec.name,
+        )
+    elif info.source == "file" and info.report is not None:
+        log.info("weights: %s: %s", info.location, info.report.summary())
+    return prepare_for_inference(model), info
+
+
+def extract_for(
+    model: nn.Module,
+    scan: DatasetScan,
+    settings: FeatureSettings,
+    *,
+    embed: nn.Module | None = None,
+    output: str = "pooled",
+) -> Extraction:
+    """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``."""
+    pre = settings.preprocessing
+    space = feature_space(model, pre, output=output, precision=settings.precision)
+    cache = FeatureCache(settings.cache_dir, space)
+    paths = [scan.absolute(r) for r in scan.records]
+    with PROFILE.stage("fold BatchNorm"):
+        if embed is None:
+            model = folded_for_inference(model, pre.input_size)
+        else:
+            embed = folded_for_inference(embed, pre.input_size)
+    extraction = extract_features(
+        model,
+        paths,
+        pre,
+        cache=cache,
+        batch_size=settings.batch_size,
+        workers=resolve_workers(settings.workers, len(paths)),
+        progress=ProgressLog("extracting features" if output == "pooled" else "caching activations"),
+        embed=embed,
+        precision=settings.precision,
+    )
+    cached = len(paths) - extraction.computed - len(extraction.failures)
+    log.info(
+        "features: %d computed, %d from cache, %d unreadable",
+        extraction.computed,
+        max(cached, 0),
+        len(extraction.failures),
+    )
+    for index, reason in sorted(extraction.failures.items()):
+        log.warning("skipped unreadable image %s: %s", paths[index], reason)
+    return extraction
+
+
+def resolve_workers(workers: int | None, n_images: int) -> int:
+    """Decode in one background process for larger jobs; inline for small ones."""
+    if workers is not None:
+        return workers
+    return 1 if n_images >= 256 else 0
+
+
+@dataclass
+class ProbeFit:
+    """A fitted head, its metrics on each split of one train/val/test assignment, and the
+    class probabilities of the images of each split (``rows`` selects them)."""
+
+    head: LinearHead
+    metrics: dict[str, Any]
+    rows: dict[str, np.ndarray]
+    probs: dict[str, np.ndarray]
+
+
+def fit_and_score(
+    data: FeaturedDataset, splits: list[str], *, seed: int, balanced: bool, calibrate: bool
+) -> ProbeFit:
+    """Fit the head on the ``train`` rows (optionally calibrate on ``val``); score every split.
+
+    ``balanced`` weights the classes inversely to their frequency (``class_weights="auto"``).
+    """
+    rows = {s: np.array([x == s for x in splits], dtype=bool) for s in (TRAIN, VAL, TEST)}
+    with PROFILE.stage("head fit (C by CV + final fit)"):
+        head = fit_linear_head(
+            data.features[rows[TRAIN]],
+            data.labels[rows[TRAIN]],
+            num_classes=len(data.classes),
+            seed=seed,
+            balanced=balanced,
+        )
+    logits = {split: head.logits(data.features[mask]) for split, mask in rows.items() if mask.any()}
+    labels = {split: data.labels[rows[split]] for split in logits}
+    metrics, probs, temperature = score_splits(logits, labels, data.classes, calibrate=calibrate)
+    if temperature is not None:
+        fold_temperature(head.weight, head.bias, temperature)
+    metrics["head"] = {
+        "type": "logistic_regression",
+        "C": head.c,
+        "cv_accuracy": {str(k): v for k, v in head.cv_accuracy.items()},
+    }
+    return ProbeFit(head, metrics, rows, probs)
+
+
+def score_splits(
+    logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], classes: list[str], *, calibrate: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray], float | None]:
+    """Metrics and class probabilities of each split from its logits: the full report for val
+    and test, accuracy alone for train. With ``calibrate``, a temperature is fitted on val and
+    applied first; it is returned so that the caller folds it into its classifier."""
+    metrics: dict[str, Any] = {}
+    temperature = None
+    if calibrate:
+        held_out = [s for s in (VAL, TEST) if s in logits]
+        temperature, metrics["calibration"] = temperature_scaling(
+            {s: logits[s] for s in held_out}, {s: labels[s] for s in held_out}
+        )
+        logits = {split: values / temperature for split, values in logits.items()}
+    probs = {split: softmax(values) for split, values in logits.items()}
+    for split, p in probs.items():
+        report = classification_report(labels[split], p, classes)
+        metrics[split] = {"accuracy": report["accuracy"], "n": report["n"]} if split == TRAIN else report
+    return metrics, probs, temperature
+
+
+def fold_temperature(
+    weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor, temperature: float
+) -> None:
+    """Divide a linear classifier's weight and bias by ``temperature`` in place, so that its
+    logits come out calibrated at no cost at prediction time."""
+    with torch.no_grad():
+        weight /= temperature
+        bias /= temperature
+
+
+def temperature_scaling(
+    logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]
+) -> tuple[float, dict[str, Any]]:
+    """The temperature fitted on the ``val`` logits, and ECE before/after on val and test."""
+    if VAL not in logits:
+        raise DataError("`calibrate` needs a validation split to fit the temperature on")
+    temperature = fit_temperature(logits[VAL], labels[VAL])
+    summary: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": VAL}
+    for split in (VAL, TEST):
+        if split in logits:
+            y = labels[split]
+            summary[f"{split}_ece_before"] = expected_calibration_error(y, softmax(logits[split]))
+            summary[f"{split}_ece_after"] = expected_calibration_error(
+                y, softmax(logits[split] / temperature)
+            )
+    log.info("temperature scaling: T=%.3f fitted on val", temperature)
+    return temperature, summary
+
+
+def split_mistakes(data: FeaturedDataset, fit: ProbeFit, split: str) -> list[Mistake]:
+    """The most confidently wrong images of one split, for the report's gallery."""
+    if split not in fit.probs:
+        return []
+    records = [r for r, keep in zip(data.records, fit.rows[split], strict=True) if keep]
+    return confident_mistakes(
+        [data.scan.absolute(r) for r in records],
+        [r.path for r in records],
+        data.labels[fit.rows[split]],
+        fit.probs[split],
+        data.classes,
+    )
+
+
+def install_head(model: nn.Module, head: LinearHead) -> None:
+    """Copy the fitted head into the network's classification layer."""
+    layer = model.get_classifier()
+    if not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != head.weight.shape:
+        raise TypeError(f"expected a Linear classifier of shape {head.weight.shape}, found {layer}")
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(head.weight))
+        layer.bias.copy_(torch.from_numpy(head.bias))
+
+
+class ProgressLog:
+    """Logs progress at most every few seconds (library code never prints)."""
+
+    def __init__(self, what: str, every_s: float = 5.0) -> None:
+        self.what, self.every_s = what, every_s
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        log.info("%s: %d/%d images (%.0f img/s)", self.what, done, total, rate)

@@ -1,0 +1,112 @@
+"""The run plan: what a ``train``, ``cv`` or ``compare`` run decides before it reads an image.
+
+``plan_run`` resolves a ``TrainConfig`` once, at the start: the backbone spec and its
+preprocessing, the device, the precision of the feature pass, the strategy (``auto``
+decided), the feature-extraction settings and the train/val/test split of every image. Each
+step then takes what it needs from the plan, so a decision is made in one place and no step
+re-derives another's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imgcls.config import TrainConfig
+from imgcls.data.folders import TRAIN, DatasetScan
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.splits import assign_splits
+from imgcls.models.features import default_cache_dir
+from imgcls.models.registry import BackboneSpec, get_backbone, resolve_preprocessing
+from imgcls.system.precision import resolve_precision
+from imgcls.training.plan import choose_strategy, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How features are computed: the preprocessing, numeric precision, batching and cache."""
+
+    preprocessing: Preprocessing
+    precision: str
+    batch_size: int
+    workers: int | None
+    cache_dir: Path | None  # None: no disk cache
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's decisions, resolved once (``plan_run``).
+
+    Attributes:
+        config: the settings the plan was resolved from (saved with the run).
+        spec: the backbone.
+        weights, pretrained: where its weights come from.
+        features: how frozen features are computed.
+        native_preprocessing: the backbone's pretraining resolution, for training on images.
+        device: where gradient training runs.
+        strategy: ``probe`` or ``finetune`` (``auto`` decided).
+        auto: for ``auto``, what it chose and why.
+        splits: the split of each image of the scan, in scan order (``train``, ``val``,
+            ``test``); unreadable images are dropped from it later, never reassigned.
+        seed: the run's seed.
+    """
+
+    config: TrainConfig
+    spec: BackboneSpec
+    weights: str | None
+    pretrained: bool
+    features: FeatureSettings
+    native_preprocessing: Preprocessing
+    device: torch.device
+    strategy: str
+    auto: dict[str, str] | None
+    splits: tuple[str, ...]
+    seed: int
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The feature preprocessing: the one saved with the model."""
+        return self.features.preprocessing
+
+
+def plan_run(scan: DatasetScan, cfg: TrainConfig) -> RunPlan:
+    """Resolve ``cfg`` for ``scan`` once: every later step reads its decisions from the result."""
+    spec = get_backbone(cfg.backbone)
+    device = resolve_device(cfg.device)
+    splits = tuple(
+        assign_splits(
+            scan.records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+        )
+    )
+    strategy, auto = cfg.strategy, None
+    if strategy == "auto":
+        n_train = sum(s == TRAIN for s in splits)
+        strategy, reason = choose_strategy(n_train, device, cfg.time_limit)
+        log.info("strategy auto -> %s: %s", strategy, reason)
+        auto = {"strategy": strategy, "reason": reason}
+    features = FeatureSettings(
+        preprocessing=resolve_preprocessing(spec, input_size=cfg.input_size),
+        # Features are computed on the CPU, whatever device trains.
+        precision=resolve_precision(cfg.precision, torch.device("cpu")),
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        cache_dir=(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.use_cache else None,
+    )
+    return RunPlan(
+        config=cfg,
+        spec=spec,
+        weights=cfg.weights,
+        pretrained=cfg.pretrained,
+        features=features,
+        native_preprocessing=resolve_preprocessing(spec, input_size=cfg.input_size, for_features=False),
+        device=device,
+        strategy=strategy,
+        auto=auto,
+        splits=splits,
+        seed=cfg.seed,
+    )

@@ -1,0 +1,261 @@
+"""The workflows behind ``imgcls train`` and ``imgcls.load``, as plain functions.
+
+``train`` reads like its recipe: resolve config -> scan data -> build backbone and extract
+features -> split -> fit head (and calibrate) -> evaluate -> save.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from imgcls._files import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    MODEL_SUBDIR,
+    REPORT_FILE,
+    RUN_CONFIG_FILE,
+    SKIPPED_FILE,
+    SPLITS_FILE,
+    read_run_config,
+    write_csv_atomic,
+    write_json,
+)
+from imgcls.config import TrainConfig
+from imgcls.data.folders import TEST, TRAIN, VAL, DatasetScan, scan_dataset
+from imgcls.data.splits import check_splits, split_counts, write_manifest
+from imgcls.errors import DataError
+from imgcls.evaluation.report import write_report
+from imgcls.inference.classifier import Classifier
+from imgcls.inference.model_format import versions
+from imgcls.system.profiling import PROFILE
+from imgcls.training._history import write_history
+from imgcls.training.checkpoint import load_checkpoint
+from imgcls.training.finetune import Finetuned, finetune
+from imgcls.training.probe import (
+    FeaturedDataset,
+    ProbeFit,
+    featurize,
+    fit_and_score,
+    install_head,
+    split_mistakes,
+)
+from imgcls.training.run_plan import RunPlan, plan_run
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    data: str | Path,
+    output: str | Path | None = None,
+    *,
+    config: TrainConfig | None = None,
+    backbone: str | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool | None = None,
+    seed: int | None = None,
+    strategy: str | None = None,
+    overwrite: bool = False,
+) -> Classifier:
+    """Train a classifier on a folder of labelled images (one sub-folder per class).
+
+    Args:
+        data: the image folder; ``train/`` + ``val/`` + ``test/`` sub-folders are honoured.
+        output: run directory to write (model/, metrics.json, report.html, splits.csv, run_config.json,
+            skipped.csv, and for fine-tuning history.csv, curves.png and a checkpoint while it
+            runs); ``None`` keeps everything in memory.
+        config: full settings; the keyword arguments below override its fields.
+        strategy: ``probe`` (linear head on frozen features), ``finetune`` or ``auto``.
+        overwrite: allow writing into an existing, non-empty run directory.
+
+    Returns:
+        The trained classifier; ``clf.metrics`` holds the validation (and test) metrics.
+    """
+    started = time.perf_counter()
+    overrides = {
+        "backbone": backbone,
+        "weights": str(weights) if weights else None,
+        "pretrained": pretrained,
+        "seed": seed,
+        "strategy": strategy,
+    }
+    cfg = (config or TrainConfig()).with_overrides(overrides)
+    scan = scan_dataset(data)
+    created = output is not None and not Path(output).exists()
+    run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
+    try:
+        return _train(scan, cfg, run_dir, started=started)
+    except BaseException:
+        # A run that failed before writing anything leaves no empty directory behind (one with
+        # a checkpoint stays, for --resume).
+        if created and run_dir is not None and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+
+
+def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
+    """Continue an interrupted fine-tuning run from its last checkpoint (same settings and seed).
+
+    ``data`` overrides the data folder recorded in the run (if it moved).
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    cfg = TrainConfig().with_overrides(saved["train"])
+    if cfg.strategy == "probe":
+        raise DataError(f"{run_dir} is a probe run; probes are not checkpointed, train it again")
+    payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    return _train(scan_dataset(data or saved["data"]), cfg, run_dir, started=started, resume_from=payload)
+
+
+def _train(
+    scan: DatasetScan,
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    *,
+    started: float,
+    resume_from: dict[str, Any] | None = None,
+) -> Classifier:
+    plan = plan_run(scan, cfg)
+    tuned = None
+    if plan.strategy == "probe":
+        featured, fit = _probe(scan, plan)
+    else:
+        tuned = finetune(
+            scan,
+            plan,
+            run_dir=run_dir,
+            deadline=started + cfg.time_limit if cfg.time_limit else None,
+            resume=resume_from,
+            before_training=lambda: _write_resume_config(run_dir, scan, cfg),
+        )
+        featured, fit = tuned.featured, tuned.fit
+        fit.metrics["finetune"] = tuned.summary()
+    if plan.auto is not None:
+        fit.metrics["auto"] = plan.auto
+    fit.metrics["timing"] = {
+        "extract_s": round(featured.extract_seconds, 2),
+        "total_s": round(time.perf_counter() - started, 2),
+    }
+    clf = Classifier(
+        featured.model,
+        classes=featured.classes,
+        preprocessing=featured.preprocessing,
+        config=_model_config(featured, plan, fit, tuned),
+    )
+    if run_dir is not None:
+        with PROFILE.stage("save run (model, metrics, splits)"):
+            _save_run(run_dir, clf, featured, cfg, fit.metrics)
+        if tuned is not None:
+            write_history(run_dir, tuned.state.history)
+            (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
+        if cfg.report:
+            with PROFILE.stage("report.html"):
+                _write_train_report(run_dir, featured, fit)
+    return clf
+
+
+def _write_resume_config(run_dir: Path | None, scan: DatasetScan, cfg: TrainConfig) -> None:
+    """What ``resume`` needs, written before the first epoch (the full run config comes at the end)."""
+    if run_dir is not None:
+        write_json(run_dir / RUN_CONFIG_FILE, {"train": cfg.to_dict(), "data": str(scan.root.resolve())})
+
+
+def _probe(scan: DatasetScan, plan: RunPlan) -> tuple[FeaturedDataset, ProbeFit]:
+    featured = featurize(scan, plan)
+    check_splits(featured.records, featured.splits, featured.classes)
+    log.info("splits: %s", ", ".join(f"{k} {v}" for k, v in split_counts(featured.splits).items()))
+    cfg = plan.config
+    fit = fit_and_score(
+        featured,
+        featured.splits,
+        seed=plan.seed,
+        balanced=cfg.class_weights == "auto",
+        calibrate=cfg.calibrate,
+    )
+    install_head(featured.model, fit.head)
+    return featured, fit
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool) -> Path:
+    """Create ``path``; refuse a non-empty existing directory unless ``overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise DataError(f"output {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise DataError(
+            f"output directory {path} already exists and is not empty; "
+            "choose another `output` or pass `overwrite=True`"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _model_config(
+    featured: FeaturedDataset, plan: RunPlan, fit: ProbeFit, tuned: Finetuned | None
+) -> dict[str, Any]:
+    head: dict[str, Any] = {"type": "logistic_regression", "C": fit.head.c}
+    if tuned is not None:
+        head = {"type": "finetuned", "initial_head_C": fit.head.c, "best_epoch": tuned.state.best_epoch}
+    if "calibration" in fit.metrics:
+        head["temperature"] = fit.metrics["calibration"]["temperature"]
+    return {
+        "backbone": {
+            "name": featured.spec.name,
+            "timm_arch": featured.spec.timm_arch,
+            "weights": featured.weights.to_dict(),
+        },
+        "strategy": "finetune" if tuned is not None else "probe",  # what ran (auto picks one)
+        "precision": tuned.plan.precision if tuned else plan.features.precision,
+        "finetune": tuned.plan.to_dict() if tuned is not None else None,
+        "head": head,
+        "seed": plan.seed,
+        "metrics": {k: v for k, v in fit.metrics.items() if k in (VAL, TEST, TRAIN, "calibration")},
+        "unreadable": featured.unreadable,
+    }
+
+
+def _save_run(
+    run_dir: Path,
+    clf: Classifier,
+    featured: FeaturedDataset,
+    cfg: TrainConfig,
+    metrics: dict[str, Any],
+) -> None:
+    write_manifest(run_dir / SPLITS_FILE, featured.records, featured.splits)
+    write_skipped(run_dir / SKIPPED_FILE, featured.unreadable)
+    write_json(run_dir / METRICS_FILE, metrics)
+    write_json(run_dir / RUN_CONFIG_FILE, run_config(featured, cfg))
+    clf.save(run_dir / MODEL_SUBDIR)
+    log.info("saved run to %s", run_dir)
+
+
+def _write_train_report(run_dir: Path, featured: FeaturedDataset, fit: ProbeFit) -> None:
+    split = VAL if VAL in fit.probs else TEST if TEST in fit.probs else None
+    if split is None:
+        return
+    write_report(
+        run_dir / REPORT_FILE,
+        title=f"imgcls: {featured.spec.name} on {featured.scan.root.name} ({split} split)",
+        facts=[("backbone", featured.spec.name), ("split", split), ("run directory", str(run_dir))],
+        report=fit.metrics[split],
+        classes=featured.classes,
+        mistakes=split_mistakes(featured, fit, split),
+    )
+
+
+def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved settings of a run, enough to reproduce it (``--config`` reads it back)."""
+    return {
+        "train": cfg.to_dict(),
+        "data": str(featured.scan.root.resolve()),
+        "classes": featured.classes,
+        "preprocessing": featured.preprocessing.to_dict(),
+        "backbone": {"name": featured.spec.name, "weights": featured.weights.to_dict()},
+        "versions": versions(),
+    }
+
+
+def write_skipped(path: Path, unreadable: dict[str, str]) -> None:
+    write_csv_atomic(path, ["path", "reason"], sorted(unreadable.items()))
