@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,11 @@ def shared_dataset(name: str) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``imgcls ARGS`` in a fresh process; with ``check``, a failure shows its stderr."""
+    result = subprocess.run([sys.executable, "-m", "imgcls", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"imgcls {' '.join(args)} failed:\n{result.stderr}")
+    return result

@@ -147,3 +147,17 @@ def test_the_onnx_inference_path_never_imports_torch():
             assert module.split(".")[0] not in HEAVY, f"{name} imports {module}"
             if module.startswith("imgcls."):
                 assert module.removeprefix("imgcls.") in TORCH_FREE, f"{name} imports {module}"
+
+
+def test_every_public_name_resolves_without_importing_torch_first():
+    code = (
+        "import sys, imgcls\n"
+        "assert 'torch' not in sys.modules\n"
+        "missing = [n for n in imgcls.__all__ if getattr(imgcls, n, None) is None]\n"
+        "print(missing)"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -9,8 +9,7 @@ import pytest
 
 import imgcls
 from imgcls.config import TrainConfig
-from tests.conftest import REPO, make_image
-from tests.test_train import run_cli
+from tests.conftest import REPO, make_image, run_cli
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_FLAGS = [

@@ -242,7 +242,7 @@ def test_finetune_settings_are_validated(image_folder, capsys):
         main(["train", str(image_folder), *TINY_ARGS, "--time-limit", "soon"])
     assert "duration" in capsys.readouterr().err
     cfg = TINY_FT.with_overrides({"unfreeze": "last-1", "backbone": "test_vit"})
-    with pytest.raises(ConfigError, match="unfreeze all"):
+    with pytest.raises(ConfigError, match="`unfreeze=all`"):
         imgcls.train(image_folder, config=cfg.with_overrides({"input_size": None}))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import imgcls
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "saved_models"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "saved_models"
 
 
 @pytest.mark.parametrize("kind", ["probe", "finetune"])

@@ -16,8 +16,7 @@ from imgcls.data.splits import assign_folds
 from imgcls.errors import ConfigError
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.workflows.crossval import compare, cross_validate
-from tests.conftest import TINY_BACKBONE
-from tests.test_train import run_cli
+from tests.conftest import TINY_BACKBONE, run_cli
 
 TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64)
 

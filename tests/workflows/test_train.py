@@ -16,16 +16,9 @@ import imgcls
 from imgcls.cli.main import main
 from imgcls.config import TrainConfig
 from imgcls.errors import DataError
-from tests.conftest import TINY_ARGS, TINY_BACKBONE, make_image, write_class_folders
+from tests.conftest import TINY_ARGS, TINY_BACKBONE, make_image, run_cli, write_class_folders
 
 TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64)
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "imgcls", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"imgcls {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 def test_train_writes_a_complete_run_directory(image_folder, tmp_path):
