@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imgcls-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install browser demo test test-unit lint format clean
+.PHONY: install browser demo test test-unit lint docs format clean
 
 install: $(STAMP)
 
@@ -34,7 +34,12 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed and cannot be installed here: browser tests will skip"
 
-test: lint browser
+# The documentation site (docs/, mkdocs.yml); --strict turns every warning, such as a broken
+# link, into an error.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+test: lint browser docs
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)

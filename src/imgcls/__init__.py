@@ -29,7 +29,8 @@ __all__ = [
 if TYPE_CHECKING:
     from imgcls.config import TrainConfig
     from imgcls.errors import ImgclsError
-    from imgcls.inference.classifier import Classifier, Prediction
+    from imgcls.inference.classifier import Classifier
+    from imgcls.inference.predictions import Prediction
     from imgcls.inference.evaluate import Evaluation
     from imgcls.inference.loading import load
     from imgcls.workflows.crossval import compare, cross_validate
@@ -44,7 +45,7 @@ _LAZY = {
     "compare": "imgcls.workflows.crossval",
     "Classifier": "imgcls.inference.classifier",
     "Evaluation": "imgcls.inference.evaluate",
-    "Prediction": "imgcls.inference.classifier",
+    "Prediction": "imgcls.inference.predictions",
     "TrainConfig": "imgcls.config",
     "ImgclsError": "imgcls.errors",
 }
