@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from imgcls.config import TrainConfig
     from imgcls.errors import ImgclsError
     from imgcls.inference.classifier import Classifier
-    from imgcls.inference.predictions import Prediction
     from imgcls.inference.evaluate import Evaluation
     from imgcls.inference.loading import load
+    from imgcls.inference.predictions import Prediction
     from imgcls.workflows.crossval import compare, cross_validate
     from imgcls.workflows.train import resume, train
 

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imgcls._files import model_dir, read_model_config
 from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageInput, as_rgb_image, to_rgb
 from imgcls.data.preprocessing import Preprocessing
@@ -25,13 +24,12 @@ from imgcls.data.transforms import TTA_VIEWS, eval_transform, view_settings
 from imgcls.errors import DataError, WeightsError
 from imgcls.inference._scoring import score_views, views_for
 from imgcls.inference.evaluate import Evaluation, evaluate
-from imgcls.inference.model_format import load_weights_into, save_model_dir
+from imgcls.inference.model_format import SavedModel, read_saved_model, write_saved_model
 from imgcls.inference.predictions import PathScores, Prediction, PredictionRun, rank_classes
 from imgcls.models._batchnorm_fold import folded_for_inference
 from imgcls.models.backbone import (
     IMAGENET_CLASSES,
     build_network,
-    create_network,
     imagenet_class_names,
     prepare_for_inference,
 )
@@ -100,13 +98,14 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
         """Load a model saved by ``save`` (``RUN_DIR/model`` or ``RUN_DIR`` itself)."""
-        directory = model_dir(Path(directory))
-        config = read_model_config(directory)
-        spec = get_backbone(config["backbone"]["name"])
-        model = create_network(spec, num_classes=len(config["classes"]))
-        load_weights_into(model, directory)
-        pre = Preprocessing.from_dict(config["preprocessing"])
-        return cls(model, classes=config["classes"], preprocessing=pre, config=config, directory=directory)
+        saved = read_saved_model(Path(directory))
+        return cls(
+            saved.model,
+            classes=saved.classes,
+            preprocessing=saved.preprocessing,
+            config=saved.config,
+            directory=saved.directory,
+        )
 
     @classmethod
     def pretrained(cls, backbone: str, *, weights: str | Path | None = None) -> Classifier:
@@ -126,18 +125,9 @@ class Classifier:
         )
 
     def save(self, directory: str | Path) -> Path:
+        """Write the model to ``directory`` (``model.safetensors`` and ``config.json``)."""
         directory = Path(directory)
-        config = {
-            k: v
-            for k, v in self.config.items()
-            if k not in ("format", "format_version", "created", "versions")
-        }
-        config.update(
-            classes=self.classes,
-            num_classes=len(self.classes),
-            preprocessing=self.preprocessing.to_dict(),
-        )
-        save_model_dir(directory, self.model, config)
+        write_saved_model(SavedModel(self.model, self.classes, self.preprocessing, self.config, directory))
         self.directory = directory
         return directory
 

@@ -8,6 +8,7 @@ is (weights origin, metrics, versions).
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +22,50 @@ from imgcls._files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     WEIGHTS_FILE,
+    model_dir,
+    read_model_config,
     write_json,
 )
+from imgcls.data.preprocessing import Preprocessing
 from imgcls.errors import ModelFormatError
+from imgcls.models.backbone import create_network
+from imgcls.models.registry import get_backbone
+
+# Keys of config.json that describe the file rather than the model; written anew on each save.
+_FILE_KEYS = ("format", "format_version", "created", "versions")
+
+
+@dataclass
+class SavedModel:
+    """What a model directory holds: the network, its classes in output order, its
+    preprocessing, the rest of ``config.json``, and where it was read from."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    directory: Path
+
+
+def read_saved_model(path: Path) -> SavedModel:
+    """The model saved in ``path`` (``RUN_DIR/model`` or ``RUN_DIR`` itself), rebuilt and loaded."""
+    directory = model_dir(path)
+    config = read_model_config(directory)
+    model = create_network(get_backbone(config["backbone"]["name"]), num_classes=len(config["classes"]))
+    load_weights_into(model, directory)
+    pre = Preprocessing.from_dict(config["preprocessing"])
+    return SavedModel(model, list(config["classes"]), pre, config, directory)
+
+
+def write_saved_model(saved: SavedModel) -> None:
+    """Write ``saved`` to ``saved.directory``: its weights and a fresh ``config.json``."""
+    config = {k: v for k, v in saved.config.items() if k not in _FILE_KEYS}
+    config.update(
+        classes=saved.classes,
+        num_classes=len(saved.classes),
+        preprocessing=saved.preprocessing.to_dict(),
+    )
+    save_model_dir(saved.directory, saved.model, config)
 
 
 def versions() -> dict[str, str]:
