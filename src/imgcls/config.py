@@ -27,6 +27,8 @@ RUNTIMES = ("auto", "torch", "onnx")  # for prediction: see inference.runtime_ch
 # and the CLI flags that set them.
 FOLDS = 5
 REPEATS = 1
+TOP_K = 5  # classes listed per predicted image
+PREDICT_BATCH_SIZE = 32  # images per forward pass when predicting or evaluating
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch
 GRID_ROWS = 6  # images in inspect-data's augmentation grid
 GRID_VIEWS = 6  # augmented views of each
@@ -40,7 +42,7 @@ class ServeLimits:
     max_files: int = 16
     max_batch: int = 32
     max_wait_ms: float = 5.0
-    top_k: int = 5
+    top_k: int = TOP_K
 
 
 @dataclass(frozen=True)

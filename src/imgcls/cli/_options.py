@@ -183,8 +183,13 @@ def non_negative_int(text: str) -> int:
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import PREDICT_BATCH_SIZE
+
     p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)"
+        "--batch-size",
+        type=positive_int,
+        default=PREDICT_BATCH_SIZE,
+        help=f"images per forward pass (default: {PREDICT_BATCH_SIZE})",
     )
     p.add_argument(
         "--workers", type=non_negative_int, default=0, help="image-decoding processes (default: 0)"

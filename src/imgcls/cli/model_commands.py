@@ -66,9 +66,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_predict(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import TOP_K
+
     p.add_argument("model", help="model directory, or a backbone name to use its ImageNet classes")
     p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default: 5)")
+    p.add_argument(
+        "--top-k", type=int, default=TOP_K, help=f"how many classes to list per image (default: {TOP_K})"
+    )
     p.add_argument("--weights", metavar="FILE", help="with a backbone name: local ImageNet state dict to use")
     add_inference_options(p)
     add_runtime_option(p)

@@ -205,11 +205,12 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def compare_runs(args: argparse.Namespace) -> int:
+    from imgcls.config import FOLDS, REPEATS
     from imgcls.errors import ConfigError
     from imgcls.workflows.compare_runs import compare_runs
 
     given = [f"--{n.replace('_', '-')}" for n in CONFIG_FIELDS if getattr(args, n, None) is not None]
-    others = {"--folds": args.folds != 5, "--repeats": args.repeats != 1, "--output": args.output}
+    others = {"--folds": args.folds != FOLDS, "--repeats": args.repeats != REPEATS, "--output": args.output}
     given += [flag for flag, used in {**others, "--config": args.config}.items() if used]
     if given:
         raise ConfigError(f"--runs compares trained models as they are; {', '.join(given)} do not apply")

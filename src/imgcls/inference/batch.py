@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
 from imgcls.errors import ConfigError
 from imgcls.inference.predictions import PathScores, rank_classes
 
@@ -30,7 +31,12 @@ class PathScorer(Protocol):
     classes: list[str]
 
     def score_paths(
-        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        workers: int = 0,
+        tta: bool = False,
     ) -> PathScores: ...
 
 
@@ -47,8 +53,8 @@ def predict_to_file(
     paths: Sequence[Path],
     output: Path,
     *,
-    top_k: int = 5,
-    batch_size: int = 32,
+    top_k: int = TOP_K,
+    batch_size: int = PREDICT_BATCH_SIZE,
     workers: int = 0,
     tta: bool = False,
     progress: Callable[[int, int], None] | None = None,

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
 from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageInput, as_rgb_image, to_rgb
 from imgcls.data.preprocessing import Preprocessing
@@ -133,7 +134,7 @@ class Classifier:
 
     # -- prediction ---------------------------------------------------------------------------
 
-    def predict(self, image: ImageInput, *, top_k: int = 5, tta: bool = False) -> Prediction:
+    def predict(self, image: ImageInput, *, top_k: int = TOP_K, tta: bool = False) -> Prediction:
         """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes.
 
         With ``tta``, probabilities are averaged over the centre crop, the whole image and
@@ -152,9 +153,9 @@ class Classifier:
         self,
         inputs: Sequence[str | Path],
         *,
-        top_k: int = 5,
+        top_k: int = TOP_K,
         tta: bool = False,
-        batch_size: int = 32,
+        batch_size: int = PREDICT_BATCH_SIZE,
         workers: int = 0,
     ) -> PredictionRun:
         """Classify files, folders (recursively) and glob patterns; unreadable files are listed."""
@@ -177,7 +178,12 @@ class Classifier:
         return logits.float().softmax(dim=-1).numpy()
 
     def score_paths(
-        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        workers: int = 0,
+        tta: bool = False,
     ) -> PathScores:
         """Class probabilities of the readable files among ``paths`` (no feature cache)."""
         scored = score_views(self, paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
@@ -206,7 +212,7 @@ class Classifier:
         *,
         split: str = "val",
         tta: bool = False,
-        batch_size: int = 32,
+        batch_size: int = PREDICT_BATCH_SIZE,
         workers: int = 0,
         cache_dir: Path | None = None,
     ) -> Evaluation:

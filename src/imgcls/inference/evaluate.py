@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcls._files import SPLITS_FILE, write_json
+from imgcls.config import PREDICT_BATCH_SIZE
 from imgcls.data.folders import DatasetScan, ImageRecord, scan_dataset
 from imgcls.data.splits import SPLITS, read_manifest, splits_from_manifest
 from imgcls.errors import DataError
@@ -51,7 +52,7 @@ def evaluate(
     *,
     split: str = "val",
     tta: bool = False,
-    batch_size: int = 32,
+    batch_size: int = PREDICT_BATCH_SIZE,
     workers: int = 0,
     cache_dir: Path | None = None,
 ) -> Evaluation:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls._files import MODEL_SUBDIR, ONNX_FILE
+from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
 from imgcls.data._pixels import to_input_array
 from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageInput, UnreadableImageError, as_rgb_image, load_rgb, to_rgb
@@ -76,7 +77,7 @@ class OnnxClassifier:
         logits = self.session.run(None, {self._input: batch})[0]
         return softmax(logits.astype(np.float64)).astype(np.float32)
 
-    def predict(self, image: ImageInput, *, top_k: int = 5, tta: bool = False) -> Prediction:
+    def predict(self, image: ImageInput, *, top_k: int = TOP_K, tta: bool = False) -> Prediction:
         """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes."""
         if tta:
             raise ConfigError("test-time augmentation is not available with the ONNX runtime")
@@ -87,7 +88,12 @@ class OnnxClassifier:
         return rank_classes(self.probabilities(images), self.classes, paths, k)
 
     def score_paths(
-        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int = 0, tta: bool = False
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        workers: int = 0,
+        tta: bool = False,
     ) -> PathScores:
         """Decode (``workers`` threads) and score files in batches; unreadable ones are listed."""
         if tta:
@@ -113,7 +119,12 @@ class OnnxClassifier:
             return exc.reason
 
     def predict_paths(
-        self, inputs: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32, workers: int = 0
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        top_k: int = TOP_K,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        workers: int = 0,
     ) -> PredictionRun:
         paths = expand_inputs([str(p) for p in inputs])
         if not paths:
