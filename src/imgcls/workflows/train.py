@@ -1,7 +1,8 @@
-"""The workflows behind ``imgcls train`` and ``imgcls.load``, as plain functions.
+"""The workflow behind ``imgcls train`` (and ``imgcls.resume``), as plain functions.
 
-``train`` reads like its recipe: resolve config -> scan data -> build backbone and extract
-features -> split -> fit head (and calibrate) -> evaluate -> save.
+``train`` reads like its recipe: resolve config -> scan data -> plan the run (backbone,
+preprocessing, device, strategy, splits) -> extract features -> fit the head (and fine-tune,
+calibrate) -> evaluate -> save.
 """
 
 from __future__ import annotations
