@@ -21,6 +21,8 @@ AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "auto")
+DATA_FORMATS = ("auto", "folder", "manifest", "cifar")  # see data.sources
+LABEL_SETS = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclasses
 RUNTIMES = ("auto", "torch", "onnx")  # for prediction: see inference.runtime_choice
 
 # Defaults of settings outside TrainConfig, shared by the library functions that take them
@@ -50,6 +52,9 @@ class TrainConfig:
     """Everything that decides the outcome of ``imgcls train``; saved with every run."""
 
     backbone: str = DEFAULT_BACKBONE
+    # How to read the data: detected (auto) or named; CIFAR-100's label set.
+    data_format: str = "auto"
+    label_set: str = "fine"
     weights: str | None = None
     pretrained: bool = True
     strategy: str = "probe"
@@ -92,6 +97,8 @@ class TrainConfig:
             raise ConfigError(f"`input_size` must be at least 16 pixels, got {self.input_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"`workers` must be >= 0, got {self.workers}")
+        _check_choice("data_format", self.data_format, DATA_FORMATS)
+        _check_choice("label_set", self.label_set, LABEL_SETS)
         _check_choice("augment", self.augment, AUGMENT_PRESETS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)

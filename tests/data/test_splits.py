@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from imgcls.data.folders import ImageRecord
+from imgcls.data.records import ImageRecord
 from imgcls.data.splits import (
     assign_splits,
     check_splits,

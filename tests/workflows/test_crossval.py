@@ -11,7 +11,7 @@ import pytest
 
 import imgcls
 from imgcls.config import TrainConfig
-from imgcls.data.folders import ImageRecord
+from imgcls.data.records import ImageRecord
 from imgcls.data.splits import assign_folds
 from imgcls.errors import ConfigError
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize

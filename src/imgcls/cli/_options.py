@@ -14,15 +14,43 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+DATA_HELP = (
+    "labelled images: a folder with one sub-folder per class (optionally under train/ val/ "
+    "test/), a CSV, JSONL or Parquet manifest of path,label[,split], or CIFAR-10/100 as "
+    "distributed (folder or .tar.gz)"
+)
+
+
+def add_source_options(p: argparse.ArgumentParser, *, from_config: bool) -> None:
+    """--format and --label; with ``from_config`` their defaults come from TrainConfig (and a
+    --config file) instead of the argument parser."""
+    from imgcls.config import DATA_FORMATS, LABEL_SETS, TrainConfig
+
+    defaults = TrainConfig()
+    p.add_argument(
+        "--format",
+        dest="data_format",
+        choices=DATA_FORMATS,
+        default=None if from_config else defaults.data_format,
+        help=f"how to read DATA (default: {defaults.data_format} = detect it)",
+    )
+    p.add_argument(
+        "--label",
+        dest="label_set",
+        choices=LABEL_SETS,
+        default=None if from_config else defaults.label_set,
+        help=f"CIFAR-100's fine (100) or coarse (20) classes (default: {defaults.label_set})",
+    )
+
 
 def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False) -> None:
     """Options shared by train, cv and compare (everything that shapes features and the head)."""
     p.add_argument(
         "data",
         nargs="?" if data_optional else None,
-        help="image folder: one sub-folder per class, optionally under train/ val/ test/"
-        + (" (with --resume: the run's own)" if data_optional else ""),
+        help=DATA_HELP + (" (with --resume: the run's own)" if data_optional else ""),
     )
+    add_source_options(p, from_config=True)
     p.add_argument(
         "--weights",
         metavar="FILE",
@@ -131,14 +159,6 @@ def strategies() -> Sequence[str]:
     return STRATEGIES
 
 
-CONFIG_FIELDS = (
-    "backbone", "weights", "pretrained", "strategy", "seed", "val_fraction", "test_fraction",
-    "batch_size", "workers", "input_size", "cache_dir", "use_cache", "calibrate", "report",
-    "epochs", "lr", "freeze_epochs", "unfreeze", "augment", "device", "precision", "patience",
-    "time_limit", "class_weights",
-)  # fmt: skip
-
-
 def config_from_args(args: argparse.Namespace) -> Any:
     """defaults < --config file < flags."""
     from imgcls.config import TrainConfig, load_config_file
@@ -146,7 +166,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
     config = TrainConfig()
     if args.config:
         config = config.with_overrides(load_config_file(args.config))
-    return config.with_overrides({name: getattr(args, name, None) for name in CONFIG_FIELDS})
+    return config.with_overrides({name: getattr(args, name, None) for name in config_fields()})
+
+
+def config_fields() -> list[str]:
+    """The ``TrainConfig`` settings: a flag's destination of the same name sets each one."""
+    import dataclasses
+
+    from imgcls.config import TrainConfig
+
+    return [field.name for field in dataclasses.fields(TrainConfig)]
 
 
 def add_fold_options(p: argparse.ArgumentParser) -> None:
@@ -235,7 +264,8 @@ def print_unreadable(unreadable: dict[str, str]) -> None:
 # `pretrained=False`); the CLI shows the flag a user types instead (--weights FILE,
 # --no-pretrained).
 _SETTING = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`\s]+))?`")
-_FLAG_NAMES = {"use_cache": "cache"}  # settings whose flag is named otherwise
+# Settings whose flag is named otherwise.
+_FLAG_NAMES = {"use_cache": "cache", "data_format": "format", "label_set": "label"}
 
 
 def as_flags(message: str) -> str:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.cli._options import (
+    DATA_HELP,
     add_inference_options,
     add_runtime_option,
+    add_source_options,
     as_flags,
     print_json,
     print_unreadable,
@@ -20,7 +22,8 @@ from imgcls.cli._options import (
 
 def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (RUN_DIR or RUN_DIR/model)")
-    p.add_argument("data", help="labelled image folder")
+    p.add_argument("data", help=DATA_HELP)
+    add_source_options(p, from_config=False)
     p.add_argument(
         "--split",
         default="val",
@@ -44,7 +47,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     clf = Classifier.load(args.model)
     result = clf.evaluate(
-        args.data, split=args.split, tta=args.tta, batch_size=args.batch_size, workers=args.workers
+        args.data,
+        split=args.split,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        data_format=args.data_format,
+        label_set=args.label_set,
     )
     if args.report is not None:
         from imgcls.inference.evaluate import write_evaluation_report

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.cli._options import (
-    CONFIG_FIELDS,
+    DATA_HELP,
     add_finetune_options,
     add_fold_options,
     add_model_options,
+    add_source_options,
+    as_flags,
+    config_fields,
     config_from_args,
     positive_int,
     print_json,
@@ -209,7 +212,7 @@ def compare_runs(args: argparse.Namespace) -> int:
     from imgcls.errors import ConfigError
     from imgcls.workflows.compare_runs import compare_runs
 
-    given = [f"--{n.replace('_', '-')}" for n in CONFIG_FIELDS if getattr(args, n, None) is not None]
+    given = [as_flags(f"`{n}`") for n in config_fields() if getattr(args, n, None) is not None]
     others = {"--folds": args.folds != FOLDS, "--repeats": args.repeats != REPEATS, "--output": args.output}
     given += [flag for flag, used in {**others, "--config": args.config}.items() if used]
     if given:
@@ -240,7 +243,8 @@ def add_inspect_data(p: argparse.ArgumentParser) -> None:
 
     defaults = TrainConfig()
 
-    p.add_argument("data", help="image folder: one sub-folder per class, optionally under train/ val/ test/")
+    p.add_argument("data", help=DATA_HELP)
+    add_source_options(p, from_config=False)
     p.add_argument(
         "--augment",
         choices=AUGMENT_PRESETS,
@@ -280,10 +284,10 @@ def add_inspect_data(p: argparse.ArgumentParser) -> None:
 
 
 def run_inspect_data(args: argparse.Namespace) -> int:
-    from imgcls.data.folders import scan_dataset
+    from imgcls.data.sources import open_source
     from imgcls.workflows.inspect_data import augmentation_grid, summarise
 
-    scan = scan_dataset(args.data)
+    scan = open_source(args.data, data_format=args.data_format, label_set=args.label_set)
     summary = summarise(
         scan, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
     )

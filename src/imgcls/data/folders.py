@@ -13,40 +13,17 @@ one machine is valid on another.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.data.images import is_image_path
+from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
 
-TRAIN, VAL, TEST = "train", "val", "test"
+FOLDER_LAYOUT = "one sub-folder per class (e.g. {root}/cats/img1.jpg), optionally under train/ and val/"
+
 SPLIT_FOLDERS = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One labelled image: ``path`` is relative to the data root; ``folder_split`` is the
-    split its folder names (``None`` for the class-folders layout)."""
-
-    path: str
-    label: str
-    folder_split: str | None = None
-
-
-@dataclass
-class DatasetScan:
-    """What ``scan_dataset`` found."""
-
-    root: Path
-    classes: list[str]
-    records: list[ImageRecord]
-    folder_splits: set[str] = field(default_factory=set)
-    ignored: list[str] = field(default_factory=list)
-
-    def absolute(self, record: ImageRecord) -> Path:
-        return self.root / record.path
 
 
 def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
@@ -55,7 +32,7 @@ def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
     split_dirs = _split_dirs(root)
-    scan = DatasetScan(root=root, classes=[], records=[])
+    scan = DatasetScan(root=root, classes=[], records=[], source=str(root), format="folder")
     if split_dirs:
         if TRAIN not in split_dirs.values():
             raise DataError(
@@ -69,7 +46,7 @@ def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
         _note_stray_entries(root, set(split_dirs), scan)
     else:
         _scan_class_folders(root, root, scan, folder_split=None)
-    _validate(scan, min_classes=min_classes)
+    validate_scan(scan, min_classes=min_classes, expected=FOLDER_LAYOUT)
     return scan
 
 
@@ -130,23 +107,6 @@ def _note_stray_entries(root: Path, split_folders: set[str], scan: DatasetScan) 
 
 def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
-
-
-def _validate(scan: DatasetScan, *, min_classes: int) -> None:
-    if not scan.records:
-        raise DataError(
-            f"no images found in {scan.root}; expected one sub-folder per class "
-            f"(e.g. {scan.root}/cats/img1.jpg), optionally under train/ and val/"
-        )
-    if len(scan.classes) < min_classes:
-        raise DataError(
-            f"only one class ({scan.classes[0]!r}) in {scan.root}: a classifier needs at least "
-            f"{min_classes} class folders"
-        )
-    if scan.ignored:
-        shown = "; ".join(scan.ignored[:5])
-        more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
-        log.warning("ignored %d entries in %s: %s%s", len(scan.ignored), scan.root, shown, more)
 
 
 def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:

@@ -7,8 +7,10 @@ rejects empty, truncated, non-image and decompression-bomb sized files with an
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +37,56 @@ class UnreadableImageError(ImgclsError):
         self.reason = reason
 
 
+@dataclass(frozen=True, eq=False)
+class MemoryImage:
+    """An image that is not a file of its own: decoded pixels (a CIFAR batch's row) or the
+    encoded bytes of a file inside an archive. ``name`` is its record id, shown wherever a
+    file's path would be; everything that reads images accepts one in place of a path."""
+
+    name: str
+    pixels: np.ndarray | None = None  # H x W x 3 uint8
+    data: bytes | None = None  # an encoded image file
+
+    def __post_init__(self) -> None:
+        if (self.pixels is None) == (self.data is None):
+            raise ValueError("a MemoryImage holds either pixels or encoded bytes")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def digest(self) -> str:
+        """Content digest: of the bytes, as for a file (so a file and its bytes share cache
+        entries), or of the pixels and their shape."""
+        if self.data is not None:
+            return hashlib.blake2b(self.data).hexdigest()[:32]
+        pixels = np.ascontiguousarray(self.pixels)
+        digest = hashlib.blake2b(f"pixels:{pixels.shape}:{pixels.dtype}".encode())
+        digest.update(pixels.tobytes())
+        return digest.hexdigest()[:32]
+
+    def rgb(self, min_side: int | None = None) -> Image.Image:
+        if self.data is not None:
+            return decode_rgb(self.data, name=self.name, min_side=min_side)
+        return to_rgb(Image.fromarray(self.pixels))
+
+
+ImageRef = Path | MemoryImage  # where an image of a data set comes from
+
+
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def load_rgb(path: str | Path, *, min_side: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path | MemoryImage, *, min_side: int | None = None) -> Image.Image:
     """Decode ``path`` to RGB.
 
     Args:
-        path: the image file.
+        path: the image file, or an image held in memory.
         min_side: if given, a JPEG may be decoded at a reduced scale (DCT scaling) as long as
             both sides stay at least this large; much faster for big photos.
     """
+    if isinstance(path, MemoryImage):
+        return path.rgb(min_side)
     path = Path(path)
     try:
         data = path.read_bytes()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls._files import write_csv_atomic
-from imgcls.data.folders import TEST, TRAIN, VAL, ImageRecord
+from imgcls.data.records import TEST, TRAIN, VAL, ImageRecord
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,11 @@ from imgcls._files import (
 )
 from imgcls.config import EXPORT_TOLERANCE
 from imgcls.data._pixels import to_input_array
-from imgcls.data.folders import VAL
-from imgcls.data.images import UnreadableImageError, load_rgb
+from imgcls.data.images import ImageRef, UnreadableImageError, load_rgb
+from imgcls.data.records import VAL
+from imgcls.data.sources import open_source
 from imgcls.data.splits import read_manifest
-from imgcls.errors import ConfigError, ImgclsError
+from imgcls.errors import ConfigError, DataError, ImgclsError
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.onnx_runtime import METADATA_KEY
 
@@ -159,14 +160,25 @@ def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndar
     return np.stack(arrays)
 
 
-def _run_images(clf: Classifier) -> list[Path]:
-    """Images of the training run, validation first; none when the run's files are not there."""
+def _run_images(clf: Classifier) -> list[ImageRef]:
+    """Images of the training run, validation first; none when the run's data is not there."""
     run_dir = clf.run_dir
     if run_dir is None or not (run_dir / RUN_CONFIG_FILE).is_file() or not (run_dir / SPLITS_FILE).is_file():
         return []
-    root = Path(read_run_config(run_dir)["data"])
+    saved = read_run_config(run_dir)
+    settings = saved.get("train", {})
+    try:
+        scan = open_source(
+            saved["data"],
+            data_format=settings.get("data_format", "auto"),
+            label_set=settings.get("label_set", "fine"),
+            min_classes=1,
+        )
+    except DataError:
+        return []
+    by_id = {record.path: record for record in scan.records}
     rows = sorted(read_manifest(run_dir / SPLITS_FILE).items(), key=lambda row: row[1][1] != VAL)
-    return [root / path for path, _ in rows if (root / path).is_file()][:MAX_CHECK_IMAGES]
+    return [scan.absolute(by_id[path]) for path, _ in rows if path in by_id][:MAX_CHECK_IMAGES]
 
 
 def _parity(model: nn.Module, format: str, path: Path, batch: np.ndarray, tolerance: float) -> ExportReport:

@@ -215,10 +215,20 @@ class Classifier:
         batch_size: int = PREDICT_BATCH_SIZE,
         workers: int = 0,
         cache_dir: Path | None = None,
+        data_format: str = "auto",
+        label_set: str = "fine",
     ) -> Evaluation:
-        """Metrics on one split of a labelled folder (see ``inference.evaluate.evaluate``)."""
+        """Metrics on one split of a labelled data set (see ``inference.evaluate.evaluate``)."""
         return evaluate(
-            self, data, split=split, tta=tta, batch_size=batch_size, workers=workers, cache_dir=cache_dir
+            self,
+            data,
+            split=split,
+            tta=tta,
+            batch_size=batch_size,
+            workers=workers,
+            cache_dir=cache_dir,
+            data_format=data_format,
+            label_set=label_set,
         )
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from imgcls._files import SPLITS_FILE, write_json
 from imgcls.config import PREDICT_BATCH_SIZE
-from imgcls.data.folders import DatasetScan, ImageRecord, scan_dataset
+from imgcls.data.records import DatasetScan, ImageRecord
+from imgcls.data.sources import open_source
 from imgcls.data.splits import SPLITS, read_manifest, splits_from_manifest
 from imgcls.errors import DataError
 from imgcls.evaluation.metrics import classification_report
@@ -55,20 +56,23 @@ def evaluate(
     batch_size: int = PREDICT_BATCH_SIZE,
     workers: int = 0,
     cache_dir: Path | None = None,
+    data_format: str = "auto",
+    label_set: str = "fine",
 ) -> Evaluation:
-    """Metrics on one split of a labelled folder (see ``metrics.classification_report``).
+    """Metrics on one split of a labelled data set (see ``metrics.classification_report``).
 
-    ``split`` is ``val``, ``test``, ``train`` or ``all``. A split with its own folder is
-    used as is; otherwise the ``splits.csv`` written at training time says which images
-    it holds. With ``tta`` the report is for averaged views, and ``Evaluation.tta``
-    compares it with the plain centre crop.
+    ``data`` is any source ``train`` reads (``data_format`` and ``label_set`` as there).
+    ``split`` is ``val``, ``test``, ``train`` or ``all``. A split the source names (a folder,
+    a manifest column, CIFAR's test batch) is used as is; otherwise the ``splits.csv``
+    written at training time says which images it holds. With ``tta`` the report is for
+    averaged views, and ``Evaluation.tta`` compares it with the plain centre crop.
     """
-    scan = scan_dataset(data, min_classes=1)
+    scan = open_source(data, data_format=data_format, label_set=label_set, min_classes=1)
     records = select_split(scan, split, manifest_path(clf.directory))
     unknown = sorted({r.label for r in records} - set(clf.classes))
     if unknown:
         raise DataError(
-            f"{scan.root} has classes the model does not know: {unknown}; "
+            f"{scan.source} has classes the model does not know: {unknown}; "
             f"the model's classes are {clf.classes}"
         )
     paths = [scan.absolute(r) for r in records]
@@ -81,7 +85,9 @@ def evaluate(
         workers=workers,
     )
     if not scored.readable.any():
-        raise DataError(f"none of the {len(paths)} images of the {split} split in {scan.root} could be read")
+        raise DataError(
+            f"none of the {len(paths)} images of the {split} split in {scan.source} could be read"
+        )
     index = {name: i for i, name in enumerate(clf.classes)}
     y_true = np.array(
         [index[r.label] for r, ok in zip(records, scored.readable, strict=True) if ok], dtype=np.int64
@@ -122,12 +128,12 @@ def select_split(scan: DatasetScan, split: str, manifest: Path | None) -> list[I
         return [r for r in scan.records if r.folder_split == split]
     if not any(splits):
         raise DataError(
-            f"{scan.root} has no {split}/ folder and no {SPLITS_FILE} beside the model lists its "
+            f"{scan.source} has no {split}/ folder and no {SPLITS_FILE} beside the model lists its "
             f"images, so nothing says which images form the {split} split; use `split=all`"
         )
     selected = [r for r, s in zip(scan.records, splits, strict=True) if s == split]
     if not selected:
-        raise DataError(f"the {split} split in {manifest} holds no images of {scan.root}")
+        raise DataError(f"the {split} split in {manifest} holds no images of {scan.source}")
     return selected
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data._prefetch import DecodePrefetch, active_prefetch
-from imgcls.data.images import UnreadableImageError, load_rgb
+from imgcls.data.images import ImageRef, MemoryImage, UnreadableImageError, load_rgb
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.transforms import eval_crop, normalize_batch
 from imgcls.models.weights import classifier_prefix
@@ -48,7 +48,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "imgcls"
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: ImageRef) -> str:
+    """Content digest of an image file (or of an image held in memory): the cache's key."""
+    if isinstance(path, MemoryImage):
+        return path.digest()
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
 

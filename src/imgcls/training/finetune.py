@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgcls._files import CHECKPOINT_FILE
-from imgcls.data.folders import TEST, TRAIN, VAL, DatasetScan
+from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
 from imgcls.data.splits import check_splits
 from imgcls.data.transforms import batch_mixer, eval_transform, train_transform
 from imgcls.errors import DataError

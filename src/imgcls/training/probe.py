@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.data.folders import TEST, TRAIN, VAL, DatasetScan, ImageRecord
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord
 from imgcls.errors import DataError
 from imgcls.evaluation.calibration import fit_temperature
 from imgcls.evaluation.metrics import classification_report, expected_calibration_error, softmax

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from imgcls.config import TrainConfig
-from imgcls.data.folders import TRAIN, DatasetScan
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.records import TRAIN, DatasetScan
 from imgcls.data.splits import assign_splits
 from imgcls.models.features import default_cache_dir
 from imgcls.models.registry import BackboneSpec, get_backbone, resolve_preprocessing

@@ -26,7 +26,8 @@ from imgcls._files import (
     write_json,
 )
 from imgcls.config import FOLDS, REPEATS, TrainConfig
-from imgcls.data.folders import TEST, TRAIN, VAL, scan_dataset
+from imgcls.data.records import TEST, TRAIN, VAL
+from imgcls.data.sources import open_source
 from imgcls.data.splits import assign_folds, check_splits, write_fold_manifest
 from imgcls.errors import ConfigError, DataError
 from imgcls.evaluation.metrics import classification_report
@@ -87,7 +88,7 @@ def cross_validate(
     cfg = _cv_config(config, folds=folds, repeats=repeats)
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
     started = time.perf_counter()
-    scan = scan_dataset(data)
+    scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     featured = featurize(scan, plan_run(scan, cfg))
     result, folds_by_repeat = _run_folds(featured, cfg, folds=folds, repeats=repeats)
     result.timing["total_s"] = round(time.perf_counter() - started, 2)
@@ -126,7 +127,7 @@ def _run_folds(
 ) -> tuple[CrossValidation, list[list[int]]]:
     pool = [i for i, r in enumerate(featured.records) if r.folder_split != TEST]
     if not pool:
-        raise DataError(f"{featured.scan.root} has no images outside its test/ folder to cross-validate")
+        raise DataError(f"{featured.scan.source} has no images outside its test/ folder to cross-validate")
     pool_records = [featured.records[i] for i in pool]
     check_splits(pool_records, [TRAIN] * len(pool_records), featured.classes)  # every class readable
     per_fold: list[dict[str, Any]] = []
@@ -204,7 +205,7 @@ def _write_cv_report(path: Path, result: CrossValidation, featured: FeaturedData
     low, high = acc["ci95"]
     write_report(
         path,
-        title=f"imgcls cross-validation: {result.backbone} on {featured.scan.root.name}",
+        title=f"imgcls cross-validation: {result.backbone} on {featured.scan.name}",
         facts=[
             ("backbone", result.backbone),
             ("folds x repeats", f"{result.folds} x {result.repeats}"),

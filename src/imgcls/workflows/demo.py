@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls._files import MODEL_SUBDIR, SPLITS_FILE
-from imgcls.data.folders import VAL
+from imgcls.data.records import VAL
 from imgcls.data.splits import read_manifest
 
 DIGIT_SIZE = 32

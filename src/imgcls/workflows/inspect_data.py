@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from imgcls.config import GRID_ROWS, GRID_VIEWS
-from imgcls.data.folders import DatasetScan
 from imgcls.data.images import UnreadableImageError, load_rgb
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.records import DatasetScan
 from imgcls.data.splits import assign_splits
 from imgcls.data.transforms import eval_transform, train_transform
 from imgcls.models.registry import get_backbone, resolve_preprocessing
@@ -82,7 +82,7 @@ def augmentation_grid(
         cells = [plain(image)] + [augmented(image) for _ in range(views)]
         grid_rows.append([_to_pixels(cell, pre) for cell in cells])
     if not grid_rows:
-        raise UnreadableImageError(scan.root, "no readable image to show")
+        raise UnreadableImageError(scan.source, "no readable image to show")
     output.parent.mkdir(parents=True, exist_ok=True)
     _compose(grid_rows, pre.input_size).save(output)
     return output

@@ -25,7 +25,8 @@ from imgcls._files import (
     write_json,
 )
 from imgcls.config import TrainConfig
-from imgcls.data.folders import TEST, TRAIN, VAL, DatasetScan, scan_dataset
+from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
+from imgcls.data.sources import open_source
 from imgcls.data.splits import check_splits, split_counts, write_manifest
 from imgcls.errors import DataError
 from imgcls.evaluation.report import write_report
@@ -83,7 +84,7 @@ def train(
         "strategy": strategy,
     }
     cfg = (config or TrainConfig()).with_overrides(overrides)
-    scan = scan_dataset(data)
+    scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     created = output is not None and not Path(output).exists()
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
     try:
@@ -108,7 +109,8 @@ def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
     if cfg.strategy == "probe":
         raise DataError(f"{run_dir} is a probe run; probes are not checkpointed, train it again")
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    return _train(scan_dataset(data or saved["data"]), cfg, run_dir, started=started, resume_from=payload)
+    scan = open_source(data or saved["data"], data_format=cfg.data_format, label_set=cfg.label_set)
+    return _train(scan, cfg, run_dir, started=started, resume_from=payload)
 
 
 def _train(
@@ -161,7 +163,7 @@ def _train(
 def _write_resume_config(run_dir: Path | None, scan: DatasetScan, cfg: TrainConfig) -> None:
     """What ``resume`` needs, written before the first epoch (the full run config comes at the end)."""
     if run_dir is not None:
-        write_json(run_dir / RUN_CONFIG_FILE, {"train": cfg.to_dict(), "data": str(scan.root.resolve())})
+        write_json(run_dir / RUN_CONFIG_FILE, {"train": cfg.to_dict(), "data": scan.location})
 
 
 def _probe(scan: DatasetScan, plan: RunPlan) -> tuple[FeaturedDataset, ProbeFit]:
@@ -238,7 +240,7 @@ def _write_train_report(run_dir: Path, featured: FeaturedDataset, fit: ProbeFit)
         return
     write_report(
         run_dir / REPORT_FILE,
-        title=f"imgcls: {featured.spec.name} on {featured.scan.root.name} ({split} split)",
+        title=f"imgcls: {featured.spec.name} on {featured.scan.name} ({split} split)",
         facts=[("backbone", featured.spec.name), ("split", split), ("run directory", str(run_dir))],
         report=fit.metrics[split],
         classes=featured.classes,
@@ -250,7 +252,7 @@ def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:
     """The resolved settings of a run, enough to reproduce it (``--config`` reads it back)."""
     return {
         "train": cfg.to_dict(),
-        "data": str(featured.scan.root.resolve()),
+        "data": featured.scan.location,
         "classes": featured.classes,
         "preprocessing": featured.preprocessing.to_dict(),
         "backbone": {"name": featured.spec.name, "weights": featured.weights.to_dict()},

@@ -1,0 +1,133 @@
+"""Data sets listed in a manifest: a CSV, JSON Lines or Parquet file (or, from Python, a pandas
+DataFrame) with one row per image and the columns ``path``, ``label`` and optionally ``split``.
+
+Paths are relative to the manifest's folder (absolute paths are allowed); ``split`` takes
+``train``, ``val`` (or ``valid``, ``validation``) and ``test``, and an empty value leaves the
+split to imgcls. Every listed file must exist: a manifest is a promise about the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from imgcls.data.folders import SPLIT_FOLDERS
+from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
+from imgcls.errors import DataError
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+REQUIRED_COLUMNS = ("path", "label")
+MANIFEST_LAYOUT = "rows of path,label[,split] in {root}"
+
+
+def read_manifest_source(source: str | Path | Any, *, min_classes: int = 2) -> DatasetScan:
+    """The data set a manifest file (or a pandas DataFrame) lists."""
+    if _is_dataframe(source):
+        return _scan(_dataframe_rows(source), root=Path.cwd(), name="the DataFrame", min_classes=min_classes)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist")
+    readers = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path} is not a manifest: expected a {', '.join(MANIFEST_SUFFIXES)} file")
+    return _scan(reader(path), root=path.parent, name=str(path), min_classes=min_classes)
+
+
+def _scan(
+    rows: Iterable[tuple[int, Mapping[str, Any]]], *, root: Path, name: str, min_classes: int
+) -> DatasetScan:
+    scan = DatasetScan(root=root, classes=[], records=[], source=name, format="manifest")
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        record = _record(row, line=line, name=name)
+        if record.path in seen:
+            raise DataError(
+                f"{name} line {line} lists {record.path} again (first on line {seen[record.path]})"
+            )
+        if not (root / record.path).is_file():
+            raise DataError(f"{name} line {line}: image {record.path} does not exist (looked in {root})")
+        seen[record.path] = line
+        scan.records.append(record)
+    scan.classes = sorted({r.label for r in scan.records})
+    scan.folder_splits = {r.folder_split for r in scan.records if r.folder_split is not None}
+    validate_scan(scan, min_classes=min_classes, expected=MANIFEST_LAYOUT)
+    return scan
+
+
+def _record(row: Mapping[str, Any], *, line: int, name: str) -> ImageRecord:
+    missing = [c for c in REQUIRED_COLUMNS if c not in row]
+    if missing:
+        raise DataError(
+            f"{name} has no {' or '.join(missing)} column; a manifest needs path,label[,split] "
+            f"(found {', '.join(map(str, row)) or 'no columns'})"
+        )
+    path, label = _text(row["path"]), _text(row["label"])
+    if not path or not label:
+        raise DataError(f"{name} line {line}: empty {'path' if not path else 'label'}")
+    split_name = _text(row.get("split")).lower()
+    if split_name and split_name not in SPLIT_FOLDERS:
+        raise DataError(f"{name} line {line}: unknown split {split_name!r}; use train, val or test")
+    return ImageRecord(path.replace("\\", "/"), label, SPLIT_FOLDERS[split_name] if split_name else None)
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # missing, or pandas' NaN
+        return ""
+    return str(value).strip()
+
+
+def _csv_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    if not rows:
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DataError(
+                f"{path} has no {' or '.join(missing)} column; a manifest needs path,label[,split]"
+            )
+    return [(i + 2, {k.strip(): v for k, v in row.items() if k}) for i, row in enumerate(rows)]
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError as exc:
+            raise DataError(f"{path} line {number} is not JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number} is not a JSON object with path and label")
+        rows.append((number, row))
+    return rows
+
+
+def _parquet_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise DataError(f"reading {path} needs pyarrow: pip install 'imgcls[data]'") from None
+    table = pq.read_table(path)
+    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+
+
+def _is_dataframe(source: Any) -> bool:
+    return hasattr(source, "to_dict") and hasattr(source, "columns") and not isinstance(source, str | Path)
+
+
+def _dataframe_rows(frame: Any) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    return [(i + 1, row) for i, row in enumerate(frame.to_dict("records"))]

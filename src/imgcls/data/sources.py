@@ -1,0 +1,54 @@
+"""Opening any supported data source as a ``DatasetScan``: detected from what is on disk, or
+named (``data_format``).
+
+- ``folder``: one sub-folder per class, optionally under ``train/`` ``val/`` ``test/``
+  (``folders``);
+- ``manifest``: a CSV, JSON Lines or Parquet file of ``path,label[,split]``, or a pandas
+  DataFrame (``manifests``);
+- ``cifar``: CIFAR-10 / CIFAR-100, python or binary version, folder or ``.tar.gz`` (``cifar``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imgcls.config import DATA_FORMATS
+from imgcls.data.cifar import looks_like_cifar, read_cifar
+from imgcls.data.folders import scan_dataset
+from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
+from imgcls.data.records import DatasetScan
+from imgcls.errors import DataError
+
+
+def detect_format(source: str | Path | Any) -> str:
+    """The format of ``source``: a DataFrame or a manifest file, a CIFAR distribution, else a folder."""
+    if not isinstance(source, str | Path):
+        return "manifest"
+    path = Path(source).expanduser()
+    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        return "manifest"
+    if looks_like_cifar(path):
+        return "cifar"
+    return "folder"
+
+
+def open_source(
+    source: str | Path | Any, *, data_format: str = "auto", label_set: str = "fine", min_classes: int = 2
+) -> DatasetScan:
+    """Every labelled image of ``source``.
+
+    Args:
+        source: a folder, a manifest file, a CIFAR folder or archive, or a pandas DataFrame.
+        data_format: one of ``DATA_FORMATS``; ``auto`` detects it.
+        label_set: CIFAR-100's ``fine`` (100) or ``coarse`` (20) classes.
+        min_classes: fewer classes than this is an error.
+    """
+    if data_format not in DATA_FORMATS:
+        raise DataError(f"unknown `data_format` {data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
+    found = detect_format(source) if data_format == "auto" else data_format
+    if found == "manifest":
+        return read_manifest_source(source, min_classes=min_classes)
+    if found == "cifar":
+        return read_cifar(source, label_set=label_set, min_classes=min_classes)
+    return scan_dataset(source, min_classes=min_classes)

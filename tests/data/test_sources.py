@@ -1,0 +1,196 @@
+"""Every data source reads the same images the same way: folders, manifests, CIFAR as distributed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgcls
+from imgcls.config import TrainConfig
+from imgcls.data.images import load_rgb
+from imgcls.data.records import TEST, TRAIN, DatasetScan
+from imgcls.data.sources import detect_format, open_source
+from imgcls.errors import DataError
+from tests.conftest import TINY_BACKBONE
+from tests.data.cifar_files import CLASSES10, py2_batch, tar_gz, write_cifar10_binary, write_cifar10_python
+
+TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=32, report=False)
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 32 x 32 images of the ten classes, each class a colour, and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES10)
+    base = rng.integers(0, 256, (len(CLASSES10), 3))
+    pixels = np.clip(base[labels][:, None, None, :] + rng.normal(0, 20, (n, 32, 32, 3)), 0, 255)
+    return pixels.astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def cifar_like(tmp_path_factory) -> dict[str, Path]:
+    """The same 70 images as a class-folder tree, a CSV and a JSONL manifest, and CIFAR-10's
+    python (folder and .tar.gz) and binary distributions."""
+    root = tmp_path_factory.mktemp("sources")
+    train, test = _images(50, seed=1), _images(20, seed=2)
+    rows = []
+    for split, (pixels, labels) in ((TRAIN, train), (TEST, test)):
+        for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+            path = root / "folder" / split / CLASSES10[label] / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+            rows.append(
+                {
+                    "path": path.relative_to(root / "folder").as_posix(),
+                    "label": CLASSES10[label],
+                    "split": split,
+                }
+            )
+    (root / "folder" / "list.csv").write_text(
+        "path,label,split\n" + "".join(f"{r['path']},{r['label']},{r['split']}\n" for r in rows)
+    )
+    (root / "folder" / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    python = write_cifar10_python(root / "py", train, test)
+    return {
+        "folder": root / "folder",
+        "csv": root / "folder" / "list.csv",
+        "jsonl": root / "folder" / "list.jsonl",
+        "python": python,
+        "torchvision root": root / "py",
+        "tar.gz": tar_gz(python, root / "cifar-10-python.tar.gz"),
+        "binary": write_cifar10_binary(root / "bin", train, test),
+    }
+
+
+def _content(scan: DatasetScan) -> list[tuple[str, str | None, bytes]]:
+    """Each image's label, named split and pixels, in a canonical order."""
+    return sorted(
+        (r.label, r.folder_split, np.asarray(load_rgb(scan.absolute(r))).tobytes()) for r in scan.records
+    )
+
+
+def test_each_format_is_detected(cifar_like):
+    expected = {"folder": "folder", "csv": "manifest", "jsonl": "manifest", "python": "cifar"}
+    expected |= {"torchvision root": "cifar", "tar.gz": "cifar", "binary": "cifar"}
+    assert {name: detect_format(path) for name, path in cifar_like.items()} == expected
+
+
+def test_every_format_reads_the_same_images_labels_and_splits(cifar_like):
+    scans = {name: open_source(path) for name, path in cifar_like.items()}
+    reference = _content(scans["folder"])
+    assert len(reference) == 70
+    for name, scan in scans.items():
+        assert scan.classes == sorted(CLASSES10), name
+        assert scan.folder_splits == {TRAIN, TEST}, name
+        assert _content(scan) == reference, name
+    assert scans["python"].records[0].path == "data_batch_1/00000"
+
+
+def test_a_cifar_batch_whose_pickle_would_run_code_is_refused_and_runs_nothing(cifar_like, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for item in cifar_like["python"].iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    marker = tmp_path / "ran"
+    command = f"touch {marker}".encode()
+    (folder / "data_batch_3").write_bytes(
+        b"\x80\x02cos\nsystem\nq\x01U" + bytes([len(command)]) + command + b"q\x02\x85q\x03Rq\x04."
+    )
+    with pytest.raises(DataError, match=r"data_batch_3 refused: it asks for os\.system") as raised:
+        open_source(folder)
+    assert "\n" not in str(raised.value)
+    assert not marker.exists()
+
+
+def test_a_python_batch_is_what_python_2_wrote():
+    pixels, labels = _images(3, seed=3)
+    data = py2_batch(pixels, labels, b"b")
+    assert data.startswith(b"\x80\x02}q\x01(U\x0bbatch_labelq\x02U\x01bq\x03U\x06labels")
+    assert b"cnumpy.core.multiarray\n_reconstruct\n" in data and b"_codecs" not in data
+
+
+def test_cifar_with_a_missing_batch_names_it(cifar_like, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for item in cifar_like["python"].iterdir():
+        if item.name != "data_batch_4":
+            (folder / item.name).write_bytes(item.read_bytes())
+    with pytest.raises(DataError, match="is missing data_batch_4"):
+        open_source(folder)
+
+
+def test_cifar_100_reads_fine_or_coarse_labels(tmp_path):
+    from tests.data.cifar_files import Py2Pickler
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    pixels, labels = _images(20, seed=4)
+    coarse = [int(v) % 2 for v in labels]
+    for name in ("train", "test"):
+        batch = Py2Pickler().dict_(
+            {
+                b"fine_labels": [int(v) for v in labels],
+                b"coarse_labels": coarse,
+                b"data": pixels.transpose(0, 3, 1, 2).reshape(20, -1),
+            }
+        )
+        (folder / name).write_bytes(batch)
+    meta = Py2Pickler().dict_(
+        {b"fine_label_names": [c.encode() for c in CLASSES10], b"coarse_label_names": [b"even", b"odd"]}
+    )
+    (folder / "meta").write_bytes(meta)
+    assert open_source(folder).classes == sorted(CLASSES10)
+    coarse_scan = open_source(folder, label_set="coarse")
+    assert coarse_scan.classes == ["even", "odd"] and len(coarse_scan.records) == 40
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("file,label\na.png,x\n", "no path column"),
+        ("path,label\nmissing.png,x\n", "line 2: image missing.png does not exist"),
+        ("path,label\na.png,x\nb.png,x\n", "only one class"),
+        ("path,label,split\na.png,x,holdout\n", "unknown split 'holdout'"),
+        ("path,label\na.png,x\na.png,y\n", "lists a.png again"),
+    ],
+)
+def test_a_bad_manifest_says_what_is_wrong(tmp_path, content, message):
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "list.csv").write_text(content)
+    with pytest.raises(DataError, match=message):
+        open_source(tmp_path / "list.csv")
+
+
+def test_a_dataframe_like_table_is_a_manifest(cifar_like, monkeypatch):
+    class Frame:
+        columns = ("path", "label", "split")
+
+        def __init__(self, rows: list[dict]) -> None:
+            self.rows = rows
+
+        def to_dict(self, orient: str) -> list[dict]:
+            assert orient == "records"
+            return self.rows
+
+    monkeypatch.chdir(cifar_like["folder"])
+    rows = [json.loads(line) for line in cifar_like["jsonl"].read_text().splitlines()]
+    scan = open_source(Frame(rows))
+    assert scan.format == "manifest" and len(scan.records) == 70
+
+
+def test_training_on_cifar_as_distributed_tests_on_its_test_batch(cifar_like, tmp_path):
+    clf = imgcls.train(cifar_like["tar.gz"], tmp_path / "run", config=TINY)
+    assert clf.metrics["test"]["n"] == 20
+    assert clf.metrics["train"]["n"] + clf.metrics["val"]["n"] == 50
+    evaluation = clf.evaluate(cifar_like["binary"], split="test")
+    assert evaluation.report["n"] == 20 and evaluation.accuracy == clf.metrics["test"]["accuracy"]
+    resumed_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert resumed_config["data"] == str(cifar_like["tar.gz"].resolve())
+    from imgcls.deploy.export import MAX_CHECK_IMAGES, export_model
+
+    # The parity check reads the run's own validation images out of the archive.
+    assert export_model(tmp_path / "run", format="onnx").images == MAX_CHECK_IMAGES
