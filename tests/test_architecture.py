@@ -38,6 +38,7 @@ TORCH_FREE = {
     "data.manifests",
     "data.cifar",
     "data.sources",
+    "data.imagenet",
     "data.images",
     "data.preprocessing",
     "data._pixels",

@@ -15,7 +15,7 @@ from imgcls.data.images import load_rgb
 from imgcls.data.records import TEST, TRAIN, DatasetScan
 from imgcls.data.sources import detect_format, open_source
 from imgcls.errors import DataError
-from tests.conftest import TINY_BACKBONE
+from tests.conftest import COLOURS, TINY_BACKBONE
 from tests.data.cifar_files import CLASSES10, py2_batch, tar_gz, write_cifar10_binary, write_cifar10_python
 
 TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=32, report=False)
@@ -194,3 +194,57 @@ def test_training_on_cifar_as_distributed_tests_on_its_test_batch(cifar_like, tm
 
     # The parity check reads the run's own validation images out of the archive.
     assert export_model(tmp_path / "run", format="onnx").images == MAX_CHECK_IMAGES
+
+
+SYNSETS = {"n01440764": "tench, Tinca tinca", "n02102040": "English springer, English springer spaniel"}
+SYNSETS |= {"n03000684": "chain saw, chainsaw"}
+
+
+def _kaggle_imagenet(root: Path) -> Path:
+    """Kaggle's ImageNet layout in miniature: class folders for train, one flat val folder."""
+    from tests.conftest import make_image
+
+    root.mkdir(parents=True)
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{k} {v}\n" for k, v in SYNSETS.items()))
+    images = root / "ILSVRC" / "Data" / "CLS-LOC"
+    solution = ["ImageId,PredictionString\n"]
+    for c, synset in enumerate(SYNSETS):
+        colour = list(COLOURS.values())[c]
+        (images / "train" / synset).mkdir(parents=True)
+        for i in range(10):
+            make_image(colour, seed=100 * c + i).save(
+                images / "train" / synset / f"{synset}_{i}.JPEG", "JPEG"
+            )
+        (images / "val").mkdir(exist_ok=True)
+        for i in range(4):
+            image_id = f"ILSVRC2012_val_{c * 4 + i + 1:08d}"
+            make_image(colour, seed=900 + 10 * c + i).save(images / "val" / f"{image_id}.JPEG", "JPEG")
+            solution.append(f"{image_id},{synset} 10 20 200 220\n")
+    (root / "LOC_val_solution.csv").write_text("".join(solution))
+    return root
+
+
+def test_kaggle_imagenet_trains_evaluates_and_predicts_readable_class_names(tmp_path, capsys):
+    from imgcls.cli.main import main
+
+    data = _kaggle_imagenet(tmp_path / "imagenet")
+    assert detect_format(data) == "imagenet"
+    scan = open_source(data)
+    assert scan.classes == ["n01440764 tench", "n02102040 English springer", "n03000684 chain saw"]
+    assert scan.folder_splits == {TRAIN, "val"} and len(scan.records) == 42
+    clf = imgcls.train(data, tmp_path / "run", config=TINY)
+    assert clf.metrics["val"]["n"] == 12 and "train" in clf.metrics
+    assert clf.evaluate(data, split="val").report["n"] == 12
+    first_val = data / "ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000001.JPEG"
+    assert clf.predict(str(first_val)).label in scan.classes
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(first_val), "--top-k", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in scan.classes), printed
+
+
+def test_a_kaggle_val_image_without_a_label_is_named(tmp_path):
+    data = _kaggle_imagenet(tmp_path / "imagenet")
+    (data / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n")
+    with pytest.raises(DataError, match=r"ILSVRC2012_val_00000001\.JPEG .* has no label"):
+        open_source(data)

@@ -73,7 +73,7 @@ def _scan_class_folders(folder: Path, root: Path, scan: DatasetScan, *, folder_s
         if not entry.is_dir():
             scan.ignored.append(f"{_rel(entry, root)} (not inside a class folder)")
             continue
-        images = _images_under(entry, root, scan)
+        images = images_under(entry, root, scan.ignored)
         if not images:
             log.warning("class folder %s holds no images; skipped", entry)
             continue
@@ -87,7 +87,8 @@ def _scan_class_folders(folder: Path, root: Path, scan: DatasetScan, *, folder_s
     scan.classes = sorted(classes)
 
 
-def _images_under(folder: Path, root: Path, scan: DatasetScan) -> list[str]:
+def images_under(folder: Path, root: Path, ignored: list[str]) -> list[str]:
+    """Image files anywhere under ``folder``, relative to ``root``; other files go to ``ignored``."""
     images = []
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
@@ -95,7 +96,7 @@ def _images_under(folder: Path, root: Path, scan: DatasetScan) -> list[str]:
         if is_image_path(path):
             images.append(_rel(path, root))
         else:
-            scan.ignored.append(f"{_rel(path, root)} (not an image file extension)")
+            ignored.append(f"{_rel(path, root)} (not an image file extension)")
     return images
 
 

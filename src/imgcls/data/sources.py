@@ -5,7 +5,9 @@ named (``data_format``).
   (``folders``);
 - ``manifest``: a CSV, JSON Lines or Parquet file of ``path,label[,split]``, or a pandas
   DataFrame (``manifests``);
-- ``cifar``: CIFAR-10 / CIFAR-100, python or binary version, folder or ``.tar.gz`` (``cifar``).
+- ``cifar``: CIFAR-10 / CIFAR-100, python or binary version, folder or ``.tar.gz`` (``cifar``);
+- ``imagenet``: ImageNet in Kaggle's layout, the flat val folder labelled by its solution file
+  (``imagenet``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from imgcls.config import DATA_FORMATS
 from imgcls.data.cifar import looks_like_cifar, read_cifar
 from imgcls.data.folders import scan_dataset
+from imgcls.data.imagenet import looks_like_kaggle_imagenet, read_kaggle_imagenet
 from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
 from imgcls.data.records import DatasetScan
 from imgcls.errors import DataError
@@ -30,6 +33,8 @@ def detect_format(source: str | Path | Any) -> str:
         return "manifest"
     if looks_like_cifar(path):
         return "cifar"
+    if looks_like_kaggle_imagenet(path):
+        return "imagenet"
     return "folder"
 
 
@@ -51,4 +56,6 @@ def open_source(
         return read_manifest_source(source, min_classes=min_classes)
     if found == "cifar":
         return read_cifar(source, label_set=label_set, min_classes=min_classes)
+    if found == "imagenet":
+        return read_kaggle_imagenet(source, min_classes=min_classes)
     return scan_dataset(source, min_classes=min_classes)
