@@ -39,6 +39,7 @@ TORCH_FREE = {
     "data.cifar",
     "data.sources",
     "data.imagenet",
+    "data.webdataset",
     "data.images",
     "data.preprocessing",
     "data._pixels",

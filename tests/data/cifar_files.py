@@ -171,3 +171,21 @@ def tar_gz(folder: Path, archive: Path) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     return archive
+
+
+def write_shards(folder: Path, samples: dict[str, list[tuple[str, bytes, int]]]) -> Path:
+    """WebDataset shards ``<split>-000000.tar`` of ``(key, png bytes, class index)`` samples, and
+    an ``_info.json`` naming the classes."""
+    import io
+    import json
+
+    folder.mkdir(parents=True)
+    for split, items in samples.items():
+        with tarfile.open(folder / f"{split}-000000.tar", "w") as tar:
+            for key, image, label in items:
+                for suffix, data in (("png", image), ("cls", str(label).encode())):
+                    member = tarfile.TarInfo(f"{key}.{suffix}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    (folder / "_info.json").write_text(json.dumps({"name": "cifar-like", "classes": list(CLASSES10)}))
+    return folder

@@ -16,7 +16,14 @@ from imgcls.data.records import TEST, TRAIN, DatasetScan
 from imgcls.data.sources import detect_format, open_source
 from imgcls.errors import DataError
 from tests.conftest import COLOURS, TINY_BACKBONE
-from tests.data.cifar_files import CLASSES10, py2_batch, tar_gz, write_cifar10_binary, write_cifar10_python
+from tests.data.cifar_files import (
+    CLASSES10,
+    py2_batch,
+    tar_gz,
+    write_cifar10_binary,
+    write_cifar10_python,
+    write_shards,
+)
 
 TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=32, report=False)
 
@@ -32,16 +39,18 @@ def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def cifar_like(tmp_path_factory) -> dict[str, Path]:
-    """The same 70 images as a class-folder tree, a CSV and a JSONL manifest, and CIFAR-10's
-    python (folder and .tar.gz) and binary distributions."""
+    """The same 70 images as a class-folder tree, a CSV and a JSONL manifest, CIFAR-10's python
+    (folder and .tar.gz) and binary distributions, and WebDataset shards."""
     root = tmp_path_factory.mktemp("sources")
     train, test = _images(50, seed=1), _images(20, seed=2)
     rows = []
+    shards: dict[str, list[tuple[str, bytes, int]]] = {TRAIN: [], TEST: []}
     for split, (pixels, labels) in ((TRAIN, train), (TEST, test)):
         for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
             path = root / "folder" / split / CLASSES10[label] / f"{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(path)
+            shards[split].append((f"{i:05d}", path.read_bytes(), int(label)))
             rows.append(
                 {
                     "path": path.relative_to(root / "folder").as_posix(),
@@ -62,6 +71,7 @@ def cifar_like(tmp_path_factory) -> dict[str, Path]:
         "torchvision root": root / "py",
         "tar.gz": tar_gz(python, root / "cifar-10-python.tar.gz"),
         "binary": write_cifar10_binary(root / "bin", train, test),
+        "webdataset": write_shards(root / "shards", shards),
     }
 
 
@@ -74,7 +84,12 @@ def _content(scan: DatasetScan) -> list[tuple[str, str | None, bytes]]:
 
 def test_each_format_is_detected(cifar_like):
     expected = {"folder": "folder", "csv": "manifest", "jsonl": "manifest", "python": "cifar"}
-    expected |= {"torchvision root": "cifar", "tar.gz": "cifar", "binary": "cifar"}
+    expected |= {
+        "torchvision root": "cifar",
+        "tar.gz": "cifar",
+        "binary": "cifar",
+        "webdataset": "webdataset",
+    }
     assert {name: detect_format(path) for name, path in cifar_like.items()} == expected
 
 
@@ -248,3 +263,17 @@ def test_a_kaggle_val_image_without_a_label_is_named(tmp_path):
     (data / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n")
     with pytest.raises(DataError, match=r"ILSVRC2012_val_00000001\.JPEG .* has no label"):
         open_source(data)
+
+
+def test_a_shard_sample_without_a_label_is_named(tmp_path):
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(data, "PNG")
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        member = tarfile.TarInfo("cat_001.png")
+        member.size = len(data.getvalue())
+        tar.addfile(member, io.BytesIO(data.getvalue()))
+    with pytest.raises(DataError, match=r"train-000000\.tar: sample cat_001 has no label \(\.cls"):
+        open_source(tmp_path)

@@ -16,7 +16,7 @@ from imgcls.data.sources import open_source
 from imgcls.training.probe import featurize
 from imgcls.training.run_plan import plan_run
 from tests.conftest import shared_dataset
-from tests.data.cifar_files import CLASSES10, write_cifar10_binary, write_cifar10_python
+from tests.data.cifar_files import CLASSES10, write_cifar10_binary, write_cifar10_python, write_shards
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +34,12 @@ def _decode(folder: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(pixels), np.array(labels)
 
 
-def _write_folder_and_manifest(root: Path, train: tuple, test: tuple) -> tuple[Path, Path]:
+def _write_folder_manifest_and_shards(root: Path, train: tuple, test: tuple) -> tuple[Path, Path, Path]:
     """PNG files named after their CIFAR batch and row, so that every format lists each class's
-    images in the same order (and so draws the same validation images)."""
+    images in the same order (and so draws the same validation images); a CSV manifest of
+    them; and WebDataset shards holding the same PNG bytes under the same keys."""
     rows = []
+    samples: dict[str, list[tuple[str, bytes, int]]] = {"train": [], "test": []}
     named = [
         (f"data_batch_{i % 5 + 1}_{i // 5:05d}", "train", image, label)
         for i, (image, label) in enumerate(zip(*train, strict=True))
@@ -51,25 +53,27 @@ def _write_folder_and_manifest(root: Path, train: tuple, test: tuple) -> tuple[P
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path)
         rows.append(f"{path.relative_to(root).as_posix()},{CLASSES10[label]},{split}\n")
+        samples[split].append((stem, path.read_bytes(), int(label)))
     manifest = root / "images.csv"
     manifest.write_text("path,label,split\n" + "".join(rows))
-    return root, manifest
+    return root, manifest, write_shards(root.parent / "shards", samples)
 
 
 def _pixels_key(image: object) -> str:
     return hashlib.blake2b(np.asarray(load_rgb(image)).tobytes()).hexdigest()
 
 
-def test_the_same_images_in_four_formats_give_identical_features_and_accuracy(tmp_path):
+def test_the_same_images_in_five_formats_give_identical_features_and_accuracy(tmp_path):
     shared = shared_dataset("cifar10_subset")
     train = _decode(shared / "train", TRAIN_PER_CLASS)
     test = _decode(shared / "test", TEST_PER_CLASS)
-    folder, manifest = _write_folder_and_manifest(tmp_path / "folder", train, test)
+    folder, manifest, shards = _write_folder_manifest_and_shards(tmp_path / "folder", train, test)
     sources = {
         "class folders": folder,
         "CSV manifest": manifest,
         "CIFAR-10 python batches": write_cifar10_python(tmp_path / "py", train, test),
         "CIFAR-10 binary batches": write_cifar10_binary(tmp_path / "bin", train, test),
+        "WebDataset shards": shards,
     }
     config = TrainConfig(report=False)  # the default backbone with its packaged weights
     features, accuracy = {}, {}

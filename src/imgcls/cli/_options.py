@@ -17,7 +17,7 @@ from typing import Any
 DATA_HELP = (
     "labelled images: a folder with one sub-folder per class (optionally under train/ val/ "
     "test/), a CSV, JSONL or Parquet manifest of path,label[,split], CIFAR-10/100 as "
-    "distributed (folder or .tar.gz), or ImageNet in Kaggle's layout"
+    "distributed (folder or .tar.gz), ImageNet in Kaggle's layout, or WebDataset .tar shards"
 )
 
 

@@ -42,7 +42,7 @@ class DatasetScan:
         ignored: entries of the source that are not images, for the warning.
         images: the images of records that are not files of their own, by record id.
         source: what the user named (a folder, a manifest file, a CIFAR archive).
-        format: how it was read (``folder``, ``manifest``, ``cifar``, ``imagenet``).
+        format: how it was read (one of ``config.DATA_FORMATS``).
     """
 
     root: Path

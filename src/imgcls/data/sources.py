@@ -7,7 +7,9 @@ named (``data_format``).
   DataFrame (``manifests``);
 - ``cifar``: CIFAR-10 / CIFAR-100, python or binary version, folder or ``.tar.gz`` (``cifar``);
 - ``imagenet``: ImageNet in Kaggle's layout, the flat val folder labelled by its solution file
-  (``imagenet``).
+  (``imagenet``);
+- ``webdataset``: a tar shard or a folder of them, samples of ``key.jpg`` + ``key.cls``
+  (``webdataset``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from imgcls.data.folders import scan_dataset
 from imgcls.data.imagenet import looks_like_kaggle_imagenet, read_kaggle_imagenet
 from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
 from imgcls.data.records import DatasetScan
+from imgcls.data.webdataset import looks_like_webdataset, read_webdataset
 from imgcls.errors import DataError
 
 
@@ -35,6 +38,8 @@ def detect_format(source: str | Path | Any) -> str:
         return "cifar"
     if looks_like_kaggle_imagenet(path):
         return "imagenet"
+    if looks_like_webdataset(path):
+        return "webdataset"
     return "folder"
 
 
@@ -58,4 +63,6 @@ def open_source(
         return read_cifar(source, label_set=label_set, min_classes=min_classes)
     if found == "imagenet":
         return read_kaggle_imagenet(source, min_classes=min_classes)
+    if found == "webdataset":
+        return read_webdataset(source, min_classes=min_classes)
     return scan_dataset(source, min_classes=min_classes)

@@ -1,0 +1,140 @@
+"""WebDataset shards: tar files whose members are grouped into samples by key.
+
+A sample is the members that share a key (the member's path up to the first dot of its file
+name): one image (``key.jpg``, ``.jpeg``, ``.png`` or ``.webp``) and one label, ``key.cls``
+(a class index), ``key.txt`` (a class name) or ``key.json`` (``{"label": ...}``, a name or an
+index). Class indices are named by the ``classes`` list of the shards' ``_info.json`` where
+there is one (as ``imgcls convert`` writes it), else by the index itself.
+
+The source is one ``.tar`` file or a folder of them. A shard whose name starts with ``train``,
+``val`` (``valid``, ``validation``) or ``test`` holds that split, as do the shards that
+``_info.json`` lists under ``splits``. Shards are read with the standard library's tarfile;
+a sample's image stays in memory as its encoded bytes, so its feature-cache key is the same
+as the image file's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from imgcls.data.folders import SPLIT_FOLDERS
+from imgcls.data.images import MemoryImage
+from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
+from imgcls.errors import DataError
+
+INFO_FILE = "_info.json"
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+LABEL_SUFFIXES = ("cls", "txt", "json")
+
+
+def looks_like_webdataset(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".tar"
+    return path.is_dir() and any(path.glob("*.tar")) and not any(p.is_dir() for p in path.iterdir())
+
+
+def read_webdataset(source: str | Path, *, min_classes: int = 2) -> DatasetScan:
+    """Every labelled sample of a shard or a folder of shards."""
+    path = Path(source).expanduser()
+    shards = [path] if path.is_file() else sorted(path.glob("*.tar"))
+    if not shards:
+        raise DataError(f"{path} holds no .tar shards")
+    info = _info(path if path.is_dir() else path.parent)
+    splits = _shard_splits(info)
+    names: list[str] = [str(c) for c in info.get("classes", [])]
+    scan = DatasetScan(root=shards[0].parent, classes=[], records=[], source=str(path), format="webdataset")
+    for shard in shards:
+        split = splits.get(shard.name) or _split_from_name(shard.name)
+        for key, members in _samples(shard):
+            record_id = f"{shard.name}/{key}"
+            image, label = _image_and_label(members, shard=shard, key=key, names=names)
+            scan.records.append(ImageRecord(record_id, label, split))
+            scan.images[record_id] = MemoryImage(record_id, data=image)
+    scan.classes = sorted({r.label for r in scan.records})
+    scan.folder_splits = {r.folder_split for r in scan.records if r.folder_split}
+    validate_scan(scan, min_classes=min_classes, expected="WebDataset samples (key.jpg + key.cls) in {root}")
+    return scan
+
+
+def _info(folder: Path) -> dict[str, Any]:
+    path = folder / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    return info if isinstance(info, dict) else {}
+
+
+def _shard_splits(info: dict[str, Any]) -> dict[str, str]:
+    """Shard file name -> split, from ``_info.json``'s ``splits``."""
+    found = {}
+    for name, split in (info.get("splits") or {}).items():
+        for shard in split.get("filenames", []):
+            if name.lower() in SPLIT_FOLDERS:
+                found[Path(shard).name] = SPLIT_FOLDERS[name.lower()]
+    return found
+
+
+def _split_from_name(name: str) -> str | None:
+    match = re.match(r"([a-z]+)", name.lower())
+    return SPLIT_FOLDERS.get(match.group(1)) if match else None
+
+
+def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {suffix: bytes})`` for each sample of ``shard``, in the shard's order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                folder, _, name = member.name.rpartition("/")
+                stem, dot, suffix = name.partition(".")
+                if not dot or stem.startswith("_"):
+                    continue
+                key = f"{folder}/{stem}" if folder else stem
+                samples.setdefault(key, {})[suffix.lower()] = archive.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read shard {shard}: {exc}") from exc
+    yield from samples.items()
+
+
+def _label_value(data: bytes, suffix: str, *, shard: Path, key: str) -> Any:
+    try:
+        text = data.decode("utf-8").strip()
+        if suffix != "json":
+            return text
+        content = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{shard}: sample {key}.{suffix} is not readable text ({exc})") from None
+    if not isinstance(content, dict) or "label" not in content:
+        raise DataError(f'{shard}: sample {key}.json has no "label"')
+    return content["label"]
+
+
+def _image_and_label(
+    members: dict[str, bytes], *, shard: Path, key: str, names: list[str]
+) -> tuple[bytes, str]:
+    image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
+    if image is None:
+        raise DataError(f"{shard}: sample {key} has no image ({', '.join('.' + s for s in IMAGE_SUFFIXES)})")
+    suffix = next((s for s in LABEL_SUFFIXES if s in members), None)
+    if suffix is None:
+        raise DataError(f"{shard}: sample {key} has no label ({', '.join('.' + s for s in LABEL_SUFFIXES)})")
+    value = _label_value(members[suffix], suffix, shard=shard, key=key)
+    if suffix == "cls" or isinstance(value, int):
+        try:
+            index = int(value)
+        except ValueError:
+            raise DataError(f"{shard}: sample {key}.cls holds {value!r}, not a class index") from None
+        return image, names[index] if 0 <= index < len(names) else str(index)
+    if not value:
+        raise DataError(f"{shard}: sample {key} has an empty label")
+    return image, str(value)
