@@ -40,6 +40,7 @@ TORCH_FREE = {
     "data.sources",
     "data.imagenet",
     "data.webdataset",
+    "data.convert",
     "data.images",
     "data.preprocessing",
     "data._pixels",

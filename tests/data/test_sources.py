@@ -277,3 +277,33 @@ def test_a_shard_sample_without_a_label_is_named(tmp_path):
         tar.addfile(member, io.BytesIO(data.getvalue()))
     with pytest.raises(DataError, match=r"train-000000\.tar: sample cat_001 has no label \(\.cls"):
         open_source(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("target", "name"), [("folder", "out"), ("manifest", "out/list.csv"), ("webdataset", "out")]
+)
+def test_convert_writes_a_layout_that_reads_back_the_same_images(cifar_like, tmp_path, target, name):
+    from imgcls.cli.main import main
+
+    reference = _content(open_source(cifar_like["python"]))
+    output = tmp_path / name
+    assert main(["convert", str(cifar_like["python"]), str(output), "--to", target]) == 0
+    converted = open_source(output)
+    assert converted.format == {"folder": "folder", "manifest": "manifest"}.get(target, "webdataset")
+    assert _content(converted) == reference
+    assert main(["convert", str(cifar_like["python"]), str(output), "--to", target]) == 2  # never overwrites
+
+
+def test_converted_shards_carry_timms_split_info(cifar_like, tmp_path):
+    from imgcls.data.convert import convert
+
+    convert(open_source(cifar_like["binary"]), tmp_path / "shards", to="webdataset", shard_samples=16)
+    info = json.loads((tmp_path / "shards" / "_info.json").read_text())
+    assert info["classes"] == sorted(CLASSES10) and info["num_classes"] == 10
+    assert info["splits"]["train"]["num_samples"] == 50 and info["splits"]["train"]["shard_lengths"] == [
+        16,
+        16,
+        16,
+        2,
+    ]
+    assert info["splits"]["test"]["filenames"] == ["test-000000.tar", "test-000001.tar"]

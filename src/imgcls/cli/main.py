@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from imgcls.cli.data_commands import add_convert, run_convert
 from imgcls.cli.model_commands import (
     add_demo,
     add_evaluate,
@@ -182,6 +183,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
         add_inspect_data,
         run_inspect_data,
         "class counts per split, and a picture grid of augmented training views",
+    ),
+    "convert": (
+        add_convert,
+        run_convert,
+        "write a data set as class folders, a manifest or WebDataset shards",
     ),
     "demo": (
         add_demo,
