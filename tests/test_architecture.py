@@ -41,6 +41,7 @@ TORCH_FREE = {
     "data.imagenet",
     "data.webdataset",
     "data.convert",
+    "data.huggingface",
     "data.images",
     "data.preprocessing",
     "data._pixels",

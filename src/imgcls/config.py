@@ -21,7 +21,8 @@ AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "auto")
-DATA_FORMATS = ("auto", "folder", "manifest", "cifar", "imagenet", "webdataset")  # see data.sources
+# How a data source is read; see data.sources.
+DATA_FORMATS = ("auto", "folder", "manifest", "cifar", "imagenet", "webdataset", "huggingface")
 LABEL_SETS = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclasses
 RUNTIMES = ("auto", "torch", "onnx")  # for prediction: see inference.runtime_choice
 

@@ -307,3 +307,46 @@ def test_converted_shards_carry_timms_split_info(cifar_like, tmp_path):
         2,
     ]
     assert info["splits"]["test"]["filenames"] == ["test-000000.tar", "test-000001.tar"]
+
+
+def _hf_rows(folder: Path) -> dict[str, dict[str, list]]:
+    """The fixture's class-folder images as Hugging Face columns, per split."""
+    columns: dict[str, dict[str, list]] = {}
+    for path in sorted(folder.rglob("*.png")):
+        split, label = path.relative_to(folder).parts[:2]
+        part = columns.setdefault(split, {"img": [], "label": []})
+        part["img"].append({"bytes": path.read_bytes(), "path": None})
+        part["label"].append(CLASSES10.index(label))
+    return columns
+
+
+def test_a_hugging_face_dataset_and_its_parquet_files_read_the_same_images(cifar_like, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the data extra (pip install 'imgcls[data]')")
+    features = datasets.Features(
+        {"img": datasets.Image(), "label": datasets.ClassLabel(names=list(CLASSES10))}
+    )
+    parts = {
+        split: datasets.Dataset.from_dict(columns, features=features)
+        for split, columns in _hf_rows(cifar_like["folder"]).items()
+    }
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "hub").mkdir()
+    for split, part in parts.items():
+        part.to_parquet(str(tmp_path / "hub" / f"{split}-00000-of-00001.parquet"))
+    reference = _content(open_source(cifar_like["folder"]))
+    for source in (tmp_path / "saved", tmp_path / "hub", tmp_path / "hub" / "train-00000-of-00001.parquet"):
+        assert detect_format(source) == "huggingface", source
+        scan = open_source(source, min_classes=1)
+        expected = reference if source.is_dir() else [c for c in reference if c[1] == TRAIN]
+        assert _content(scan) == expected, source
+
+
+def test_a_parquet_manifest_and_a_pandas_dataframe_are_manifests(cifar_like):
+    pandas = pytest.importorskip("pandas", reason="the data extra (pip install 'imgcls[data]')")
+    frame = pandas.read_csv(cifar_like["csv"])
+    parquet = cifar_like["folder"] / "list.parquet"
+    frame.to_parquet(parquet)
+    reference = _content(open_source(cifar_like["folder"]))
+    assert detect_format(parquet) == "manifest" and _content(open_source(parquet)) == reference
+    frame["path"] = [str(cifar_like["folder"] / p) for p in frame["path"]]  # absolute paths
+    assert detect_format(frame) == "manifest" and _content(open_source(frame)) == reference

@@ -17,7 +17,8 @@ from typing import Any
 DATA_HELP = (
     "labelled images: a folder with one sub-folder per class (optionally under train/ val/ "
     "test/), a CSV, JSONL or Parquet manifest of path,label[,split], CIFAR-10/100 as "
-    "distributed (folder or .tar.gz), ImageNet in Kaggle's layout, or WebDataset .tar shards"
+    "distributed (folder or .tar.gz), ImageNet in Kaggle's layout, WebDataset .tar shards, or a "
+    "Hugging Face data set (save_to_disk folder or image Parquet files)"
 )
 
 

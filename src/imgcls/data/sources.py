@@ -9,7 +9,9 @@ named (``data_format``).
 - ``imagenet``: ImageNet in Kaggle's layout, the flat val folder labelled by its solution file
   (``imagenet``);
 - ``webdataset``: a tar shard or a folder of them, samples of ``key.jpg`` + ``key.cls``
-  (``webdataset``).
+  (``webdataset``);
+- ``huggingface``: a ``save_to_disk`` folder, or Parquet files with an image and a label
+  column (``huggingface``; needs the ``data`` extra).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from imgcls.config import DATA_FORMATS
 from imgcls.data.cifar import looks_like_cifar, read_cifar
 from imgcls.data.folders import scan_dataset
+from imgcls.data.huggingface import looks_like_image_parquet, looks_like_saved_dataset, read_hf_source
 from imgcls.data.imagenet import looks_like_kaggle_imagenet, read_kaggle_imagenet
 from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
 from imgcls.data.records import DatasetScan
@@ -32,6 +35,8 @@ def detect_format(source: str | Path | Any) -> str:
     if not isinstance(source, str | Path):
         return "manifest"
     path = Path(source).expanduser()
+    if looks_like_saved_dataset(path) or looks_like_image_parquet(path):
+        return "huggingface"
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         return "manifest"
     if looks_like_cifar(path):
@@ -65,4 +70,6 @@ def open_source(
         return read_kaggle_imagenet(source, min_classes=min_classes)
     if found == "webdataset":
         return read_webdataset(source, min_classes=min_classes)
+    if found == "huggingface":
+        return read_hf_source(source, min_classes=min_classes)
     return scan_dataset(source, min_classes=min_classes)
