@@ -209,6 +209,13 @@ def test_training_on_cifar_as_distributed_tests_on_its_test_batch(cifar_like, tm
 
     # The parity check reads the run's own validation images out of the archive.
     assert export_model(tmp_path / "run", format="onnx").images == MAX_CHECK_IMAGES
+    # Prediction reads a source's images too, and names them by record id.
+    from imgcls.cli.main import main
+
+    output = tmp_path / "p.csv"
+    assert main(["predict", str(tmp_path / "run"), str(cifar_like["binary"]), "--output", str(output)]) == 0
+    rows = output.read_text().splitlines()
+    assert len(rows) == 71 and any(row.startswith("test_batch.bin/00019,") for row in rows)
 
 
 SYNSETS = {"n01440764": "tench, Tinca tinca", "n02102040": "English springer, English springer spaniel"}

@@ -137,11 +137,11 @@ def _predict(clf: Any, args: argparse.Namespace) -> int:
 
 
 def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
-    from imgcls.data.folders import expand_inputs
+    from imgcls.data.sources import prediction_inputs
     from imgcls.errors import DataError
     from imgcls.inference.batch import predict_to_file
 
-    paths = expand_inputs(args.paths)
+    paths = prediction_inputs(args.paths)
     if not paths:
         raise DataError(f"no image files found in {', '.join(args.paths)}")
     summary = predict_to_file(

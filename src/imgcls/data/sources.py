@@ -16,14 +16,16 @@ named (``data_format``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from imgcls.config import DATA_FORMATS
 from imgcls.data.cifar import looks_like_cifar, read_cifar
-from imgcls.data.folders import scan_dataset
+from imgcls.data.folders import expand_inputs, scan_dataset
 from imgcls.data.huggingface import looks_like_image_parquet, looks_like_saved_dataset, read_hf_source
 from imgcls.data.imagenet import looks_like_kaggle_imagenet, read_kaggle_imagenet
+from imgcls.data.images import ImageRef
 from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
 from imgcls.data.records import DatasetScan
 from imgcls.data.webdataset import looks_like_webdataset, read_webdataset
@@ -46,6 +48,21 @@ def detect_format(source: str | Path | Any) -> str:
     if looks_like_webdataset(path):
         return "webdataset"
     return "folder"
+
+
+def prediction_inputs(inputs: Sequence[str | Path]) -> list[ImageRef]:
+    """The images to predict: files, folders (searched recursively) and glob patterns as
+    ``expand_inputs`` finds them, and every image of a data source that is not a plain folder
+    (a manifest, a CIFAR distribution, shards, a Hugging Face data set)."""
+    found: list[ImageRef] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.exists() and detect_format(path) != "folder":
+            scan = open_source(path, min_classes=1)
+            found.extend(scan.absolute(record) for record in scan.records)
+        else:
+            found.extend(expand_inputs([str(item)]))
+    return found
 
 
 def open_source(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.data.folders import SPLIT_FOLDERS
-from imgcls.data.images import MemoryImage
+from imgcls.data.images import MemoryImage, is_image_path
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
 
@@ -33,9 +33,12 @@ LABEL_SUFFIXES = ("cls", "txt", "json")
 
 
 def looks_like_webdataset(path: Path) -> bool:
+    """A ``.tar`` file, or a folder of them holding no sub-folders and no loose images."""
     if path.is_file():
         return path.suffix == ".tar"
-    return path.is_dir() and any(path.glob("*.tar")) and not any(p.is_dir() for p in path.iterdir())
+    if not path.is_dir() or not any(path.glob("*.tar")):
+        return False
+    return not any(p.is_dir() or is_image_path(p) for p in path.iterdir())
 
 
 def read_webdataset(source: str | Path, *, min_classes: int = 2) -> DatasetScan:

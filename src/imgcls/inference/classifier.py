@@ -18,9 +18,9 @@ from PIL import Image
 from torch import nn
 
 from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
-from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageInput, as_rgb_image, to_rgb
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.sources import prediction_inputs
 from imgcls.data.transforms import TTA_VIEWS, eval_transform, view_settings
 from imgcls.errors import DataError, WeightsError
 from imgcls.inference._scoring import score_views, views_for
@@ -158,8 +158,9 @@ class Classifier:
         batch_size: int = PREDICT_BATCH_SIZE,
         workers: int = 0,
     ) -> PredictionRun:
-        """Classify files, folders (recursively) and glob patterns; unreadable files are listed."""
-        paths = expand_inputs([str(p) for p in inputs])
+        """Classify files, folders (recursively), glob patterns and the images of data sources
+        (``data.sources.prediction_inputs``); unreadable files are listed."""
+        paths = prediction_inputs(inputs)
         if not paths:
             raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
         scored = score_views(self, paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from imgcls._files import CONFIG_FILE, model_dir, read_model_config
 from imgcls.config import RUNTIMES
 from imgcls.data._prefetch import prefetch_paths
-from imgcls.data.folders import expand_inputs
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.sources import prediction_inputs
 from imgcls.errors import ConfigError, ImgclsError
 from imgcls.inference.runtime_choice import choose_runtime
 
@@ -95,7 +95,7 @@ def decoding_ahead_of_prediction(
     try:
         config: dict[str, Any] = read_model_config(model_dir(Path(model)))
         pre = Preprocessing.from_dict(config["preprocessing"])
-        paths = expand_inputs(list(inputs))
+        paths = prediction_inputs(inputs)
     except (ImgclsError, OSError, ValueError, KeyError):
         return contextlib.nullcontext()
     return prefetch_paths(paths, pre)

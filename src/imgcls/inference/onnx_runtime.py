@@ -19,9 +19,9 @@ from PIL import Image
 from imgcls._files import MODEL_SUBDIR, ONNX_FILE
 from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
 from imgcls.data._pixels import to_input_array
-from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageInput, UnreadableImageError, as_rgb_image, load_rgb, to_rgb
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.sources import prediction_inputs
 from imgcls.errors import ConfigError, DataError, ModelFormatError
 from imgcls.evaluation.metrics import softmax
 from imgcls.inference.predictions import PathScores, Prediction, PredictionRun, rank_classes
@@ -126,7 +126,7 @@ class OnnxClassifier:
         batch_size: int = PREDICT_BATCH_SIZE,
         workers: int = 0,
     ) -> PredictionRun:
-        paths = expand_inputs([str(p) for p in inputs])
+        paths = prediction_inputs(inputs)
         if not paths:
             raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
         scores = self.score_paths(paths, batch_size=batch_size, workers=workers)
