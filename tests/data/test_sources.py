@@ -357,3 +357,13 @@ def test_a_parquet_manifest_and_a_pandas_dataframe_are_manifests(cifar_like):
     assert detect_format(parquet) == "manifest" and _content(open_source(parquet)) == reference
     frame["path"] = [str(cifar_like["folder"] / p) for p in frame["path"]]  # absolute paths
     assert detect_format(frame) == "manifest" and _content(open_source(frame)) == reference
+
+
+def test_cross_validation_and_inspect_data_read_any_source(cifar_like, capsys):
+    from imgcls.cli.main import main
+
+    result = imgcls.cross_validate(cifar_like["jsonl"], folds=2, config=TINY)
+    assert len(result.per_fold) == 2 and sum(f["n_val"] for f in result.per_fold) == 50  # test batch held out
+    assert main(["inspect-data", str(cifar_like["tar.gz"]), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert sum(counts["counts"]["test"].values()) == 20
