@@ -193,13 +193,17 @@ def active_prefetch(pre: Preprocessing) -> DecodePrefetch | None:
 
 
 def _quiet_scan(data: str | Path) -> list[Path] | None:
-    scan_log = logging.getLogger("imgcls.data.folders")
-    level = scan_log.level
-    scan_log.setLevel(logging.ERROR)  # the command's own scan reports what it finds
+    """The image files of a class-folder data set; ``None`` for anything else (other sources
+    hold their images in memory or need no decoding ahead)."""
+    loggers = [logging.getLogger(name) for name in ("imgcls.data.folders", "imgcls.data.records")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)  # the command's own scan reports what it finds
     try:
         scan = scan_dataset(data)
     except (ImgclsError, OSError):
         return None
     finally:
-        scan_log.setLevel(level)
-    return [scan.absolute(r) for r in scan.records]
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    return [path for path in map(scan.absolute, scan.records) if isinstance(path, Path)]
