@@ -101,7 +101,8 @@ def write_json(path: Path, data: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a hidden temporary file, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
+    # File names that are not valid UTF-8 (surrogate escapes) are written back as their bytes.
+    tmp.write_text(text, encoding="utf-8", errors="surrogateescape", newline="")
     tmp.replace(path)
 
 

@@ -86,3 +86,29 @@ def test_draft_decoding_keeps_the_requested_minimum_size():
     data = _bytes(make_image((100, 100, 100), 3, size=1024), "JPEG")
     image = decode_rgb(data, min_side=200)
     assert min(image.size) >= 200 and image.size[0] < 1024
+
+
+def test_a_thin_strip_is_refused_before_it_is_decoded():
+    import time
+    import tracemalloc
+
+    for width in (3300, 1_000_000):
+        buffer = io.BytesIO()
+        Image.new("L", (width, 1)).save(buffer, "PNG", optimize=True)
+        tracemalloc.start()
+        started = time.perf_counter()
+        with pytest.raises(UnreadableImageError, match=r"is a strip, not a photo"):
+            decode_rgb(buffer.getvalue(), name="strip.png")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 50 * 2**20 and time.perf_counter() - started < 5, (width, peak)
+
+
+def test_the_documented_pixel_limit_is_the_one_kept():
+    side = int(images.MAX_PIXELS**0.5) - 1  # above Pillow's 89.5-megapixel warning, below imgcls's limit
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, "PNG")
+    header = images._open(buffer.getvalue(), "big.png")  # reads the header, decodes nothing
+    images._check_size(header, "big.png")
+    with pytest.raises(UnreadableImageError, match="decompression bomb"):
+        images._check_size(Image.new("1", (side + 2, side + 2)), "bigger.png")

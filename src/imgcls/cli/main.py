@@ -95,6 +95,10 @@ _STARTED = time.perf_counter()  # process start, near enough: the CLI is the fir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not valid UTF-8 is printed with escapes instead of crashing.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose - args.quiet)

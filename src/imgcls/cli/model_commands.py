@@ -19,6 +19,9 @@ from imgcls.cli._options import (
     progress_printer,
 )
 
+# Every input was unreadable: nothing was predicted (2 stays for errors of use and data).
+EXIT_NOTHING_READABLE = 1
+
 
 def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (RUN_DIR or RUN_DIR/model)")
@@ -133,7 +136,7 @@ def _predict(clf: Any, args: argparse.Namespace) -> int:
             ranked = "  ".join(f"{s.label} {s.probability:.3f}" for s in prediction.scores)
             print(f"{prediction.path}\t{ranked}")
     print_unreadable(run.unreadable)
-    return 0
+    return EXIT_NOTHING_READABLE if run.unreadable and not run.predictions else 0
 
 
 def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
@@ -158,7 +161,8 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
         f"wrote {summary.written} rows to {args.output} ({summary.unreadable} unreadable, "
         f"{summary.skipped_existing} already there) in {summary.seconds:.1f} s"
     )
-    return 0
+    # Unreadable files get rows too (with their reason): nothing was read if they are all there is.
+    return EXIT_NOTHING_READABLE if summary.unreadable and summary.unreadable == summary.written else 0
 
 
 def add_export(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,9 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # 1e8 pixels (about 10,000 x 10,000) is far beyond any photo a classifier needs.
 MAX_PIXELS = 100_000_000
+# Resizing the shorter side to the network's size scales the longer one by the same factor: a
+# 3300 x 1 strip would become an 845,000 x 256 image. No photo is longer than this.
+MAX_ASPECT_RATIO = 20
 
 # Fail on truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -114,7 +117,8 @@ def decode_rgb(data: bytes, *, name: str | Path = "<bytes>", min_side: int | Non
 def _open(data: bytes, name: str | Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89.5 megapixels; MAX_PIXELS, checked next, is the limit imgcls keeps.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise UnreadableImageError(name, "not an image (format not recognised)") from exc
@@ -128,6 +132,12 @@ def _check_size(image: Image.Image, name: str | Path) -> None:
     width, height = image.size
     if width < 1 or height < 1:
         raise UnreadableImageError(name, f"image has no pixels ({width}x{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise UnreadableImageError(
+            name,
+            f"rejected: {width}x{height} is a strip, not a photo (an aspect ratio beyond "
+            f"{MAX_ASPECT_RATIO}:1 would take too much memory to resize)",
+        )
     if width * height > MAX_PIXELS:
         raise UnreadableImageError(
             name,

@@ -101,7 +101,7 @@ def write_manifest(path: Path, records: Sequence[ImageRecord], splits: Sequence[
 def read_manifest(path: Path) -> dict[str, tuple[str, str]]:
     """``{relative path: (label, split)}`` from a manifest written by ``write_manifest``."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise DataError(f"cannot read split manifest {path}: {exc.strerror}") from exc

@@ -166,7 +166,7 @@ async def _decode_upload(upload: UploadFile, limits: ServeLimits, min_side: int)
     try:
         return await run_in_threadpool(decode_rgb, data, name=upload.filename or "upload", min_side=min_side)
     except UnreadableImageError as exc:
-        status = 413 if "decompression bomb" in exc.reason else 415
+        status = 413 if "decompression bomb" in exc.reason or "strip" in exc.reason else 415
         raise HTTPException(status, f"{upload.filename}: {exc.reason}") from exc
 
 

@@ -90,7 +90,7 @@ def already_written(output: Path, kind: str) -> set[str]:
     """Paths that a previous (possibly killed) run already wrote; a torn last line is ignored."""
     if not output.is_file():
         return set()
-    with output.open(encoding="utf-8", newline="") as handle:
+    with output.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
         if kind == "csv":
             return {
                 row["path"]
@@ -116,7 +116,7 @@ class _open_for_append:
     def __enter__(self) -> tuple[TextIO, Callable[[dict[str, Any]], None]]:
         new = not self.output.is_file() or self.output.stat().st_size == 0
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = self.output.open("a", encoding="utf-8", newline="")
+        self.handle = self.output.open("a", encoding="utf-8", errors="surrogateescape", newline="")
         if self.kind == "jsonl":
             handle = self.handle
             return handle, lambda row: handle.write(json.dumps(_jsonl(row)) + "\n")
