@@ -121,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgcls: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk, a read-only folder, a missing permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"imgcls: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ModuleNotFoundError as exc:
         extra = _EXTRA_FOR_MODULE.get((exc.name or "").split(".")[0])
         if extra is None:

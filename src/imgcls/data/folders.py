@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from imgcls._files import CONFIG_FILE, MODEL_SUBDIR, RUN_CONFIG_FILE
 from imgcls.data.images import is_image_path
 from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
@@ -72,6 +73,9 @@ def _scan_class_folders(folder: Path, root: Path, scan: DatasetScan, *, folder_s
             continue
         if not entry.is_dir():
             scan.ignored.append(f"{_rel(entry, root)} (not inside a class folder)")
+            continue
+        if (entry / RUN_CONFIG_FILE).is_file() or (entry / MODEL_SUBDIR / CONFIG_FILE).is_file():
+            scan.ignored.append(f"{_rel(entry, root)} (an imgcls run directory, not a class)")
             continue
         images = images_under(entry, root, scan.ignored)
         if not images:

@@ -102,7 +102,13 @@ def save_model_dir(directory: Path, model: nn.Module, config: dict[str, Any]) ->
 def load_weights_into(model: nn.Module, directory: Path) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(directory / WEIGHTS_FILE))
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except Exception as exc:  # safetensors' own error types: a damaged file, or not safetensors at all
+        raise ModelFormatError(
+            f"{directory / WEIGHTS_FILE} is not a readable safetensors file ({type(exc).__name__}); "
+            "save the model again"
+        ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

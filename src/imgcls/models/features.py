@@ -112,12 +112,22 @@ class FeatureCache:
             self._entries[digest] = row
         if self.directory is None or not digests:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp = self.directory / f".{name}.tmp"  # not *.npz: readers never see a half-written shard
-        with tmp.open("wb") as handle:
-            np.savez(handle, digests=np.array(digests, dtype="S32"), features=features)
-        tmp.replace(self.directory / f"{name}.npz")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as handle:
+                np.savez(handle, digests=np.array(digests, dtype="S32"), features=features)
+            tmp.replace(self.directory / f"{name}.npz")
+        except OSError as exc:  # the cache only saves time: a full or read-only disk is no failure
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            log.warning(
+                "feature cache not written (%s: %s); features are kept in memory",
+                self.directory,
+                exc.strerror,
+            )
+            self.directory = None
 
     def _load(self) -> None:
         if self._loaded or self.directory is None or not self.directory.is_dir():

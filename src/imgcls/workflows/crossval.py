@@ -86,9 +86,9 @@ def cross_validate(
     summarise (mean, std, 95% interval) -> save ``cv.json`` and ``cv_splits.csv``.
     """
     cfg = _cv_config(config, folds=folds, repeats=repeats)
-    run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
     started = time.perf_counter()
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
+    run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     featured = featurize(scan, plan_run(scan, cfg))
     result, folds_by_repeat = _run_folds(featured, cfg, folds=folds, repeats=repeats)
     result.timing["total_s"] = round(time.perf_counter() - started, 2)

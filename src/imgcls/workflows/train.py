@@ -86,7 +86,7 @@ def train(
     cfg = (config or TrainConfig()).with_overrides(overrides)
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     created = output is not None and not Path(output).exists()
-    run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
+    run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     try:
         return _train(scan, cfg, run_dir, started=started)
     except BaseException:
@@ -182,8 +182,14 @@ def _probe(scan: DatasetScan, plan: RunPlan) -> tuple[FeaturedDataset, ProbeFit]
     return featured, fit
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool) -> Path:
-    """Create ``path``; refuse a non-empty existing directory unless ``overwrite``."""
+def prepare_output_dir(path: Path, *, overwrite: bool, data: DatasetScan | None = None) -> Path:
+    """Create ``path``; refuse a non-empty existing directory unless ``overwrite``, and a
+    directory inside the class folders of ``data`` (its files would become a class)."""
+    if data is not None and data.format == "folder" and path.resolve().is_relative_to(data.root.resolve()):
+        raise DataError(
+            f"output {path} is inside the data folder {data.root}: the next run would take it for a "
+            "class; choose an `output` outside the data"
+        )
     if path.exists() and not path.is_dir():
         raise DataError(f"output {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -226,11 +232,13 @@ def _save_run(
     cfg: TrainConfig,
     metrics: dict[str, Any],
 ) -> None:
+    # The model first and metrics.json last: a run that fails part way (a full disk) never
+    # looks finished.
+    clf.save(run_dir / MODEL_SUBDIR)
     write_manifest(run_dir / SPLITS_FILE, featured.records, featured.splits)
     write_skipped(run_dir / SKIPPED_FILE, featured.unreadable)
-    write_json(run_dir / METRICS_FILE, metrics)
     write_json(run_dir / RUN_CONFIG_FILE, run_config(featured, cfg))
-    clf.save(run_dir / MODEL_SUBDIR)
+    write_json(run_dir / METRICS_FILE, metrics)
     log.info("saved run to %s", run_dir)
 
 
