@@ -135,3 +135,27 @@ def test_a_complete_last_row_without_newline_is_rewritten_not_lost(model, image_
     predict_to_file(clf, paths, out)
     written = [json.loads(line)["path"] for line in out.read_text().splitlines()]
     assert sorted(written) == sorted(map(str, paths))
+
+
+def test_a_torn_quoted_row_is_dropped_and_a_path_spelt_otherwise_is_not_predicted_twice(
+    model, image_folder, monkeypatch
+):
+    from pathlib import Path
+
+    clf = imgcls.load(model)
+    odd = image_folder / "red" / "two\nlines.png"  # a quoted CSV field with a newline of its own
+    make_image((200, 30, 30), seed=5).save(odd, "PNG")
+    paths = expand_inputs([str(image_folder)])
+    out = model / "out.csv"
+    predict_to_file(clf, [odd], out)
+    complete = out.read_bytes()
+    with out.open("ab") as handle:
+        # Torn right after the newline inside the quoted path: the file ends with a newline, yet
+        # its last row is unfinished.
+        handle.write(complete.splitlines(keepends=True)[1])
+    monkeypatch.chdir(image_folder)
+    relative = [Path(os.path.relpath(p)) for p in paths]  # the same files, spelt relative
+    summary = predict_to_file(clf, relative, out)
+    assert summary.skipped_existing == 1 and summary.written == len(paths) - 1
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert len(rows) == len(paths) and {os.path.abspath(r["path"]) for r in rows} == set(map(str, paths))

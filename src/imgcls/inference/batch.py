@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -61,9 +62,9 @@ def predict_to_file(
 ) -> BatchSummary:
     """Append a row per path to ``output`` (``.csv`` or ``.jsonl``), skipping paths already there."""
     kind = _kind(output)
-    _truncate_partial_line(output)  # before reading: a row without its newline was never finished
-    done = already_written(output, kind)
-    todo = [p for p in paths if str(p) not in done]
+    _truncate_partial_line(output, kind)  # before reading: a torn row was never finished
+    done = {_same_file_key(p) for p in already_written(output, kind)}
+    todo = [p for p in paths if _same_file_key(p) not in done]
     started = time.perf_counter()
     written = unreadable = 0
     with _open_for_append(output, kind) as (handle, write_row):
@@ -77,6 +78,11 @@ def predict_to_file(
             if progress is not None:
                 progress(written, len(todo))
     return BatchSummary(written, len(paths) - len(todo), unreadable, time.perf_counter() - started)
+
+
+def _same_file_key(path: str | Path) -> str:
+    """One spelling per file: a rerun given absolute paths skips what a relative run wrote."""
+    return os.path.abspath(str(path))
 
 
 def _kind(output: Path) -> str:
@@ -130,19 +136,29 @@ class _open_for_append:
         self.handle.close()
 
 
-def _truncate_partial_line(output: Path) -> None:
-    """Drop a last line that has no newline (what a kill in mid-write leaves)."""
+def _truncate_partial_line(output: Path, kind: str) -> None:
+    """Drop a last row that was never finished (what a kill in mid-write leaves)."""
     if not output.is_file() or output.stat().st_size == 0:
         return
-    with output.open("r+b") as handle:
-        size = handle.seek(0, 2)
-        start = max(0, size - 65536)
-        handle.seek(start)
-        tail = handle.read()
-        if tail.endswith(b"\n"):
-            return
-        cut = tail.rfind(b"\n")
-        handle.truncate(start + cut + 1 if cut >= 0 else start)
+    data = output.read_bytes()
+    complete = _complete_length(data, quoted=kind == "csv")
+    if complete < len(data):
+        with output.open("r+b") as handle:
+            handle.truncate(complete)
+
+
+def _complete_length(data: bytes, *, quoted: bool) -> int:
+    """The length of ``data``'s complete rows: up to its last newline, and for CSV, to the last
+    newline outside a quoted field (a quoted path may hold a newline of its own)."""
+    cut = data.rfind(b"\n") + 1
+    if not quoted:
+        return cut
+    quotes = data.count(b'"', 0, cut)
+    while quotes % 2 and cut > 0:
+        previous = data.rfind(b"\n", 0, cut - 1) + 1
+        quotes -= data.count(b'"', previous, cut)
+        cut = previous
+    return cut
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
