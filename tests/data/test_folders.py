@@ -79,3 +79,22 @@ def test_expand_inputs_files_folders_globs(image_folder):
         expand_inputs([str(image_folder / "*.jpeg")])
     with pytest.raises(DataError, match="does not exist"):
         expand_inputs([str(image_folder / "missing.png")])
+
+
+def test_broken_and_looping_links_are_reported_not_dropped(image_folder, tmp_path, capsys):
+    import os
+
+    from imgcls.cli.main import main
+    from tests.conftest import TINY_ARGS
+
+    os.symlink(image_folder / "red" / "gone.png", image_folder / "red" / "dangling.png")
+    os.symlink(image_folder / "red" / "loop.png", image_folder / "red" / "loop.png")
+    os.symlink(tmp_path / "nowhere", image_folder / "red" / "notes.txt")
+    scan = scan_dataset(image_folder)
+    assert {"red/dangling.png", "red/loop.png"} <= {r.path for r in scan.records}
+    assert any("notes.txt (a symbolic link to nothing)" in entry for entry in scan.ignored)
+    run = tmp_path / "run"
+    assert main(["train", str(image_folder), "--output", str(run), *TINY_ARGS]) == 0
+    skipped = (run / "skipped.csv").read_text()
+    assert "red/dangling.png,cannot read file (No such file or directory)" in skipped
+    assert "red/loop.png,cannot read file (Too many levels of symbolic links)" in skipped

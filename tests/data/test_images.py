@@ -112,3 +112,15 @@ def test_the_documented_pixel_limit_is_the_one_kept():
     images._check_size(header, "big.png")
     with pytest.raises(UnreadableImageError, match="decompression bomb"):
         images._check_size(Image.new("1", (side + 2, side + 2)), "bigger.png")
+
+
+def test_an_all_nan_float_image_is_unreadable_and_a_partly_nan_one_is_not():
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32), mode="F").save(buffer, "TIFF")
+    with pytest.raises(UnreadableImageError, match="all NaN"):
+        decode_rgb(buffer.getvalue(), name="nan.tif")
+    partly = np.ones((8, 8), dtype=np.float32)
+    partly[0, 0] = np.nan
+    buffer = io.BytesIO()
+    Image.fromarray(partly, mode="F").save(buffer, "TIFF")
+    assert np.asarray(decode_rgb(buffer.getvalue()))[1, 1].tolist() == [255, 255, 255]

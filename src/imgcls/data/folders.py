@@ -95,7 +95,15 @@ def images_under(folder: Path, root: Path, ignored: list[str]) -> list[str]:
     """Image files anywhere under ``folder``, relative to ``root``; other files go to ``ignored``."""
     images = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_symlink() and not path.exists():  # a link to nothing, or round in a loop
+            if is_image_path(path):
+                images.append(_rel(path, root))  # read like any image, and skipped with the reason
+            else:
+                ignored.append(f"{_rel(path, root)} (a symbolic link to nothing)")
+            continue
+        if not path.is_file():
             continue
         if is_image_path(path):
             images.append(_rel(path, root))
@@ -126,7 +134,7 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:
         path = Path(item).expanduser()
         if path.is_dir():
             found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and is_image_path(p))
-        elif path.is_file():
+        elif path.is_file() or path.is_symlink():  # a broken link is reported when it is read
             found.append(path)
         elif glob.has_magic(item):
             matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))

@@ -111,6 +111,8 @@ def decode_rgb(data: bytes, *, name: str | Path = "<bytes>", min_side: int | Non
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError) as exc:
         raise UnreadableImageError(name, f"truncated or corrupt image data ({exc})") from exc
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).any():
+        raise UnreadableImageError(name, "a floating-point image without a single finite pixel (all NaN)")
     return to_rgb(image)
 
 
@@ -163,7 +165,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     """16-bit and 32-bit single-channel images: rescale to 0-255 instead of clipping."""
-    array = np.asarray(image, dtype=np.float64)
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if image.mode == "F":
         peak = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
     elif image.mode.startswith("I;16") or array.max(initial=0.0) > 255:
