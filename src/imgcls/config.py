@@ -46,6 +46,8 @@ class ServeLimits:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     top_k: int = TOP_K
+    max_concurrent: int = 64  # /predict requests in flight; more get 503 and Retry-After
+    request_timeout_s: float = 60.0  # a /predict request that takes longer gets 503
 
 
 @dataclass(frozen=True)

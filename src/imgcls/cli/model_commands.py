@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,31 @@ def add_serve(p: argparse.ArgumentParser) -> None:
         default=limits.max_files,
         help=f"files per request (default: {limits.max_files})",
     )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=limits.max_concurrent,
+        help=f"requests in flight; more get 503 and Retry-After (default: {limits.max_concurrent})",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=limits.request_timeout_s,
+        help=f"seconds a request may take (default: {limits.request_timeout_s:g})",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("IMGCLS_API_KEY"),
+        help="require this key (X-API-Key or Authorization: Bearer) of every request but the page "
+        "and /health (default: $IMGCLS_API_KEY; none)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN to call the API (repeatable; default: none)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -258,11 +284,28 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         top_k=args.top_k,
+        max_concurrent=args.max_concurrent,
+        request_timeout_s=args.request_timeout,
     )
     from imgcls.inference.loading import open_model
 
     opened = open_model(args.model, runtime=args.runtime)
-    serve(opened.predictor, runtime=opened.runtime, host=args.host, port=args.port, limits=limits)
+    print(
+        f"limits: {limits.max_upload_bytes / 2**20:g} MB a file, {limits.max_files} files a request, "
+        f"{limits.max_concurrent} requests in flight, {limits.request_timeout_s:g} s a request; "
+        f"API key {'required' if args.api_key else 'not required'}; "
+        f"CORS {', '.join(args.cors_origin) if args.cors_origin else 'off'}",
+        file=sys.stderr,
+    )
+    serve(
+        opened.predictor,
+        runtime=opened.runtime,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        api_key=args.api_key,
+        cors_origins=args.cors_origin,
+    )
     return 0
 
 

@@ -21,11 +21,17 @@ def to_input_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def crop_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False) -> np.ndarray:
-    """The geometric half: an H x W x 3 uint8 array (``transforms.eval_crop`` without torch)."""
-    resized = _resize_shorter_side(
+def resize_for(image: Image.Image, pre: Preprocessing) -> Image.Image:
+    """The eval transform's resize alone: the shorter side to ``pre.resize_size``. The eval
+    transform of the result is that of ``image``, so a large image can be shrunk early."""
+    return _resize_shorter_side(
         image, pre.resize_size, RESAMPLE.get(pre.interpolation, Image.Resampling.BICUBIC)
     )
+
+
+def crop_array(image: Image.Image, pre: Preprocessing, *, flip: bool = False) -> np.ndarray:
+    """The geometric half: an H x W x 3 uint8 array (``transforms.eval_crop`` without torch)."""
+    resized = resize_for(image, pre)
     cropped = _center_crop(resized, pre.input_size)
     if flip:
         cropped = ImageOps.mirror(cropped)

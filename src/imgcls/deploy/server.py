@@ -3,14 +3,19 @@
 Concurrent requests are batched together (dynamic micro-batching): images wait at most
 ``max_wait_ms`` for others to share one forward pass of up to ``max_batch`` images. Uploads
 are checked for size, count and decodability before they reach the model; a bad upload gets a
-4xx with a message and never takes the server down. Imports no torch itself: with the ONNX
-runtime the whole server runs without it.
+4xx with a message and never takes the server down. Ready for a network: a request body is
+counted while it streams (a chunked upload with no Content-Length included) and refused once
+over the limit; each image is shrunk to the network's resize size as soon as it is decoded;
+requests in flight are capped (503 with Retry-After) and timed out; an API key, if set, is
+required of every request but the page and the health check; CORS is off unless origins are
+named. Imports no torch itself: with the ONNX runtime the whole server runs without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +23,13 @@ from importlib import resources
 from typing import Annotated, Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Header, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from imgcls.config import ServeLimits
+from imgcls.data._pixels import resize_for
 from imgcls.data.images import UnreadableImageError, decode_rgb
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.inference.predictions import rank_classes
@@ -89,9 +95,68 @@ class MicroBatcher:
                 future.set_result(row)
 
 
-def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits | None = None) -> FastAPI:
-    """The FastAPI application serving ``predictor``."""
+class _BodyLimit:
+    """ASGI middleware: count a request's body while it arrives and answer 413 once it passes
+    ``max_bytes``, whether or not a Content-Length was sent (chunked uploads have none). The
+    rest of the body is never read; whatever the application makes of the cut-off body is
+    replaced by the 413."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if scope["type"] != "http" or not (length.isdigit() and int(length) > self.max_bytes):
+            if scope["type"] == "http":
+                await self._guarded(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        await self._refuse(send)
+
+    async def _guarded(self, scope: dict, receive: Callable, send: Callable) -> None:
+        received, too_large = 0, False
+
+        async def counting_receive() -> dict:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                too_large = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    async def _refuse(self, send: Callable) -> None:
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, 413)
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def create_app(
+    predictor: ImagePredictor,
+    *,
+    runtime: str,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+) -> FastAPI:
+    """The FastAPI application serving ``predictor``; with ``api_key``, requests other than the
+    page and ``/health`` must send it (``X-API-Key`` or ``Authorization: Bearer``)."""
     limits = limits or ServeLimits()
+    in_flight = asyncio.Semaphore(limits.max_concurrent)
     batcher = MicroBatcher(
         lambda images: predictor.probabilities(images),
         max_batch=limits.max_batch,
@@ -107,15 +172,13 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
 
     app = FastAPI(title="imgcls", description=f"{predictor.backbone} image classifier", lifespan=lifespan)
     app.state.batcher = batcher
+    # Room for the multipart framing around the largest allowed set of files.
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes * limits.max_files + 65536)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
 
-    @app.middleware("http")
-    async def reject_huge_bodies(request: Request, call_next: Callable) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limits.max_upload_bytes * limits.max_files + 65536:
-            return JSONResponse(
-                {"detail": f"request body over {limits.max_upload_bytes * limits.max_files} bytes"}, 413
-            )
-        return await call_next(request)
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"])
+    authorised = [Depends(_key_check(api_key))] if api_key else []
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -126,7 +189,7 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
             "largest_batch": batcher.largest_batch,
         }
 
-    @app.get("/model")
+    @app.get("/model", dependencies=authorised)
     async def model_info() -> dict[str, Any]:
         return {
             "backbone": predictor.backbone,
@@ -136,18 +199,32 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
             "preprocessing": predictor.preprocessing.to_dict(),
         }
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=authorised)
     async def predict(
         file: Annotated[list[UploadFile], File(description="one or more images (repeat the field)")],
     ) -> list[dict[str, Any]]:
         if len(file) > limits.max_files:
             raise HTTPException(413, f"{len(file)} files in one request; the limit is {limits.max_files}")
-        min_side = predictor.preprocessing.resize_size  # the same reduced JPEG decode as the CLI
-        images = [await _decode_upload(upload, limits, min_side) for upload in file]
-        probs = await batcher.submit(images)
+        if in_flight.locked():
+            raise HTTPException(
+                503,
+                f"{limits.max_concurrent} requests are in flight; try again",
+                headers={"Retry-After": "1"},
+            )
+        async with in_flight:
+            try:
+                probs = await asyncio.wait_for(_predict(file), limits.request_timeout_s)
+            except TimeoutError:
+                raise HTTPException(
+                    503, f"the request took over {limits.request_timeout_s:g} s", headers={"Retry-After": "5"}
+                ) from None
         names = [upload.filename for upload in file]
         ranked = rank_classes(np.stack(probs), predictor.classes, names, limits.top_k)
         return [prediction.to_dict() for prediction in ranked]
+
+    async def _predict(uploads: list[UploadFile]) -> list[np.ndarray]:
+        images = [await _decode_upload(upload, limits, predictor.preprocessing) for upload in uploads]
+        return await batcher.submit(images)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -156,23 +233,53 @@ def create_app(predictor: ImagePredictor, *, runtime: str, limits: ServeLimits |
     return app
 
 
-async def _decode_upload(upload: UploadFile, limits: ServeLimits, min_side: int) -> Image.Image:
-    """Read at most the size limit, then decode off the event loop; 413/415 with a reason."""
+def _key_check(api_key: str) -> Callable[..., None]:
+    """A dependency that refuses a request without ``api_key`` (compared in constant time)."""
+    expected = api_key.encode()
+
+    def check(
+        x_api_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected):
+            raise HTTPException(401, "this server needs its API key (X-API-Key or Authorization: Bearer)")
+
+    return check
+
+
+async def _decode_upload(upload: UploadFile, limits: ServeLimits, pre: Preprocessing) -> Image.Image:
+    """Read at most the size limit, then decode and shrink to the network's resize size off the
+    event loop (a full-size image never waits for its batch); 413/415 with a reason."""
     data = await upload.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise HTTPException(
             413, f"{upload.filename}: larger than the {limits.max_upload_bytes}-byte upload limit"
         )
+    name = upload.filename or "upload"
     try:
-        return await run_in_threadpool(decode_rgb, data, name=upload.filename or "upload", min_side=min_side)
+        return await run_in_threadpool(
+            lambda: resize_for(decode_rgb(data, name=name, min_side=pre.resize_size), pre)
+        )
     except UnreadableImageError as exc:
         status = 413 if "decompression bomb" in exc.reason or "strip" in exc.reason else 415
         raise HTTPException(status, f"{upload.filename}: {exc.reason}") from exc
 
 
 def serve(
-    predictor: ImagePredictor, *, runtime: str, host: str, port: int, limits: ServeLimits | None = None
+    predictor: ImagePredictor,
+    *,
+    runtime: str,
+    host: str,
+    port: int,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(predictor, runtime=runtime, limits=limits), host=host, port=port, log_level="info")
+    app = create_app(predictor, runtime=runtime, limits=limits, api_key=api_key, cors_origins=cors_origins)
+    # Idle connections close after 5 s, and a request's headers may not exceed 16 KB.
+    uvicorn.run(
+        app, host=host, port=port, log_level="info", timeout_keep_alive=5, h11_max_incomplete_event_size=16384
+    )
