@@ -341,3 +341,15 @@ def test_on_a_cpu_depthwise_units_keep_their_pretrained_values_and_the_rest_trai
     pointwise = [m for m in split.top.stages.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
     assert pointwise and all(m.weight.requires_grad for m in pointwise)
     assert model.get_classifier().weight.requires_grad
+
+
+def test_a_checkpoint_missing_keys_is_a_one_line_error(image_folder, tmp_path, capsys):
+    from imgcls.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    imgcls.train(image_folder, run, config=TINY_FT)
+    save_checkpoint(run / "checkpoint.pt", {"module": {}, "state": {}})  # what a damaged run could leave
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    error = capsys.readouterr().err
+    assert "the checkpoint does not fit this run" in error and error.count("\n") == 1

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.errors import ModelFormatError
 from imgcls.system.profiling import PROFILE
 from imgcls.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 
@@ -193,13 +194,20 @@ def resume_training(
     task: TrainingTask, opt: Optimisation, settings: LoopSettings, payload: dict[str, Any]
 ) -> LoopState:
     """Continue from a checkpoint payload written by ``run_training``."""
-    task.module.load_state_dict(payload["module"])
-    opt.optimizer.load_state_dict(payload["optimizer"])
-    opt.scheduler.load_state_dict(payload["scheduler"])
-    if opt.scaler is not None and payload.get("scaler"):
-        opt.scaler.load_state_dict(payload["scaler"])
-    restore_rng_states(payload["rng"])
-    state = LoopState.from_payload(payload["state"])
+    try:
+        task.module.load_state_dict(payload["module"])
+        opt.optimizer.load_state_dict(payload["optimizer"])
+        opt.scheduler.load_state_dict(payload["scheduler"])
+        if opt.scaler is not None and payload.get("scaler"):
+            opt.scaler.load_state_dict(payload["scaler"])
+        restore_rng_states(payload["rng"])
+        state = LoopState.from_payload(payload["state"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFormatError(
+            f"the checkpoint does not fit this run ({type(exc).__name__}: {first_line}); "
+            "train again with `overwrite=True`"
+        ) from None
     log.info("resuming at epoch %d (best so far: epoch %d)", state.next_epoch, state.best_epoch)
     return run_training(task, opt, settings, state)
 
