@@ -135,6 +135,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def with_settings(config: TrainConfig | None, settings: dict[str, Any]) -> TrainConfig:
+    """``config`` (or the defaults) with ``settings`` applied: ``TrainConfig`` field names as
+    keyword arguments of ``imgcls.train`` and friends (``None`` leaves a field as it is; a path
+    becomes its string). An unknown name is an error that lists the known ones."""
+    values = {name: str(value) if isinstance(value, Path) else value for name, value in settings.items()}
+    return (config or TrainConfig()).with_overrides(values)
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown `{name}` {value!r}; choose one of {', '.join(choices)}")

@@ -202,3 +202,20 @@ def test_evaluate_train_split_excludes_the_carved_validation_images(tmp_path):
     loaded = imgcls.load(tmp_path / "run")
     assert loaded.evaluate(data.parent, split="train").report["n"] == clf.metrics["train"]["n"] == 24
     assert loaded.evaluate(data.parent, split="val").report["n"] == 6
+
+
+def test_the_python_api_takes_every_setting_as_a_keyword_and_lists_of_images(image_folder, tmp_path):
+    clf = imgcls.train(
+        image_folder, backbone=TINY_BACKBONE, pretrained=False, input_size=64, val_fraction=0.25, report=False
+    )
+    assert clf.metrics["val"]["n"] == 9  # a quarter of each class's 12 images
+    with pytest.raises(imgcls.ImgclsError, match="unknown config keys \\['epoch'\\]"):
+        imgcls.train(image_folder, epoch=3)
+    images = [str(image_folder / "red" / "red_000.png"), str(image_folder / "blue" / "blue_000.png")]
+    predictions = clf.predict(images, top_k=1)
+    assert [p.path for p in predictions] == images and clf.predict(tuple(images))[1].label == predictions[
+        1
+    ].label
+    assert {"train", "load", "cross_validate", "TrainConfig"} <= set(dir(imgcls))
+    cv = imgcls.cross_validate(image_folder, folds=2, backbone=TINY_BACKBONE, pretrained=False, input_size=64)
+    assert len(cv.per_fold) == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -134,12 +134,28 @@ class Classifier:
 
     # -- prediction ---------------------------------------------------------------------------
 
-    def predict(self, image: ImageInput, *, top_k: int = TOP_K, tta: bool = False) -> Prediction:
-        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes.
+    @overload
+    def predict(self, image: ImageInput, *, top_k: int = ..., tta: bool = ...) -> Prediction: ...
+    @overload
+    def predict(
+        self, image: list[ImageInput] | tuple[ImageInput, ...], *, top_k: int = ..., tta: bool = ...
+    ) -> list[Prediction]: ...
+
+    def predict(
+        self,
+        image: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
+        *,
+        top_k: int = TOP_K,
+        tta: bool = False,
+    ) -> Prediction | list[Prediction]:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
+        a list (or tuple) of them gives a list of predictions, in order.
 
         With ``tta``, probabilities are averaged over the centre crop, the whole image and
         the mirror image of each.
         """
+        if isinstance(image, list | tuple):
+            return [self.predict(one, top_k=top_k, tta=tta) for one in image]
         path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
         views = []
         for view in views_for(tta):

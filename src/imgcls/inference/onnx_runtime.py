@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image
@@ -77,10 +77,26 @@ class OnnxClassifier:
         logits = self.session.run(None, {self._input: batch})[0]
         return softmax(logits.astype(np.float64)).astype(np.float32)
 
-    def predict(self, image: ImageInput, *, top_k: int = TOP_K, tta: bool = False) -> Prediction:
-        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes."""
+    @overload
+    def predict(self, image: ImageInput, *, top_k: int = ..., tta: bool = ...) -> Prediction: ...
+    @overload
+    def predict(
+        self, image: list[ImageInput] | tuple[ImageInput, ...], *, top_k: int = ..., tta: bool = ...
+    ) -> list[Prediction]: ...
+
+    def predict(
+        self,
+        image: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
+        *,
+        top_k: int = TOP_K,
+        tta: bool = False,
+    ) -> Prediction | list[Prediction]:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
+        a list (or tuple) of them gives a list of predictions, in order."""
         if tta:
             raise ConfigError("test-time augmentation is not available with the ONNX runtime")
+        if isinstance(image, list | tuple):
+            return [self.predict(one, top_k=top_k) for one in image]
         path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
         return self._top([pil], [path], top_k)[0]
 

@@ -25,7 +25,7 @@ from imgcls._files import (
     SKIPPED_FILE,
     write_json,
 )
-from imgcls.config import FOLDS, REPEATS, TrainConfig
+from imgcls.config import FOLDS, REPEATS, TrainConfig, with_settings
 from imgcls.data.records import TEST, TRAIN, VAL
 from imgcls.data.sources import open_source
 from imgcls.data.splits import assign_folds, check_splits, write_fold_manifest
@@ -78,14 +78,16 @@ def cross_validate(
     folds: int = FOLDS,
     repeats: int = REPEATS,
     overwrite: bool = False,
+    **settings: Any,
 ) -> CrossValidation:
     """Stratified k-fold cross-validation of the probe on all non-test images of ``data``.
 
     Recipe: resolve config -> scan data -> extract features once -> for each repeat, assign
     seeded stratified folds -> for each fold, fit on the other folds and score this one ->
     summarise (mean, std, 95% interval) -> save ``cv.json`` and ``cv_splits.csv``.
+    ``settings`` are ``TrainConfig`` fields, overriding ``config`` (as for ``train``).
     """
-    cfg = _cv_config(config, folds=folds, repeats=repeats)
+    cfg = _cv_config(with_settings(config, settings), folds=folds, repeats=repeats)
     started = time.perf_counter()
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
@@ -245,13 +247,15 @@ def compare(
     folds: int = FOLDS,
     repeats: int = REPEATS,
     overwrite: bool = False,
+    **settings: Any,
 ) -> Comparison:
-    """Cross-validate each backbone on the same folds; test the best two against each other."""
+    """Cross-validate each backbone on the same folds; test the best two against each other.
+    ``settings`` are ``TrainConfig`` fields, overriding ``config`` (as for ``train``)."""
     backbones = list(dict.fromkeys(backbones))  # a name given twice is run once
     if len(backbones) < 2:
         raise ConfigError(f"compare needs at least two different backbones, got {backbones}")
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
-    base = config or TrainConfig()
+    base = with_settings(config, settings)
     results = []
     for name in backbones:
         sub_dir = run_dir / name if run_dir is not None else None

@@ -24,7 +24,7 @@ from imgcls._files import (
     write_csv_atomic,
     write_json,
 )
-from imgcls.config import TrainConfig
+from imgcls.config import TrainConfig, with_settings
 from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
 from imgcls.data.sources import open_source
 from imgcls.data.splits import check_splits, split_counts, write_manifest
@@ -50,40 +50,32 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    data: str | Path,
+    data: str | Path | Any,
     output: str | Path | None = None,
     *,
     config: TrainConfig | None = None,
-    backbone: str | None = None,
-    weights: str | Path | None = None,
-    pretrained: bool | None = None,
-    seed: int | None = None,
-    strategy: str | None = None,
     overwrite: bool = False,
+    **settings: Any,
 ) -> Classifier:
-    """Train a classifier on a folder of labelled images (one sub-folder per class).
+    """Train a classifier on labelled images.
 
     Args:
-        data: the image folder; ``train/`` + ``val/`` + ``test/`` sub-folders are honoured.
+        data: any source ``imgcls train`` reads (a class folder, with ``train/`` + ``val/`` +
+            ``test/`` honoured; a manifest or a pandas DataFrame; CIFAR, ImageNet, shards, a
+            Hugging Face data set; see docs/data.md).
         output: run directory to write (model/, metrics.json, report.html, splits.csv, run_config.json,
             skipped.csv, and for fine-tuning history.csv, curves.png and a checkpoint while it
             runs); ``None`` keeps everything in memory.
-        config: full settings; the keyword arguments below override its fields.
-        strategy: ``probe`` (linear head on frozen features), ``finetune`` or ``auto``.
+        config: full settings; ``settings`` override its fields.
         overwrite: allow writing into an existing, non-empty run directory.
+        settings: any ``TrainConfig`` field: ``backbone="efficientnet_lite2"``,
+            ``strategy="finetune"``, ``epochs=3``, ``seed=1``, ...
 
     Returns:
         The trained classifier; ``clf.metrics`` holds the validation (and test) metrics.
     """
     started = time.perf_counter()
-    overrides = {
-        "backbone": backbone,
-        "weights": str(weights) if weights else None,
-        "pretrained": pretrained,
-        "seed": seed,
-        "strategy": strategy,
-    }
-    cfg = (config or TrainConfig()).with_overrides(overrides)
+    cfg = with_settings(config, settings)
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     created = output is not None and not Path(output).exists()
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
