@@ -367,3 +367,23 @@ def test_cross_validation_and_inspect_data_read_any_source(cifar_like, capsys):
     assert main(["inspect-data", str(cifar_like["tar.gz"]), "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
     assert sum(counts["counts"]["test"].values()) == 20
+
+
+def test_class_folders_named_by_synset_get_readable_names_and_older_models_still_evaluate(tmp_path):
+    from tests.conftest import make_image
+
+    data = tmp_path / "imagenet"
+    for c, synset in enumerate(SYNSETS):
+        for split, count in (("train", 8), ("val", 3)):
+            (data / split / synset).mkdir(parents=True)
+            for i in range(count):
+                make_image(list(COLOURS.values())[c], seed=50 * c + i).save(
+                    data / split / synset / f"{i}.png"
+                )
+    scan = open_source(data)  # no mapping file beside it: the synset list timm ships names them
+    assert scan.classes == ["n01440764 tench", "n02102040 English springer", "n03000684 chain saw"]
+    assert scan.format == "folder" and scan.records[0].path.startswith("train/n01440764/")
+    clf = imgcls.train(data, tmp_path / "run", config=TINY)
+    assert clf.classes == scan.classes
+    clf.classes = [c.split(" ")[0] for c in clf.classes]  # a model saved with bare synset ids
+    assert clf.evaluate(data, split="val").report["n"] == 9

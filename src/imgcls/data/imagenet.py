@@ -9,12 +9,16 @@ The training images form the train split and the labelled validation images the 
 (the unlabelled ``test/`` folder is left out). A class is named by its synset id and the first
 of its names (``n01440764 tench``): unique, readable in reports and predictions, and sorted as
 ImageNet's class indices are. The layout with ``train/<synset>/`` and ``val/<synset>/`` folders
-is a plain class-folder data set.
+is a plain class-folder data set whose classes get the same names (``name_synset_classes``),
+from a ``LOC_synset_mapping.txt`` beside it or else the synset list that timm ships.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import re
+from dataclasses import replace
 from pathlib import Path
 
 from imgcls.data.folders import images_under
@@ -22,6 +26,9 @@ from imgcls.data.records import TRAIN, VAL, DatasetScan, ImageRecord, validate_s
 from imgcls.errors import DataError
 
 SYNSETS_FILE = "LOC_synset_mapping.txt"
+SYNSET_ID = re.compile(r"n\d{8}")
+# timm's list of WordNet synsets and their names: read as a file, without importing timm.
+TIMM_SYNSETS = ("data", "_info", "imagenet_synset_to_lemma.txt")
 VAL_SOLUTION_FILE = "LOC_val_solution.csv"
 IMAGES = Path("ILSVRC/Data/CLS-LOC")
 
@@ -53,12 +60,36 @@ def read_kaggle_imagenet(source: str | Path, *, min_classes: int = 2) -> Dataset
     return scan
 
 
+def name_synset_classes(scan: DatasetScan) -> DatasetScan:
+    """Class folders named by synset (``train/n01440764/``) get readable class names; any other
+    data set is returned as it is."""
+    if not scan.classes or not all(SYNSET_ID.fullmatch(c) for c in scan.classes):
+        return scan
+    names = _known_synset_names(scan.root)
+    if not all(c in names for c in scan.classes):
+        return scan
+    scan.records = [replace(r, label=f"{r.label} {names[r.label]}") for r in scan.records]
+    scan.classes = sorted({r.label for r in scan.records})
+    return scan
+
+
+def _known_synset_names(root: Path) -> dict[str, str]:
+    for folder in (root, root.parent):
+        if (folder / SYNSETS_FILE).is_file():
+            return _synset_names(folder / SYNSETS_FILE)
+    spec = importlib.util.find_spec("timm")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*TIMM_SYNSETS)
+    return _synset_names(path) if path.is_file() else {}
+
+
 def _synset_names(path: Path) -> dict[str, str]:
     names = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        synset, _, description = line.strip().partition(" ")
+        synset, _, description = line.strip().replace("\t", " ").partition(" ")
         if not synset or not description:
             raise DataError(f"{path} line {number}: expected '<synset> <names>', got {line!r}")
         names[synset] = description.split(",")[0].strip()

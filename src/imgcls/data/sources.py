@@ -24,7 +24,7 @@ from imgcls.config import DATA_FORMATS
 from imgcls.data.cifar import looks_like_cifar, read_cifar
 from imgcls.data.folders import expand_inputs, scan_dataset
 from imgcls.data.huggingface import looks_like_image_parquet, looks_like_saved_dataset, read_hf_source
-from imgcls.data.imagenet import looks_like_kaggle_imagenet, read_kaggle_imagenet
+from imgcls.data.imagenet import looks_like_kaggle_imagenet, name_synset_classes, read_kaggle_imagenet
 from imgcls.data.images import ImageRef
 from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
 from imgcls.data.records import DatasetScan
@@ -89,4 +89,4 @@ def open_source(
         return read_webdataset(source, min_classes=min_classes)
     if found == "huggingface":
         return read_hf_source(source, min_classes=min_classes)
-    return scan_dataset(source, min_classes=min_classes)
+    return name_synset_classes(scan_dataset(source, min_classes=min_classes))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from imgcls._files import SPLITS_FILE, write_json
 from imgcls.config import PREDICT_BATCH_SIZE
+from imgcls.data.imagenet import SYNSET_ID
 from imgcls.data.records import DatasetScan, ImageRecord
 from imgcls.data.sources import open_source
 from imgcls.data.splits import SPLITS, read_manifest, splits_from_manifest
@@ -68,7 +69,7 @@ def evaluate(
     averaged views, and ``Evaluation.tta`` compares it with the plain centre crop.
     """
     scan = open_source(data, data_format=data_format, label_set=label_set, min_classes=1)
-    records = select_split(scan, split, manifest_path(clf.directory))
+    records = _as_model_classes(select_split(scan, split, manifest_path(clf.directory)), clf.classes)
     unknown = sorted({r.label for r in records} - set(clf.classes))
     if unknown:
         raise DataError(
@@ -111,6 +112,14 @@ def evaluate(
             "log_loss_with": report["log_loss"],
         }
     return evaluation
+
+
+def _as_model_classes(records: list[ImageRecord], classes: list[str]) -> list[ImageRecord]:
+    """Records labelled ``n01440764 tench`` for a model whose classes are the bare synset ids
+    (saved before class folders named by synset got readable names): label them by the id."""
+    if not classes or not all(SYNSET_ID.fullmatch(c) for c in classes):
+        return records
+    return [replace(r, label=r.label.split(" ", 1)[0]) for r in records]
 
 
 def select_split(scan: DatasetScan, split: str, manifest: Path | None) -> list[ImageRecord]:
