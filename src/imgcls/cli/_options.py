@@ -10,8 +10,7 @@ import json
 import logging
 import re
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 DATA_HELP = (
@@ -237,19 +236,6 @@ def add_runtime_option(p: argparse.ArgumentParser) -> None:
         help="ONNX Runtime on the model's export (model.onnx; no torch import) or torch; auto "
         "(default): ONNX Runtime when a current export exists and this CPU lacks native bf16",
     )
-
-
-def progress_printer(what: str) -> Callable[[int, int], None]:
-    started = time.perf_counter()
-
-    def report(done: int, total: int) -> None:
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        eta = (total - done) / rate if rate else 0.0
-        print(f"\r{what}: {done}/{total} images, {rate:.0f} img/s, ETA {eta:.0f} s", end="", file=sys.stderr)
-        if done >= total:
-            print(file=sys.stderr)
-
-    return report
 
 
 def print_json(data: Any) -> None:

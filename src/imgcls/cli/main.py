@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbosity: int) -> None:
-    """0: INFO (progress and notes), -1: WARNING, -2: ERROR, +1: DEBUG; all to stderr."""
+    """0: INFO (progress and notes), -1: WARNING, -2: ERROR, +1: DEBUG; all to stderr. On a
+    terminal, progress is drawn as bars instead of logged (unless -q)."""
+    from imgcls.system.progress import show_bars
+
+    show_bars(sys.stderr.isatty() and verbosity >= 0)
     level = {-1: logging.WARNING, 0: logging.INFO}.get(
         verbosity, logging.ERROR if verbosity < 0 else logging.DEBUG
     )

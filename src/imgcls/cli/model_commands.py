@@ -17,7 +17,6 @@ from imgcls.cli._options import (
     as_flags,
     print_json,
     print_unreadable,
-    progress_printer,
 )
 
 # Every input was unreadable: nothing was predicted (2 stays for errors of use and data).
@@ -144,6 +143,7 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
     from imgcls.data.sources import prediction_inputs
     from imgcls.errors import DataError
     from imgcls.inference.batch import predict_to_file
+    from imgcls.system.progress import Progress
 
     paths = prediction_inputs(args.paths)
     if not paths:
@@ -156,7 +156,7 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         tta=args.tta,
-        progress=progress_printer("predicting"),
+        progress=Progress("predicting"),
     )
     print(
         f"wrote {summary.written} rows to {args.output} ({summary.unreadable} unreadable, "

@@ -7,7 +7,6 @@ and score a linear head on any assignment of images to train/val/test.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from imgcls.models.features import (
 )
 from imgcls.models.registry import BackboneSpec
 from imgcls.system.profiling import PROFILE
+from imgcls.system.progress import Progress
 from imgcls.training.head import LinearHead, fit_linear_head
 from imgcls.training.run_plan import FeatureSettings, RunPlan
 
@@ -142,7 +142,7 @@ def extract_for(
         cache=cache,
         batch_size=settings.batch_size,
         workers=resolve_workers(settings.workers, len(paths)),
-        progress=ProgressLog("extracting features" if output == "pooled" else "caching activations"),
+        progress=Progress("extracting features" if output == "pooled" else "caching activations"),
         embed=embed,
         precision=settings.precision,
     )
@@ -277,19 +277,3 @@ def install_head(model: nn.Module, head: LinearHead) -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(head.weight))
         layer.bias.copy_(torch.from_numpy(head.bias))
-
-
-class ProgressLog:
-    """Logs progress at most every few seconds (library code never prints)."""
-
-    def __init__(self, what: str, every_s: float = 5.0) -> None:
-        self.what, self.every_s = what, every_s
-        self.started = self.last = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and done < total:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        log.info("%s: %d/%d images (%.0f img/s)", self.what, done, total, rate)

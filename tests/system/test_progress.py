@@ -1,0 +1,60 @@
+"""Progress: a bar with rate and ETA on a terminal; plain lines with percentage and ETA in logs."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+
+from tests.conftest import TINY_ARGS, run_cli
+
+
+def _in_a_terminal(*args: str) -> str:
+    """Run ``imgcls ARGS`` with a pseudo-terminal as its standard streams; what it drew."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgcls", *args], stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    output = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            process.kill()
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(60)
+    os.close(master)
+    assert process.returncode == 0, output.decode(errors="replace")
+    return output.decode(errors="replace")
+
+
+def test_a_terminal_gets_a_bar_with_rate_and_eta(image_folder, tmp_path):
+    args = ["train", str(image_folder), "--output", str(tmp_path / "run"), "--no-cache", *TINY_ARGS]
+    drawn = _in_a_terminal(*args)
+    bar = next(
+        line
+        for line in drawn.replace("\r", "\n").splitlines()
+        if "extracting features" in line and "36/36" in line
+    )
+    assert "100%|" in bar and "<" in bar and "images/s" in bar  # tqdm: elapsed<remaining, rate
+
+
+def test_a_log_gets_percentage_lines_without_terminal_control_characters(image_folder, tmp_path):
+    logged = run_cli(
+        "train", str(image_folder), "--output", str(tmp_path / "run"), "--no-cache", *TINY_ARGS
+    ).stderr
+    assert "extracting features: 36/36 images (100%" in logged and "ETA" in logged
+    assert "\r" not in logged and "\x1b[" not in logged
