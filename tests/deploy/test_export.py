@@ -133,9 +133,17 @@ def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(
     assert choose_runtime("auto", trained).runtime == "onnx"
     config_path.write_text(json.dumps(config))
 
+    from imgcls.inference.onnx_runtime import OnnxClassifier
+
+    loads = []
+    original_load = OnnxClassifier.load.__func__
+    monkeypatch.setattr(
+        OnnxClassifier, "load", classmethod(lambda cls, path: loads.append(path) or original_load(cls, path))
+    )
     with caplog.at_level("INFO", logger="imgcls"):
         assert main(["predict", str(trained), str(real_images[0]), "--json"]) == 0
-    assert "runtime: onnx" in caplog.text
+    assert "runtime: onnx (ONNX Runtime beats torch fp32" in caplog.text  # the reason auto chose it
+    assert len(loads) == 1  # the session loaded while deciding is the one that predicts
     capsys.readouterr()  # --weights with a model directory: the same answer whatever the runtime
     assert main(["predict", str(trained), str(real_images[0]), "--weights", "x.pth"]) != 0
     assert "a model directory has its own weights" in capsys.readouterr().err

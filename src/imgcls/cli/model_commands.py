@@ -111,9 +111,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.runtime == "onnx" and args.tta:
         raise ConfigError("--tta is not available with --runtime onnx")
     # Decide the runtime before torch is imported, so decoding can start beside that import.
-    runtime = choose_runtime(args.runtime, args.model, tta=args.tta).runtime
-    with decoding_ahead_of_prediction(args.model, args.paths, runtime):
-        opened = open_model(args.model, runtime=runtime, weights=args.weights, tta=args.tta)
+    choice = choose_runtime(args.runtime, args.model, tta=args.tta)
+    with decoding_ahead_of_prediction(args.model, args.paths, choice.runtime):
+        opened = open_model(
+            args.model, runtime=args.runtime, weights=args.weights, tta=args.tta, choice=choice
+        )
         args.runtime = opened.runtime
         return _predict(opened.predictor, args)
 

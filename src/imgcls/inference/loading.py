@@ -18,7 +18,7 @@ from imgcls.data._prefetch import prefetch_paths
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.sources import prediction_inputs
 from imgcls.errors import ConfigError, ImgclsError
-from imgcls.inference.runtime_choice import choose_runtime
+from imgcls.inference.runtime_choice import RuntimeChoice, choose_runtime
 
 if TYPE_CHECKING:
     from imgcls.inference.classifier import Classifier
@@ -43,13 +43,20 @@ def looks_like_model_dir(value: str | Path) -> bool:
 
 
 def open_model(
-    model: str | Path, *, runtime: str = "auto", weights: str | Path | None = None, tta: bool = False
+    model: str | Path,
+    *,
+    runtime: str = "auto",
+    weights: str | Path | None = None,
+    tta: bool = False,
+    choice: RuntimeChoice | None = None,
 ) -> OpenedModel:
     """A saved model (``RUN_DIR`` or ``RUN_DIR/model``) or a backbone name, in ``runtime``.
 
     ``runtime`` is ``torch``, ``onnx`` (the directory's ``model.onnx``; no torch import) or
     ``auto`` (whichever is faster here; see ``runtime_choice``). ``weights`` goes with a
-    backbone name only: a local ImageNet state dict for it. ``tta`` needs torch.
+    backbone name only: a local ImageNet state dict for it. ``tta`` needs torch. ``choice`` is
+    a ``choose_runtime`` answer already made for ``runtime``: it is kept, with its reason and
+    the ONNX session it loaded, instead of deciding again.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown `runtime` {runtime!r}; choose one of {', '.join(RUNTIMES)}")
@@ -57,7 +64,7 @@ def open_model(
         raise ConfigError("`weights` goes with a backbone name; a model directory has its own weights")
     if runtime == "onnx" and (weights or tta):
         raise ConfigError("`runtime=onnx` runs a saved model's export, without `weights` or `tta`")
-    choice = choose_runtime(runtime, model, tta=tta)
+    choice = choice or choose_runtime(runtime, model, tta=tta)
     log.info("runtime: %s (%s)", choice.runtime, choice.reason)
     if choice.runtime == "onnx":
         from imgcls.inference.onnx_runtime import OnnxClassifier
