@@ -28,3 +28,10 @@ class ModelFormatError(ImgclsError):
 
 class ConfigError(ImgclsError):
     """A configuration value or config file is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): long library messages,
+    such as torch's unpickling ones, become one readable line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

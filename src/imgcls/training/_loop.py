@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.errors import ModelFormatError
+from imgcls.errors import ModelFormatError, first_line
 from imgcls.system.profiling import PROFILE
 from imgcls.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 
@@ -203,9 +203,8 @@ def resume_training(
         restore_rng_states(payload["rng"])
         state = LoopState.from_payload(payload["state"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(
-            f"the checkpoint does not fit this run ({type(exc).__name__}: {first_line}); "
+            f"the checkpoint does not fit this run ({type(exc).__name__}: {first_line(exc)}); "
             "train again with `overwrite=True`"
         ) from None
     log.info("resuming at epoch %d (best so far: epoch %d)", state.next_epoch, state.best_epoch)

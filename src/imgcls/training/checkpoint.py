@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcls.errors import ModelFormatError
+from imgcls.errors import ModelFormatError, first_line
 
 CHECKPOINT_FORMAT = 1
 
@@ -55,8 +55,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of a damaged or tampered file; nothing is run
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFormatError(f"cannot read checkpoint {path}: {first_line}") from None
+        raise ModelFormatError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{path} is not an imgcls checkpoint of format {CHECKPOINT_FORMAT}")
     return payload
