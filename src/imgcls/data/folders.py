@@ -13,6 +13,7 @@ one machine is valid on another.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from imgcls._files import CONFIG_FILE, MODEL_SUBDIR, RUN_CONFIG_FILE
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 FOLDER_LAYOUT = "one sub-folder per class (e.g. {root}/cats/img1.jpg), optionally under train/ and val/"
 
 SPLIT_FOLDERS = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
+
+
+def split_word(name: str) -> str | None:
+    """The split word a file name starts with (``train-000000.tar``, ``validation-00000.parquet``),
+    as written, or ``None``; ``SPLIT_FOLDERS`` maps it to the split."""
+    match = re.match(r"[a-z]+", name.lower())
+    return match.group(0) if match and match.group(0) in SPLIT_FOLDERS else None
 
 
 def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:

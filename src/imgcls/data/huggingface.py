@@ -13,12 +13,11 @@ named after one) holds that split. Images stay in memory as their encoded bytes.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.folders import SPLIT_FOLDERS
+from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import MemoryImage
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
@@ -107,8 +106,7 @@ def _parquet_parts(path: Path) -> Iterable[tuple[str | None, Iterable[dict], str
         image_column = _image_column(table.schema, features)
         if image_column is None:
             raise DataError(f"{file} has no image column (an Image feature, or a struct of bytes and path)")
-        match = re.match(r"[a-z]+", file.name.lower())
-        split_name = match.group(0) if match and match.group(0) in SPLIT_FOLDERS else None
+        split_name = split_word(file.name)
         yield split_name, table.to_pylist(), image_column, _labeller(features, set(table.column_names), file)
 
 

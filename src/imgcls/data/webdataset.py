@@ -16,13 +16,12 @@ as the image file's.
 from __future__ import annotations
 
 import json
-import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.folders import SPLIT_FOLDERS
+from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import MemoryImage, is_image_path
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
@@ -52,7 +51,8 @@ def read_webdataset(source: str | Path, *, min_classes: int = 2) -> DatasetScan:
     names: list[str] = [str(c) for c in info.get("classes", [])]
     scan = DatasetScan(root=shards[0].parent, classes=[], records=[], source=str(path), format="webdataset")
     for shard in shards:
-        split = splits.get(shard.name) or _split_from_name(shard.name)
+        word = split_word(shard.name)
+        split = splits.get(shard.name) or (SPLIT_FOLDERS[word] if word else None)
         for key, members in _samples(shard):
             record_id = f"{shard.name}/{key}"
             image, label = _image_and_label(members, shard=shard, key=key, names=names)
@@ -83,11 +83,6 @@ def _shard_splits(info: dict[str, Any]) -> dict[str, str]:
             if name.lower() in SPLIT_FOLDERS:
                 found[Path(shard).name] = SPLIT_FOLDERS[name.lower()]
     return found
-
-
-def _split_from_name(name: str) -> str | None:
-    match = re.match(r"([a-z]+)", name.lower())
-    return SPLIT_FOLDERS.get(match.group(1)) if match else None
 
 
 def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
