@@ -105,14 +105,14 @@ class _BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if scope["type"] != "http" or not (length.isdigit() and int(length) > self.max_bytes):
-            if scope["type"] == "http":
-                await self._guarded(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self._refuse(send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        await self._guarded(scope, receive, send)
 
     async def _guarded(self, scope: dict, receive: Callable, send: Callable) -> None:
         received, too_large = 0, False
