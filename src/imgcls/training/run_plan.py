@@ -45,7 +45,6 @@ class RunPlan:
     Attributes:
         config: the settings the plan was resolved from (saved with the run).
         spec: the backbone.
-        weights, pretrained: where its weights come from.
         features: how frozen features are computed.
         native_preprocessing: the backbone's pretraining resolution, for training on images.
         device: where gradient training runs.
@@ -53,20 +52,29 @@ class RunPlan:
         auto: for ``auto``, what it chose and why.
         splits: the split of each image of the scan, in scan order (``train``, ``val``,
             ``test``); unreadable images are dropped from it later, never reassigned.
-        seed: the run's seed.
     """
 
     config: TrainConfig
     spec: BackboneSpec
-    weights: str | None
-    pretrained: bool
     features: FeatureSettings
     native_preprocessing: Preprocessing
     device: torch.device
     strategy: str
     auto: dict[str, str] | None
     splits: tuple[str, ...]
-    seed: int
+
+    @property
+    def weights(self) -> str | None:
+        """A weights file, if one was given (else the backbone's pretrained weights)."""
+        return self.config.weights
+
+    @property
+    def pretrained(self) -> bool:
+        return self.config.pretrained
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -100,13 +108,10 @@ def plan_run(scan: DatasetScan, cfg: TrainConfig) -> RunPlan:
     return RunPlan(
         config=cfg,
         spec=spec,
-        weights=cfg.weights,
-        pretrained=cfg.pretrained,
         features=features,
         native_preprocessing=resolve_preprocessing(spec, input_size=cfg.input_size, for_features=False),
         device=device,
         strategy=strategy,
         auto=auto,
         splits=splits,
-        seed=cfg.seed,
     )
