@@ -57,8 +57,9 @@ def prediction_inputs(inputs: Sequence[str | Path]) -> list[ImageRef]:
     found: list[ImageRef] = []
     for item in inputs:
         path = Path(item).expanduser()
-        if path.exists() and detect_format(path) != "folder":
-            scan = open_source(path, min_classes=1)
+        found_format = detect_format(path) if path.exists() else "folder"
+        if found_format != "folder":
+            scan = open_source(path, data_format=found_format, min_classes=1)
             found.extend(scan.absolute(record) for record in scan.records)
         else:
             found.extend(expand_inputs([str(item)]))
