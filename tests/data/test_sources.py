@@ -387,3 +387,15 @@ def test_class_folders_named_by_synset_get_readable_names_and_older_models_still
     assert clf.classes == scan.classes
     clf.classes = [c.split(" ")[0] for c in clf.classes]  # a model saved with bare synset ids
     assert clf.evaluate(data, split="val").report["n"] == 9
+
+
+def test_a_damaged_parquet_file_or_saved_dataset_is_named(tmp_path):
+    pytest.importorskip("pyarrow", reason="the data extra (pip install 'imgcls[data]')")
+    (tmp_path / "list.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match=r"cannot read Parquet file .*list\.parquet"):
+        open_source(tmp_path / "list.parquet")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "state.json").write_text("{ damaged")
+    with pytest.raises(DataError, match=r"cannot read the Hugging Face data set .*saved"):
+        open_source(saved)

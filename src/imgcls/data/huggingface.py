@@ -19,8 +19,9 @@ from typing import Any
 
 from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import MemoryImage
+from imgcls.data.manifests import read_parquet
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
-from imgcls.errors import DataError
+from imgcls.errors import DataError, first_line
 
 LABEL_NAMES = ("label", "labels")
 
@@ -38,7 +39,10 @@ def looks_like_image_parquet(path: Path) -> bool:
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
         return False
-    schema = pq.read_schema(files[0])
+    try:
+        schema = pq.read_schema(files[0])
+    except (OSError, ValueError):  # not Parquet after all: the reader that takes it says why
+        return False
     return "path" not in schema.names and _image_column(schema, _features(schema.metadata)) is not None
 
 
@@ -68,7 +72,10 @@ def _saved_parts(path: Path) -> Iterable[tuple[str | None, Iterable[dict], str, 
         import datasets
     except ModuleNotFoundError:
         raise DataError(f"reading {path} needs the datasets package: pip install 'imgcls[data]'") from None
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many kinds for a damaged folder
+        raise DataError(f"cannot read the Hugging Face data set {path}: {first_line(exc)}") from None
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
     for split_name, table in parts:
         features = {
@@ -93,15 +100,11 @@ def _parquet_files(path: Path) -> list[Path]:
 
 
 def _parquet_parts(path: Path) -> Iterable[tuple[str | None, Iterable[dict], str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ModuleNotFoundError:
-        raise DataError(f"reading {path} needs pyarrow: pip install 'imgcls[data]'") from None
     files = _parquet_files(path)
     if not files:
         raise DataError(f"{path} holds no .parquet files")
     for file in files:
-        table = pq.read_table(file)
+        table = read_parquet(file)
         features = _features(table.schema.metadata)
         image_column = _image_column(table.schema, features)
         if image_column is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from imgcls.data.folders import SPLIT_FOLDERS
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
-from imgcls.errors import DataError
+from imgcls.errors import DataError, first_line
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 REQUIRED_COLUMNS = ("path", "label")
@@ -117,12 +117,20 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
 
 
 def _parquet_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+    table = read_parquet(path)
+    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+
+
+def read_parquet(path: Path) -> Any:
+    """A Parquet file's table; a damaged file, or no pyarrow, is a ``DataError`` that names it."""
     try:
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
         raise DataError(f"reading {path} needs pyarrow: pip install 'imgcls[data]'") from None
-    table = pq.read_table(path)
-    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    try:
+        return pq.read_table(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read Parquet file {path}: {first_line(exc)}") from None
 
 
 def _is_dataframe(source: Any) -> bool:
