@@ -21,6 +21,7 @@ AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "auto")
+HEADS = ("linear", "mlp", "knn")  # the probe's classification layer; see training.heads
 # How a data source is read; see data.sources.
 DATA_FORMATS = ("auto", "folder", "manifest", "cifar", "imagenet", "webdataset", "huggingface")
 LABEL_SETS = ("fine", "coarse")  # CIFAR-100's 100 classes or its 20 superclasses
@@ -61,6 +62,7 @@ class TrainConfig:
     weights: str | None = None
     pretrained: bool = True
     strategy: str = "probe"
+    head: str = "linear"
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.0
@@ -106,6 +108,12 @@ class TrainConfig:
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        _check_choice("head", self.head, HEADS)
+        if self.head != "linear" and self.strategy == "finetune":
+            raise ConfigError(
+                f"`head={self.head}` is fitted on frozen features: it goes with `strategy=probe` "
+                "(a fine-tune trains a linear head with the network)"
+            )
         parse_unfreeze(self.unfreeze)
         for name in ("epochs", "patience"):
             value = getattr(self, name)

@@ -16,7 +16,7 @@ from imgcls.data.splits import assign_folds
 from imgcls.errors import ConfigError
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.workflows.crossval import compare, cross_validate
-from tests.conftest import TINY_BACKBONE, run_cli
+from tests.conftest import TINY_ARGS, TINY_BACKBONE, run_cli
 
 TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64)
 
@@ -74,12 +74,29 @@ def test_compare_uses_the_same_folds_and_reports_a_paired_test(image_folder, tmp
     )
     ranked = comparison.ranked()
     assert [r.n_images for r in ranked] == [36, 36]
-    assert comparison.paired_test["a"] == ranked[0].backbone
+    assert comparison.paired_test["a"] == ranked[0].backbone == ranked[0].name
     assert "p_value" in comparison.paired_test
     assert (tmp_path / "cmp" / "compare.json").is_file()
     assert (tmp_path / "cmp" / "test_resnet" / "cv.json").is_file()
     with pytest.raises(ConfigError, match="at least two"):
         compare(image_folder, ["test_resnet"], config=config)
+
+
+def test_compare_heads_on_one_extraction_and_the_same_folds(image_folder, tmp_path):
+    out = run_cli("compare", str(image_folder), "--heads", "linear,mlp,knn", "--folds", "3", *TINY_ARGS,
+                  "--output", str(tmp_path / "heads")).stdout  # fmt: skip
+    for head in ("linear", "mlp", "knn"):
+        assert head in out
+        cv = json.loads((tmp_path / "heads" / head / "cv.json").read_text())
+        assert cv["head"] == head and len(cv["per_fold"]) == 3
+    assert "corrected resampled t-test" in out
+    folds = {(tmp_path / "heads" / h / "cv_splits.csv").read_text() for h in ("linear", "mlp", "knn")}
+    assert len(folds) == 1  # the same folds for every head
+    both = compare(image_folder, ["test_efficientnet", "test_resnet"], heads=["linear", "knn"],
+                   config=TrainConfig(pretrained=False, input_size=64), folds=2)  # fmt: skip
+    assert sorted(r.name for r in both.results) == [
+        "test_efficientnet/knn", "test_efficientnet/linear", "test_resnet/knn", "test_resnet/linear"
+    ]  # fmt: skip
 
 
 def test_calibrate_lowers_validation_ece_and_keeps_accuracy(tmp_path):

@@ -66,7 +66,13 @@ def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False
     p.add_argument(
         "--strategy",
         choices=strategies(),
-        help="how to train (default: probe = linear head on frozen features)",
+        help="how to train (default: probe = a head on frozen features)",
+    )
+    p.add_argument(
+        "--head",
+        choices=heads(),
+        help="the probe's classifier on the features: linear (logistic regression), mlp (one "
+        "hidden layer) or knn (cosine nearest neighbours); settings chosen on train (default: linear)",
     )
     p.add_argument("--seed", type=int, help="seed for splits, folds and training (default: 0)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: 32)")
@@ -151,6 +157,12 @@ def precisions() -> Sequence[str]:
     from imgcls.config import PRECISIONS
 
     return PRECISIONS
+
+
+def heads() -> Sequence[str]:
+    from imgcls.config import HEADS
+
+    return HEADS
 
 
 def strategies() -> Sequence[str]:

@@ -156,13 +156,17 @@ def run_cv(args: argparse.Namespace) -> int:
 
 def add_compare(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument(
+    p.add_argument(
         "--backbones",
         help="comma-separated backbone names, e.g. efficientnet_lite0,efficientnet_lite2: "
-        "cross-validated side by side",
+        "cross-validated side by side on the same folds",
     )
-    what.add_argument(
+    p.add_argument(
+        "--heads",
+        help="comma-separated heads, e.g. linear,mlp,knn: each cross-validated on the same "
+        "features and folds (with --backbones: every pair)",
+    )
+    p.add_argument(
         "--runs",
         metavar="RUN_DIRS",
         help="comma-separated trained run directories: scored on the same held-out images, "
@@ -174,15 +178,18 @@ def add_compare(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from imgcls.errors import ConfigError
     from imgcls.workflows.crossval import compare
 
     if args.runs:
         return compare_runs(args)
-    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if not args.backbones and not args.heads:
+        raise ConfigError("compare needs --backbones, --heads or --runs")
     comparison = compare(
         args.data,
-        backbones,
+        _names(args.backbones),
         args.output,
+        heads=_names(args.heads),
         config=config_from_args(args),
         folds=args.folds,
         repeats=args.repeats,
@@ -191,13 +198,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.json:
         print_json(comparison.to_dict())
         return 0
-    print(f"{'backbone':<22}{'accuracy':>18}{'95% CI':>18}{'time s':>9}{'params':>9}{'size MB':>9}")
+    width = max(22, *(len(r.name) + 2 for r in comparison.results))
+    print(f"{'candidate':<{width}}{'accuracy':>18}{'95% CI':>18}{'time s':>9}{'params':>9}{'size MB':>9}")
     for r in comparison.ranked():
         acc = r.summary["accuracy"]
         ci = f"{acc['ci95'][0]:.4f}-{acc['ci95'][1]:.4f}"
         print(
-            f"{r.backbone:<22}{acc['mean']:>10.4f} +/- {acc['std']:.4f}{ci:>18}{r.timing['total_s']:>9.1f}"
-            f"{r.params / 1e6:>8.1f}M{r.params * 4 / 1e6:>9.1f}"
+            f"{r.name:<{width}}{acc['mean']:>10.4f} +/- {acc['std']:.4f}{ci:>18}"
+            f"{r.timing['total_s']:>9.1f}{r.params / 1e6:>8.1f}M{r.params * 4 / 1e6:>9.1f}"
         )
     test = comparison.paired_test
     print(
@@ -207,13 +215,24 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    """``a, b,,c`` -> ``["a", "b", "c"]``; ``None`` when not given."""
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
 def compare_runs(args: argparse.Namespace) -> int:
     from imgcls.config import FOLDS, REPEATS
     from imgcls.errors import ConfigError
     from imgcls.workflows.compare_runs import compare_runs
 
     given = [as_flags(f"`{n}`") for n in config_fields() if getattr(args, n, None) is not None]
-    others = {"--folds": args.folds != FOLDS, "--repeats": args.repeats != REPEATS, "--output": args.output}
+    others = {
+        "--folds": args.folds != FOLDS,
+        "--repeats": args.repeats != REPEATS,
+        "--output": args.output,
+        "--backbones": args.backbones,
+        "--heads": args.heads,
+    }
     given += [flag for flag, used in {**others, "--config": args.config}.items() if used]
     if given:
         raise ConfigError(f"--runs compares trained models as they are; {', '.join(given)} do not apply")

@@ -29,6 +29,7 @@ from imgcls._files import (
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.errors import ModelFormatError
 from imgcls.models.backbone import create_network
+from imgcls.models.heads import feature_width, head_for_config, install_classifier
 from imgcls.models.registry import get_backbone
 
 # Keys of config.json that describe the file rather than the model; written anew on each save.
@@ -52,6 +53,11 @@ def read_saved_model(path: Path) -> SavedModel:
     directory = model_dir(path)
     config = read_model_config(directory)
     model = create_network(get_backbone(config["backbone"]["name"]), num_classes=len(config["classes"]))
+    head = head_for_config(
+        config.get("head"), in_features=feature_width(model), num_classes=len(config["classes"])
+    )
+    if head is not None:
+        install_classifier(model, head)
     load_weights_into(model, directory)
     pre = Preprocessing.from_dict(config["preprocessing"])
     return SavedModel(model, list(config["classes"]), pre, config, directory)

@@ -31,6 +31,7 @@ from imgcls.data.transforms import batch_mixer, eval_transform, train_transform
 from imgcls.errors import DataError
 from imgcls.models._batchnorm_fold import fold_batchnorm
 from imgcls.models._network_split import NetworkSplit, split_network, stage_count
+from imgcls.models.heads import fold_temperature
 from imgcls.system.precision import autocast
 from imgcls.system.profiling import PROFILE
 from imgcls.training._fast_path import depthwise_unit_parameters, training_fast_path
@@ -52,7 +53,6 @@ from imgcls.training.probe import (
     extract_for,
     featured_dataset,
     fit_and_score,
-    fold_temperature,
     install_head,
     score_splits,
 )
@@ -315,8 +315,7 @@ def _score(
     labels = {split: featured.labels[masks[split]] for split in logits}
     metrics, probs, temperature = score_splits(logits, labels, featured.classes, calibrate=calibrate)
     if temperature is not None:
-        layer = featured.model.get_classifier()
-        fold_temperature(layer.weight, layer.bias, temperature)
+        fold_temperature(featured.model.get_classifier(), temperature)
     return ProbeFit(probe.head, metrics, masks, probs)
 
 

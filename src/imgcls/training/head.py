@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgcls.data.splits import stratified_folds
 from imgcls.errors import DataError
-from imgcls.evaluation.metrics import balanced_accuracy
+from imgcls.training._inner_cv import CV_FOLDS, fold_score, inner_folds
 
 log = logging.getLogger(__name__)
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+# Where the grid extends, a value at a time, while the chosen C sits on its edge.
+C_LADDER = (1e-4, 3e-4, 1e-3, 3e-3, *C_GRID, 3.0, 10.0, 30.0, 100.0)
 DEFAULT_C = 0.1  # used when a class is too small to cross-validate
-CV_FOLDS = 3
 MAX_ITER = 300
 
 
@@ -35,6 +35,7 @@ class LinearHead:
     bias: np.ndarray
     c: float
     cv_accuracy: dict[float, float]
+    grid_note: str | None = None  # why the chosen C is on the grid's edge, when it is
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias
@@ -57,7 +58,7 @@ def fit_linear_head(
     mean = features.mean(axis=0)
     scale = features.std(axis=0) + 1e-6
     standardised = (features - mean) / scale
-    scores = _cross_validate(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
+    scores = _search(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
     best_c = choose_c(scores, n=len(labels))
     log.info(
         "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f; the strongest "
@@ -72,8 +73,50 @@ def fit_linear_head(
     weight = weight / scale
     bias = bias - weight @ mean
     return LinearHead(
-        weight=weight.astype(np.float32), bias=bias.astype(np.float32), c=best_c, cv_accuracy=scores
+        weight=weight.astype(np.float32),
+        bias=bias.astype(np.float32),
+        c=best_c,
+        cv_accuracy=scores,
+        grid_note=_edge_note(scores, best_c),
     )
+
+
+def _search(
+    x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
+) -> dict[float, float]:
+    """CV scores over ``c_grid``, extended along ``C_LADDER`` while the chosen C is the
+    grid's smallest or largest value: a choice on the edge says the best may lie beyond it."""
+    if len(c_grid) == 1:
+        return {c_grid[0]: float("nan")}
+    scores = _cross_validate(x, y, c_grid=c_grid, seed=seed, balanced=balanced)
+    while not any(np.isnan(a) for a in scores.values()):
+        beyond = _beyond_edge(scores, choose_c(scores, n=len(y)))
+        if beyond is None:
+            break
+        scores.update(_cross_validate(x, y, c_grid=(beyond,), seed=seed, balanced=balanced))
+    return dict(sorted(scores.items()))
+
+
+def _beyond_edge(scores: dict[float, float], chosen: float) -> float | None:
+    """The ladder's next value past the edge ``chosen`` sits on, if there is one."""
+    if chosen == min(scores):
+        lower = [c for c in C_LADDER if c < chosen]
+        return lower[-1] if lower else None
+    if chosen == max(scores):
+        higher = [c for c in C_LADDER if c > chosen]
+        return higher[0] if higher else None
+    return None
+
+
+def _edge_note(scores: dict[float, float], chosen: float) -> str | None:
+    """Why a C on the grid's edge was not searched past (the ladder ends there)."""
+    if len(scores) < 2 or any(np.isnan(a) for a in scores.values()):
+        return None
+    if chosen == min(scores):
+        return f"C={chosen} is the ladder's smallest value: imgcls does not regularise harder"
+    if chosen == max(scores):
+        return f"C={chosen} is the ladder's largest value: imgcls does not regularise less"
+    return None
 
 
 def choose_c(scores: dict[float, float], *, n: int) -> float:
@@ -95,12 +138,10 @@ def choose_c(scores: dict[float, float], *, n: int) -> float:
 def _cross_validate(
     x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
 ) -> dict[float, float]:
-    folds = min(CV_FOLDS, int(np.bincount(y).min()))
-    if folds < 2:
+    fold_of = inner_folds(y, seed=seed)
+    if fold_of is None:
         return {DEFAULT_C: float("nan")}
-    if len(c_grid) == 1:
-        return {c_grid[0]: float("nan")}
-    fold_of = np.array(stratified_folds(y.tolist(), folds=folds, seed=seed))
+    folds = int(fold_of.max()) + 1
     predicted = {c: np.empty_like(y) for c in c_grid}
     num_classes = int(y.max()) + 1
     for fold in range(folds):
@@ -111,9 +152,7 @@ def _cross_validate(
         for c in sorted(c_grid):
             weight, bias, params = _minimise(x[train], y[train], c, num_classes, balanced, start=params)
             predicted[c][held_out] = (x[held_out] @ weight.T + bias).argmax(axis=1)
-    if balanced:
-        return {c: balanced_accuracy(y, p, num_classes) for c, p in predicted.items()}
-    return {c: float((p == y).mean()) for c, p in predicted.items()}
+    return {c: fold_score(y, p, num_classes=num_classes, balanced=balanced) for c, p in predicted.items()}
 
 
 def _fit(

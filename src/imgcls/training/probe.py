@@ -1,7 +1,7 @@
 """The steps of the probe strategy, shared by ``train``, ``cross_validate`` and ``compare``.
 
 Build the backbone once, extract (or fetch cached) features for every image once, then fit
-and score a linear head on any assignment of images to train/val/test.
+and score a head (linear, MLP or kNN) on any assignment of images to train/val/test.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from imgcls.models.features import (
     extract_features,
     feature_space,
 )
+from imgcls.models.heads import fold_temperature, install_classifier
 from imgcls.models.registry import BackboneSpec
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
-from imgcls.training.head import LinearHead, fit_linear_head
+from imgcls.training.heads import FittedHead, fit_head
 from imgcls.training.run_plan import FeatureSettings, RunPlan
 
 log = logging.getLogger(__name__)
@@ -170,39 +171,43 @@ class ProbeFit:
     """A fitted head, its metrics on each split of one train/val/test assignment, and the
     class probabilities of the images of each split (``rows`` selects them)."""
 
-    head: LinearHead
+    head: FittedHead
     metrics: dict[str, Any]
     rows: dict[str, np.ndarray]
     probs: dict[str, np.ndarray]
 
 
 def fit_and_score(
-    data: FeaturedDataset, splits: list[str], *, seed: int, balanced: bool, calibrate: bool
+    data: FeaturedDataset,
+    splits: list[str],
+    *,
+    seed: int,
+    balanced: bool,
+    calibrate: bool,
+    head: str = "linear",
 ) -> ProbeFit:
-    """Fit the head on the ``train`` rows (optionally calibrate on ``val``); score every split.
+    """Fit a ``head`` (one of ``config.HEADS``) on the ``train`` rows (optionally calibrate on
+    ``val``); score every split.
 
     ``balanced`` weights the classes inversely to their frequency (``class_weights="auto"``).
     """
     rows = {s: np.array([x == s for x in splits], dtype=bool) for s in (TRAIN, VAL, TEST)}
-    with PROFILE.stage("head fit (C by CV + final fit)"):
-        head = fit_linear_head(
+    with PROFILE.stage(f"{head} head fit (settings chosen on train + final fit)"):
+        fitted = fit_head(
+            head,
             data.features[rows[TRAIN]],
             data.labels[rows[TRAIN]],
             num_classes=len(data.classes),
             seed=seed,
             balanced=balanced,
         )
-    logits = {split: head.logits(data.features[mask]) for split, mask in rows.items() if mask.any()}
+    logits = {split: fitted.logits(data.features[mask]) for split, mask in rows.items() if mask.any()}
     labels = {split: data.labels[rows[split]] for split in logits}
     metrics, probs, temperature = score_splits(logits, labels, data.classes, calibrate=calibrate)
     if temperature is not None:
-        fold_temperature(head.weight, head.bias, temperature)
-    metrics["head"] = {
-        "type": "logistic_regression",
-        "C": head.c,
-        "cv_accuracy": {str(k): v for k, v in head.cv_accuracy.items()},
-    }
-    return ProbeFit(head, metrics, rows, probs)
+        fold_temperature(fitted.layer, temperature)
+    metrics["head"] = fitted.summary
+    return ProbeFit(fitted, metrics, rows, probs)
 
 
 def score_splits(
@@ -224,16 +229,6 @@ def score_splits(
         report = classification_report(labels[split], p, classes)
         metrics[split] = {"accuracy": report["accuracy"], "n": report["n"]} if split == TRAIN else report
     return metrics, probs, temperature
-
-
-def fold_temperature(
-    weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor, temperature: float
-) -> None:
-    """Divide a linear classifier's weight and bias by ``temperature`` in place, so that its
-    logits come out calibrated at no cost at prediction time."""
-    with torch.no_grad():
-        weight /= temperature
-        bias /= temperature
 
 
 def temperature_scaling(
@@ -269,11 +264,6 @@ def split_mistakes(data: FeaturedDataset, fit: ProbeFit, split: str) -> list[Mis
     )
 
 
-def install_head(model: nn.Module, head: LinearHead) -> None:
-    """Copy the fitted head into the network's classification layer."""
-    layer = model.get_classifier()
-    if not isinstance(layer, nn.Linear) or tuple(layer.weight.shape) != head.weight.shape:
-        raise TypeError(f"expected a Linear classifier of shape {head.weight.shape}, found {layer}")
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(head.weight))
-        layer.bias.copy_(torch.from_numpy(head.bias))
+def install_head(model: nn.Module, head: FittedHead) -> None:
+    """Make the fitted head the network's classification layer."""
+    install_classifier(model, head.layer)

@@ -95,6 +95,8 @@ def plan_run(scan: DatasetScan, cfg: TrainConfig) -> RunPlan:
     if strategy == "auto":
         n_train = sum(s == TRAIN for s in splits)
         strategy, reason = choose_strategy(n_train, device, cfg.time_limit)
+        if cfg.head != "linear":
+            strategy, reason = "probe", f"the {cfg.head} head is fitted on frozen features"
         log.info("strategy auto -> %s: %s", strategy, reason)
         auto = {"strategy": strategy, "reason": reason}
     features = FeatureSettings(

@@ -1,6 +1,6 @@
-"""Cross-validation and backbone comparison for the probe strategy.
+"""Cross-validation and comparison (of backbones, heads, or both) for the probe strategy.
 
-Features are extracted once per backbone and reused by every fold and repeat; each fold
+Features are extracted once per backbone and reused by every head, fold and repeat; each fold
 runs the same ``fit_and_score`` step as ``train`` (including the inner choice of the
 regulariser on that fold's training images only), so there is no second implementation.
 """
@@ -46,9 +46,10 @@ EXCLUDED = "excluded"
 
 @dataclass
 class CrossValidation:
-    """Per-fold metrics and their summary for one backbone."""
+    """Per-fold metrics and their summary for one backbone and head."""
 
     backbone: str
+    head: str
     folds: int
     repeats: int
     n_images: int
@@ -59,6 +60,10 @@ class CrossValidation:
     unreadable: dict[str, str] = field(default_factory=dict)
     out_of_fold: dict[str, Any] = field(default_factory=dict)
     mistakes: list[Mistake] = field(default_factory=list)
+    name: str = ""  # what a comparison calls it: the backbone, the head, or both
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.backbone
 
     @property
     def accuracies(self) -> list[float]:
@@ -92,7 +97,24 @@ def cross_validate(
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     featured = featurize(scan, plan_run(scan, cfg))
+    return _cross_validate_features(
+        featured, cfg, folds=folds, repeats=repeats, run_dir=run_dir, started=started
+    )
+
+
+def _cross_validate_features(
+    featured: FeaturedDataset,
+    cfg: TrainConfig,
+    *,
+    folds: int,
+    repeats: int,
+    run_dir: Path | None,
+    started: float,
+    name: str = "",
+) -> CrossValidation:
+    """Cross-validate ``cfg.head`` on extracted features; write the cv files to ``run_dir``."""
     result, folds_by_repeat = _run_folds(featured, cfg, folds=folds, repeats=repeats)
+    result.name = name or result.name
     result.timing["total_s"] = round(time.perf_counter() - started, 2)
     if run_dir is not None:
         pool = [r for r in featured.records if r.folder_split != TEST]
@@ -144,7 +166,12 @@ def _run_folds(
             for i, f in zip(pool, assignment, strict=True):
                 splits[i] = VAL if f == fold else TRAIN
             fit = fit_and_score(
-                featured, splits, seed=cfg.seed, balanced=cfg.class_weights == "auto", calibrate=False
+                featured,
+                splits,
+                seed=cfg.seed,
+                balanced=cfg.class_weights == "auto",
+                calibrate=False,
+                head=cfg.head,
             )
             if repeat == 0:
                 out_of_fold[fit.rows[VAL]] = fit.probs[VAL]
@@ -159,6 +186,7 @@ def _run_folds(
             log.info("repeat %d fold %d: accuracy %.4f", repeat, fold, row["accuracy"])
     result = CrossValidation(
         backbone=featured.spec.name,
+        head=cfg.head,
         folds=folds,
         repeats=repeats,
         n_images=len(pool),
@@ -207,9 +235,10 @@ def _write_cv_report(path: Path, result: CrossValidation, featured: FeaturedData
     low, high = acc["ci95"]
     write_report(
         path,
-        title=f"imgcls cross-validation: {result.backbone} on {featured.scan.name}",
+        title=f"imgcls cross-validation: {result.backbone} ({result.head} head) on {featured.scan.name}",
         facts=[
             ("backbone", result.backbone),
+            ("head", result.head),
             ("folds x repeats", f"{result.folds} x {result.repeats}"),
             ("accuracy over folds", f"{acc['mean']:.4f} +/- {acc['std']:.4f} (95% CI {low:.4f}-{high:.4f})"),
             ("figures below", "out-of-fold predictions of the first repeat"),
@@ -223,7 +252,8 @@ def _write_cv_report(path: Path, result: CrossValidation, featured: FeaturedData
 
 @dataclass
 class Comparison:
-    """Cross-validated backbones side by side, and a paired test between the best two."""
+    """Cross-validated candidates (backbones, heads, or both) side by side, on the same folds,
+    and a paired test between the best two."""
 
     results: list[CrossValidation]
     paired_test: dict[str, Any] | None
@@ -233,42 +263,66 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "backbones": [r.to_dict() for r in self.ranked()],
+            "candidates": [r.to_dict() for r in self.ranked()],
             "paired_test": self.paired_test,
         }
 
 
 def compare(
     data: str | Path,
-    backbones: list[str],
+    backbones: list[str] | None = None,
     output: str | Path | None = None,
     *,
+    heads: list[str] | None = None,
     config: TrainConfig | None = None,
     folds: int = FOLDS,
     repeats: int = REPEATS,
     overwrite: bool = False,
     **settings: Any,
 ) -> Comparison:
-    """Cross-validate each backbone on the same folds; test the best two against each other.
-    ``settings`` are ``TrainConfig`` fields, overriding ``config`` (as for ``train``)."""
-    backbones = list(dict.fromkeys(backbones))  # a name given twice is run once
-    if len(backbones) < 2:
-        raise ConfigError(f"compare needs at least two different backbones, got {backbones}")
-    run_dir = prepare_output_dir(Path(output), overwrite=overwrite) if output is not None else None
-    base = with_settings(config, settings)
-    results = []
-    for name in backbones:
-        sub_dir = run_dir / name if run_dir is not None else None
-        cfg = dataclasses.replace(base, backbone=name)
-        results.append(
-            cross_validate(data, sub_dir, config=cfg, folds=folds, repeats=repeats, overwrite=overwrite)
+    """Cross-validate every backbone with every head on the same folds; test the best two
+    against each other. ``backbones`` and ``heads`` default to the config's one; together they
+    must name at least two candidates. ``settings`` are ``TrainConfig`` fields, overriding
+    ``config`` (as for ``train``)."""
+    base = _cv_config(with_settings(config, settings), folds=folds, repeats=repeats)
+    backbones = list(dict.fromkeys(backbones or [base.backbone]))  # a name given twice runs once
+    heads = list(dict.fromkeys(heads or [base.head]))
+    if len(backbones) * len(heads) < 2:
+        raise ConfigError(
+            f"compare needs at least two different backbones or heads, got {backbones} and {heads}"
         )
+    scan = open_source(data, data_format=base.data_format, label_set=base.label_set)
+    run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
+    results = []
+    for backbone in backbones:
+        started = time.perf_counter()
+        cfg = dataclasses.replace(base, backbone=backbone)
+        featured = featurize(scan, plan_run(scan, cfg))
+        for head in heads:
+            name = "/".join(
+                part for part, varies in ((backbone, len(backbones) > 1), (head, len(heads) > 1)) if varies
+            )
+            sub_dir = (
+                prepare_output_dir(run_dir / name.replace("/", "-"), overwrite=overwrite) if run_dir else None
+            )
+            results.append(
+                _cross_validate_features(
+                    featured,
+                    dataclasses.replace(cfg, head=head),
+                    folds=folds,
+                    repeats=repeats,
+                    run_dir=sub_dir,
+                    started=started,
+                    name=name,
+                )
+            )
+            started = time.perf_counter() - featured.extract_seconds  # the next head reuses the features
     comparison = Comparison(results, None)
     best, second = comparison.ranked()[:2]
     comparison.paired_test = {
         "method": "corrected resampled t-test (Nadeau & Bengio) on per-fold accuracy",
-        "a": best.backbone,
-        "b": second.backbone,
+        "a": best.name,
+        "b": second.name,
         **corrected_paired_t_test(best.accuracies, second.accuracies, test_train_ratio=1.0 / (folds - 1)),
     }
     if run_dir is not None:

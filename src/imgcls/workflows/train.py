@@ -169,6 +169,7 @@ def _probe(scan: DatasetScan, plan: RunPlan) -> tuple[FeaturedDataset, ProbeFit]
         seed=plan.seed,
         balanced=cfg.class_weights == "auto",
         calibrate=cfg.calibrate,
+        head=cfg.head,
     )
     install_head(featured.model, fit.head)
     return featured, fit
@@ -196,9 +197,13 @@ def prepare_output_dir(path: Path, *, overwrite: bool, data: DatasetScan | None 
 def _model_config(
     featured: FeaturedDataset, plan: RunPlan, fit: ProbeFit, tuned: Finetuned | None
 ) -> dict[str, Any]:
-    head: dict[str, Any] = {"type": "logistic_regression", "C": fit.head.c}
+    head = dict(fit.head.summary)
     if tuned is not None:
-        head = {"type": "finetuned", "initial_head_C": fit.head.c, "best_epoch": tuned.state.best_epoch}
+        head = {
+            "type": "finetuned",
+            "initial_head_C": fit.head.summary["C"],
+            "best_epoch": tuned.state.best_epoch,
+        }
     if "calibration" in fit.metrics:
         head["temperature"] = fit.metrics["calibration"]["temperature"]
     return {

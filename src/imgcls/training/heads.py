@@ -1,0 +1,80 @@
+"""Fitting the probe's classification layer on frozen features: ``linear`` (logistic
+regression), ``mlp`` (one hidden layer) or ``knn`` (cosine nearest neighbours).
+
+Each head's settings are chosen on the training split only, and each comes back as the
+``nn.Module`` that the network then carries as its classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.config import HEADS
+from imgcls.errors import ConfigError, DataError
+from imgcls.models.heads import linear_layer
+from imgcls.training.head import fit_linear_head
+from imgcls.training.knn_head import fit_knn_head
+from imgcls.training.mlp_head import fit_mlp_head
+
+
+@dataclass
+class FittedHead:
+    """A fitted classification layer on raw pooled features, and what was chosen for it.
+
+    ``summary`` goes into the model's config (``head``) and the run's metrics; its ``type``
+    and shape fields are what ``models.heads.head_for_config`` rebuilds the layer from.
+    """
+
+    kind: str
+    layer: nn.Module
+    summary: dict[str, Any]
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        self.layer.eval()
+        with torch.inference_mode():
+            return self.layer(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
+
+
+def fit_head(
+    kind: str, features: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, balanced: bool
+) -> FittedHead:
+    """Fit a ``kind`` head (one of ``config.HEADS``); ``labels`` are class indices."""
+    if kind not in HEADS:
+        raise ConfigError(f"unknown `head` {kind!r}; choose one of {', '.join(HEADS)}")
+    present = len(np.unique(labels))
+    if present != num_classes:
+        raise DataError(f"every class needs readable training images; {present} of {num_classes} have some")
+    if kind == "mlp":
+        mlp = fit_mlp_head(features, labels, num_classes=num_classes, seed=seed, balanced=balanced)
+        summary = {
+            "type": "mlp",
+            "hidden": mlp.settings.hidden,
+            "dropout": mlp.settings.dropout,
+            "steps": mlp.settings.steps,
+            "holdout_accuracy": mlp.holdout_accuracy,
+        }
+        return FittedHead(kind, mlp.layer, summary)
+    if kind == "knn":
+        knn = fit_knn_head(features, labels, num_classes=num_classes, seed=seed, balanced=balanced)
+        summary = {
+            "type": "knn",
+            "k": knn.layer.k,
+            "bank_size": len(knn.layer.bank),
+            "cv_accuracy": {str(k): v for k, v in knn.cv_accuracy.items()},
+        }
+        return FittedHead(kind, knn.layer, summary)
+    linear = fit_linear_head(features, labels, num_classes=num_classes, seed=seed, balanced=balanced)
+    layer = linear_layer(torch.from_numpy(linear.weight), torch.from_numpy(linear.bias))
+    summary = {
+        "type": "logistic_regression",
+        "C": linear.c,
+        "cv_accuracy": {str(k): v for k, v in sorted(linear.cv_accuracy.items())},
+    }
+    if linear.grid_note:
+        summary["grid_note"] = linear.grid_note
+    return FittedHead(kind, layer, summary)
