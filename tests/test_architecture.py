@@ -42,6 +42,7 @@ TORCH_FREE = {
     "data.webdataset",
     "data.convert",
     "data.huggingface",
+    "data.embedding_files",
     "data.images",
     "data.preprocessing",
     "data._pixels",
@@ -51,6 +52,7 @@ TORCH_FREE = {
     "inference.batch",
     "inference.onnx_runtime",
     "inference.runtime_choice",
+    "inference.similarity",
     "deploy.server",
 }
 HEAVY = {"torch", "torchvision", "timm", "sklearn", "scipy", "matplotlib", "safetensors"}

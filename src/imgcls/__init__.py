@@ -21,8 +21,10 @@ __all__ = [
     "__version__",
     "compare",
     "cross_validate",
+    "embed",
     "load",
     "resume",
+    "similar",
     "train",
 ]
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from imgcls.inference.loading import load
     from imgcls.inference.predictions import Prediction
     from imgcls.workflows.crossval import compare, cross_validate
+    from imgcls.workflows.embed import embed
+    from imgcls.workflows.similar import similar
     from imgcls.workflows.train import resume, train
 
 # Imported on first use so that ``import imgcls`` (and ``imgcls --help``) does not load torch.
@@ -43,6 +47,8 @@ _LAZY = {
     "resume": "imgcls.workflows.train",
     "cross_validate": "imgcls.workflows.crossval",
     "compare": "imgcls.workflows.crossval",
+    "embed": "imgcls.workflows.embed",
+    "similar": "imgcls.workflows.similar",
     "Classifier": "imgcls.inference.classifier",
     "Evaluation": "imgcls.inference.evaluate",
     "Prediction": "imgcls.inference.predictions",

@@ -34,6 +34,9 @@ REPEATS = 1
 TOP_K = 5  # classes listed per predicted image
 PREDICT_BATCH_SIZE = 32  # images per forward pass when predicting or evaluating
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch
+NEIGHBOURS = 10  # nearest neighbours listed per query by `similar`
+SEARCH_ENGINES = ("auto", "numpy", "faiss")  # see inference.similarity
+EMBED_CHUNK_ROWS = 1024  # images per part file while embedding: what an interruption can lose
 GRID_ROWS = 6  # images in inspect-data's augmentation grid
 GRID_VIEWS = 6  # augmented views of each
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from imgcls.cli.data_commands import add_convert, run_convert
+from imgcls.cli.embed_commands import add_embed, add_similar, run_embed, run_similar
 from imgcls.cli.model_commands import (
     add_demo,
     add_evaluate,
@@ -61,7 +62,9 @@ _EXTRA_FOR_MODULE = {
 }  # fmt: skip
 
 
-_HEAVY_COMMANDS = frozenset({"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve"})
+_HEAVY_COMMANDS = frozenset(
+    {"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve", "embed", "similar"}
+)
 
 
 def entry() -> None:
@@ -189,7 +192,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
     "export": (add_export, run_export, "export a model to ONNX or TorchScript, with a parity check"),
     "serve": (add_serve, run_serve, "serve a model over HTTP with a web page (FastAPI + uvicorn)"),
     "cv": (add_cv, run_cv, "k-fold cross-validation with mean, std and a 95%% interval"),
-    "compare": (add_compare, run_compare, "cross-validate several backbones on the same folds"),
+    "compare": (add_compare, run_compare, "cross-validate several backbones or heads on the same folds"),
     "models": (add_models, run_models, "list the named backbones and where their weights are"),
     "inspect-data": (
         add_inspect_data,
@@ -201,6 +204,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
         run_convert,
         "write a data set as class folders, a manifest or WebDataset shards",
     ),
+    "embed": (
+        add_embed,
+        run_embed,
+        "write every image's feature vector to a Parquet or numpy file, for other tasks",
+    ),
+    "similar": (add_similar, run_similar, "nearest neighbours of images in an embedding file"),
     "demo": (
         add_demo,
         run_demo,

@@ -84,6 +84,31 @@ def write_report(
     return path
 
 
+@dataclass(frozen=True)
+class Card:
+    """One thumbnail of a gallery page: the image (``None``: not a file, a grey square) and
+    its caption lines."""
+
+    path: Path | None
+    lines: tuple[str, ...]
+
+
+def write_gallery_page(path: Path, *, title: str, sections: Sequence[tuple[str, Sequence[Card]]]) -> Path:
+    """A self-contained page of thumbnail rows, one per titled section (e.g. a query and its
+    nearest neighbours)."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, cards in sections:
+        figures = []
+        for card in cards:
+            alt = html.escape(card.lines[0]) if card.lines else ""
+            image = f'<img alt="{alt}" src="data:image/jpeg;base64,{_thumbnail(card.path)}">'
+            caption = "<br>".join(html.escape(line) for line in card.lines)
+            figures.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+        parts.append(f'<h2>{html.escape(heading)}</h2><div class="gallery">{"".join(figures)}</div>')
+    write_text_atomic(path, _PAGE.format(title=html.escape(title), body="\n".join(parts)))
+    return path
+
+
 def _facts_html(facts: Sequence[tuple[str, str]], report: dict[str, Any]) -> str:
     rows = [
         *facts,
@@ -128,10 +153,12 @@ def _base64(text: str) -> str:
     return base64.b64encode(text.encode()).decode("ascii")
 
 
-def _thumbnail(path: Path) -> str:
+def _thumbnail(path: Path | None) -> str:
     from imgcls.data.images import UnreadableImageError, load_rgb
 
     try:
+        if path is None:
+            raise UnreadableImageError("<none>", "no file")
         image = load_rgb(path, min_side=THUMBNAIL_PX)
     except UnreadableImageError:
         from PIL import Image
@@ -171,7 +198,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width
 table {{ border-collapse: collapse; margin-bottom: 1rem; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }}
 img {{ max-width: 100%; }}
-#gallery {{ display: flex; flex-wrap: wrap; gap: 0.8rem; }}
+#gallery, .gallery {{ display: flex; flex-wrap: wrap; gap: 0.8rem; }}
 figure {{ margin: 0; width: 200px; font-size: 0.85rem; }}
 figure img {{ display: block; max-height: 192px; }}
 </style></head>

@@ -24,6 +24,7 @@ from imgcls.data.sources import prediction_inputs
 from imgcls.data.transforms import TTA_VIEWS, eval_transform, view_settings
 from imgcls.errors import DataError, WeightsError
 from imgcls.inference._scoring import score_views, views_for
+from imgcls.inference.encoder import Encoder
 from imgcls.inference.evaluate import Evaluation, evaluate
 from imgcls.inference.model_format import SavedModel, read_saved_model, write_saved_model
 from imgcls.inference.predictions import PathScores, Prediction, PredictionRun, rank_classes
@@ -205,6 +206,31 @@ class Classifier:
         """Class probabilities of the readable files among ``paths`` (no feature cache)."""
         scored = score_views(self, paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
         return PathScores(scored.mean_probs, scored.readable, scored.failures)
+
+    @overload
+    def embed(self, image: ImageInput) -> np.ndarray: ...
+    @overload
+    def embed(self, image: list[ImageInput] | tuple[ImageInput, ...]) -> np.ndarray: ...
+
+    def embed(self, image: ImageInput | list[ImageInput] | tuple[ImageInput, ...]) -> np.ndarray:
+        """The pooled features this model's classifier reads (float32): a vector for one image,
+        an images x dim matrix for a list of them."""
+        if isinstance(image, list | tuple):
+            return self.encoder().embed_images(image)
+        return self.encoder().embed_images([image])[0]
+
+    def encoder(self) -> Encoder:
+        """This model's backbone as an ``Encoder`` (for ``imgcls embed --model RUN_DIR``)."""
+        origin = {
+            "model": str(self.run_dir) if self.run_dir is not None else None,
+            "weights": None,
+            "input_size": None,
+            "backbone": self.backbone,
+            "weights_source": self.config["backbone"].get("weights"),
+        }
+        encoder = Encoder(self.model, self.preprocessing, self.precision, origin)
+        encoder._folded = self.inference_network()
+        return encoder
 
     def inference_network(self) -> nn.Module:
         """``model`` with its BatchNorms folded (``model`` itself keeps the saved layout for

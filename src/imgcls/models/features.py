@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,13 +86,25 @@ def feature_space(
     if precision != "fp32":
         described["precision"] = precision
     digest.update(json.dumps(described, sort_keys=True).encode())
+    _hash_backbone(digest, model)
+    return digest.hexdigest()
+
+
+def weights_digest(model: nn.Module) -> str:
+    """Digest of the network's backbone tensors (its classifier left out): which weights
+    produced a set of features."""
+    digest = hashlib.blake2b(digest_size=16)
+    _hash_backbone(digest, model)
+    return digest.hexdigest()
+
+
+def _hash_backbone(digest: Any, model: nn.Module) -> None:
     head = classifier_prefix(model) + "."
     for name, tensor in sorted(model.state_dict().items()):
         if name.startswith(head):
             continue
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class FeatureCache:

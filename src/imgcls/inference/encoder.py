@@ -1,0 +1,145 @@
+"""``Encoder``: a network's pooled features (what its classifier reads) for images and files.
+
+An encoder is a trained model's backbone (``RUN_DIR``) or a pretrained backbone by name. Its
+features are those ``train`` computes (same preprocessing, precision and BatchNorm folding),
+so the feature cache serves both, and ``describe`` says enough to build the same encoder
+again (``open_encoder(**describe()["encoder"])``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgcls.config import PREDICT_BATCH_SIZE
+from imgcls.data.images import ImageInput, ImageRef, as_rgb_image
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.transforms import eval_transform
+from imgcls.models._batchnorm_fold import folded_for_inference
+from imgcls.models.backbone import IMAGENET_CLASSES, build_network, prepare_for_inference
+from imgcls.models.features import (
+    Extraction,
+    FeatureCache,
+    extract_features,
+    feature_space,
+    pooled_features,
+    weights_digest,
+)
+from imgcls.models.registry import get_backbone, resolve_preprocessing
+from imgcls.system.precision import resolve_precision
+
+
+@dataclass
+class Encoder:
+    """``network``'s pooled features under ``preprocessing`` at ``precision``.
+
+    ``origin`` holds what rebuilds it: ``model`` (a run directory or a backbone name),
+    ``weights`` and ``input_size``; and ``backbone`` and ``weights_source`` for people.
+    """
+
+    network: nn.Module
+    preprocessing: Preprocessing
+    precision: str
+    origin: dict[str, Any]
+    _folded: nn.Module | None = field(default=None, repr=False)
+
+    def folded(self) -> nn.Module:
+        """The network with its BatchNorms folded (how features are computed everywhere)."""
+        if self._folded is None:
+            self._folded = folded_for_inference(self.network, self.preprocessing.input_size)
+        return self._folded
+
+    def space(self) -> str:
+        """The feature-cache space of these features (shared with ``train`` on the same backbone)."""
+        return feature_space(self.network, self.preprocessing, precision=self.precision)
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the features: stored with every embedding file."""
+        return {
+            "encoder": {k: self.origin[k] for k in ("model", "weights", "input_size")},
+            "backbone": self.origin["backbone"],
+            "weights_source": self.origin.get("weights_source"),
+            "weights_digest": weights_digest(self.network),
+            "feature_space": self.space(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "precision": self.precision,
+        }
+
+    def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Features (images x dim, float32) of decoded images, files or encoded bytes."""
+        transform = eval_transform(self.preprocessing)
+        tensors = [
+            transform(as_rgb_image(image, min_side=self.preprocessing.resize_size)[1]) for image in images
+        ]
+        if not tensors:
+            return np.zeros((0, 0), dtype=np.float32)
+        outputs = []
+        with torch.inference_mode():
+            for batch in torch.stack(tensors).split(PREDICT_BATCH_SIZE):
+                outputs.append(pooled_features(self.folded(), batch, self.precision))
+        return torch.cat(outputs).float().numpy()
+
+    def embed_files(
+        self,
+        paths: Sequence[ImageRef],
+        *,
+        cache_dir: Path | None,
+        batch_size: int = PREDICT_BATCH_SIZE,
+        workers: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Extraction:
+        """Features of the readable files among ``paths`` (from and to the cache in ``cache_dir``)."""
+        return extract_features(
+            self.folded(),
+            paths,
+            self.preprocessing,
+            cache=FeatureCache(cache_dir, self.space() if cache_dir is not None else ""),
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            precision=self.precision,
+        )
+
+
+def open_encoder(
+    model: str | Path,
+    *,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    precision: str = "auto",
+) -> Encoder:
+    """The encoder of a saved model (``RUN_DIR`` or ``RUN_DIR/model``: its fitted backbone and
+    preprocessing) or of a pretrained backbone by name (its feature preprocessing, as ``train``
+    uses; ``weights`` is a local state dict for it)."""
+    from imgcls.inference.loading import looks_like_model_dir
+
+    if looks_like_model_dir(model):
+        from imgcls.errors import ConfigError
+        from imgcls.inference.classifier import Classifier
+
+        if weights is not None or input_size is not None:
+            raise ConfigError(
+                "a saved model has its own `weights` and `input_size`; give them with a backbone"
+            )
+        return Classifier.load(model).encoder()
+    spec = get_backbone(str(model))
+    network, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights)
+    origin = {
+        "model": spec.name,
+        "weights": str(weights) if weights is not None else None,
+        "input_size": input_size,
+        "backbone": spec.name,
+        "weights_source": info.to_dict(),
+    }
+    return Encoder(
+        prepare_for_inference(network),
+        resolve_preprocessing(spec, input_size=input_size),
+        resolve_precision(precision, torch.device("cpu")),
+        origin,
+    )
