@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import imgcls
@@ -62,3 +63,35 @@ def test_hymenoptera_finetune(tmp_path):
     assert (tmp_path / "run" / "history.csv").is_file() and (tmp_path / "run" / "curves.png").is_file()
     reloaded = imgcls.load(tmp_path / "run")
     assert reloaded.evaluate(data, split="val").accuracy == pytest.approx(val["accuracy"])
+
+
+def test_hymenoptera_mlp_and_knn_heads(tmp_path):
+    data = shared_dataset("hymenoptera")
+    for head, floor in (("mlp", 0.95), ("knn", 0.93)):
+        clf = imgcls.train(data, tmp_path / head, config=TrainConfig(head=head))
+        assert clf.config["head"]["type"] == head
+        assert clf.metrics["val"]["accuracy"] >= floor, head
+
+
+def test_linear_head_choice_is_inside_its_grid_on_real_data(tmp_path):
+    for name in ("hymenoptera", "clothing_small"):
+        head = imgcls.train(shared_dataset(name), report=False).metrics["head"]
+        grid = [float(c) for c in head["cv_accuracy"]]
+        assert min(grid) < head["C"] < max(grid) or head.get("grid_note"), name
+
+
+def test_clothing_small_embeddings_cluster_by_class(tmp_path):
+    """The docs' clustering example on pretrained features that never saw these labels."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    data = shared_dataset("clothing_small")
+    done = imgcls.embed(data, tmp_path / "clothing.parquet", model="efficientnet_lite0")
+    frame = pd.read_parquet(tmp_path / "clothing.parquet")
+    assert len(frame) == len(done.ids) == 3781 - len(done.unreadable)
+    assert set(frame.split) == {"train", "val", "test"} and frame.label.nunique() == 10
+    vectors = np.stack(frame.embedding.to_numpy())
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    clusters = KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(vectors)
+    assert adjusted_rand_score(frame.label, clusters) >= 0.3

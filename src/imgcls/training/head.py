@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgcls.errors import DataError
-from imgcls.training._inner_cv import CV_FOLDS, fold_score, inner_folds
+from imgcls.training._inner_cv import CV_FOLDS, class_weights, fold_score, inner_folds
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class LinearHead:
     bias: np.ndarray
     c: float
     cv_accuracy: dict[float, float]
+    cv_log_loss: dict[float, float]
     grid_note: str | None = None  # why the chosen C is on the grid's edge, when it is
 
     def logits(self, features: np.ndarray) -> np.ndarray:
@@ -59,14 +60,14 @@ def fit_linear_head(
     scale = features.std(axis=0) + 1e-6
     standardised = (features - mean) / scale
     scores = _search(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
-    best_c = choose_c(scores, n=len(labels))
+    best_c = choose_c(scores)
     log.info(
-        "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f; the strongest "
-        "regularisation within one standard error of the best)",
+        "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f, log loss %.3f)",
         best_c,
         CV_FOLDS,
         "balanced " if balanced else "",
-        scores[best_c],
+        scores[best_c].accuracy,
+        scores[best_c].log_loss,
     )
     weight, bias = _fit(standardised, labels, c=best_c, num_classes=num_classes, balanced=balanced)
     # Fold the standardisation into the layer: w' = w / s, b' = b - w' . mean
@@ -76,28 +77,41 @@ def fit_linear_head(
         weight=weight.astype(np.float32),
         bias=bias.astype(np.float32),
         c=best_c,
-        cv_accuracy=scores,
+        cv_accuracy={c: s.accuracy for c, s in scores.items()},
+        cv_log_loss={c: s.log_loss for c, s in scores.items()},
         grid_note=_edge_note(scores, best_c),
     )
 
 
+@dataclass(frozen=True)
+class CScore:
+    """One C's inner cross-validation: (balanced) accuracy and (class-weighted) log loss."""
+
+    accuracy: float
+    log_loss: float
+
+
 def _search(
     x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
-) -> dict[float, float]:
+) -> dict[float, CScore]:
     """CV scores over ``c_grid``, extended along ``C_LADDER`` while the chosen C is the
     grid's smallest or largest value: a choice on the edge says the best may lie beyond it."""
     if len(c_grid) == 1:
-        return {c_grid[0]: float("nan")}
+        return {c_grid[0]: CScore(float("nan"), float("nan"))}
     scores = _cross_validate(x, y, c_grid=c_grid, seed=seed, balanced=balanced)
-    while not any(np.isnan(a) for a in scores.values()):
-        beyond = _beyond_edge(scores, choose_c(scores, n=len(y)))
+    while not _unmeasured(scores):
+        beyond = _beyond_edge(scores, choose_c(scores))
         if beyond is None:
             break
         scores.update(_cross_validate(x, y, c_grid=(beyond,), seed=seed, balanced=balanced))
     return dict(sorted(scores.items()))
 
 
-def _beyond_edge(scores: dict[float, float], chosen: float) -> float | None:
+def _unmeasured(scores: dict[float, CScore]) -> bool:
+    return any(np.isnan(s.accuracy) for s in scores.values())
+
+
+def _beyond_edge(scores: dict[float, CScore], chosen: float) -> float | None:
     """The ladder's next value past the edge ``chosen`` sits on, if there is one."""
     if chosen == min(scores):
         lower = [c for c in C_LADDER if c < chosen]
@@ -108,9 +122,9 @@ def _beyond_edge(scores: dict[float, float], chosen: float) -> float | None:
     return None
 
 
-def _edge_note(scores: dict[float, float], chosen: float) -> str | None:
+def _edge_note(scores: dict[float, CScore], chosen: float) -> str | None:
     """Why a C on the grid's edge was not searched past (the ladder ends there)."""
-    if len(scores) < 2 or any(np.isnan(a) for a in scores.values()):
+    if len(scores) < 2 or _unmeasured(scores):
         return None
     if chosen == min(scores):
         return f"C={chosen} is the ladder's smallest value: imgcls does not regularise harder"
@@ -119,31 +133,29 @@ def _edge_note(scores: dict[float, float], chosen: float) -> str | None:
     return None
 
 
-def choose_c(scores: dict[float, float], *, n: int) -> float:
-    """The smallest C (strongest regularisation) whose CV accuracy is within one standard
-    error of the best one, sqrt(p (1 - p) / n): the "one-standard-error rule".
+def choose_c(scores: dict[float, CScore]) -> float:
+    """The C of the best inner-CV accuracy; among equal accuracies, the lowest CV log loss.
 
-    Differences smaller than that are noise: neighbouring values of C often differ by a few
-    images, and the plain maximum then flips between them from run to run, while the rule
-    keeps the simpler model.
+    Accuracy is what the head is judged by, but on a few hundred images it changes in steps
+    of whole images and is often flat over a decade of C; the log loss, a proper score that
+    moves with every probability, then picks the best-calibrated of the tied values.
     """
-    measured = {c: a for c, a in scores.items() if not np.isnan(a)}
-    if not measured:  # too few images to cross-validate: the one candidate given
+    if _unmeasured(scores):  # too few images to cross-validate: the one candidate given
         return next(iter(scores))
-    best = max(measured.values())
-    margin = float(np.sqrt(best * (1 - best) / n))
-    return min(c for c, a in measured.items() if a >= best - margin - 1e-12)
+    best = max(s.accuracy for s in scores.values())
+    tied = {c: s for c, s in scores.items() if s.accuracy >= best - 1e-12}
+    return min(tied, key=lambda c: (tied[c].log_loss, c))
 
 
 def _cross_validate(
     x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
-) -> dict[float, float]:
+) -> dict[float, CScore]:
     fold_of = inner_folds(y, seed=seed)
     if fold_of is None:
-        return {DEFAULT_C: float("nan")}
+        return {DEFAULT_C: CScore(float("nan"), float("nan"))}
     folds = int(fold_of.max()) + 1
-    predicted = {c: np.empty_like(y) for c in c_grid}
     num_classes = int(y.max()) + 1
+    logits = {c: np.empty((len(y), num_classes)) for c in c_grid}
     for fold in range(folds):
         train, held_out = fold_of != fold, fold_of == fold
         # Each fit starts from the previous, more regularised solution (as sklearn's
@@ -151,8 +163,21 @@ def _cross_validate(
         params = None
         for c in sorted(c_grid):
             weight, bias, params = _minimise(x[train], y[train], c, num_classes, balanced, start=params)
-            predicted[c][held_out] = (x[held_out] @ weight.T + bias).argmax(axis=1)
-    return {c: fold_score(y, p, num_classes=num_classes, balanced=balanced) for c, p in predicted.items()}
+            logits[c][held_out] = x[held_out] @ weight.T + bias
+    weight = class_weights(y, num_classes)[y] if balanced else np.ones(len(y))
+    return {
+        c: CScore(
+            fold_score(y, z.argmax(axis=1), num_classes=num_classes, balanced=balanced),
+            _log_loss(z, y, weight),
+        )
+        for c, z in logits.items()
+    }
+
+
+def _log_loss(logits: np.ndarray, labels: np.ndarray, weight: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-(weight * log_probs[np.arange(len(labels)), labels]).sum() / weight.sum())
 
 
 def _fit(

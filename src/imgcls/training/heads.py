@@ -74,6 +74,7 @@ def fit_head(
         "type": "logistic_regression",
         "C": linear.c,
         "cv_accuracy": {str(k): v for k, v in sorted(linear.cv_accuracy.items())},
+        "cv_log_loss": {str(k): v for k, v in sorted(linear.cv_log_loss.items())},
     }
     if linear.grid_note:
         summary["grid_note"] = linear.grid_note
