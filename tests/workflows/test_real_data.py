@@ -75,7 +75,7 @@ def test_hymenoptera_mlp_and_knn_heads(tmp_path):
 
 def test_linear_head_choice_is_inside_its_grid_on_real_data(tmp_path):
     for name in ("hymenoptera", "clothing_small"):
-        head = imgcls.train(shared_dataset(name), report=False).metrics["head"]
+        head = imgcls.train(shared_dataset(name), tmp_path / name, report=False).config["head"]
         grid = [float(c) for c in head["cv_accuracy"]]
         assert min(grid) < head["C"] < max(grid) or head.get("grid_note"), name
 
