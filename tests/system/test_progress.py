@@ -58,3 +58,29 @@ def test_a_log_gets_percentage_lines_without_terminal_control_characters(image_f
     ).stderr
     assert "extracting features: 36/36 images (100%" in logged and "ETA" in logged
     assert "\r" not in logged and "\x1b[" not in logged
+
+
+FINETUNE_ARGS = ["--strategy", "finetune", "--epochs", "2", "--workers", "0"]
+
+
+def test_a_fine_tune_in_a_terminal_gets_one_bar_for_the_whole_run(image_folder, tmp_path):
+    args = ["train", str(image_folder), "--output", str(tmp_path / "run"), *TINY_ARGS, *FINETUNE_ARGS]
+    drawn = _in_a_terminal(*args).replace("\r", "\n").splitlines()
+    bars = [line for line in drawn if line.startswith("fine-tuning:") and "|" in line]
+    assert bars and "100%|" in bars[-1] and " batches" in bars[-1] and "<" in bars[-1]
+    total = bars[-1].split("/")[1].split()[0]
+    assert all(f"/{total} " in bar for bar in bars)  # both epochs' batches, counted as one run
+    assert any("val_acc" in line for line in drawn)  # the epoch table is written above the bar
+
+
+def test_a_fine_tune_logs_percentage_lines_for_the_whole_run(image_folder, tmp_path):
+    logged = run_cli(
+        "train", str(image_folder), "--output", str(tmp_path / "run"), *TINY_ARGS, *FINETUNE_ARGS
+    ).stderr
+    assert "fine-tuning: " in logged and " batches (100%" in logged and "ETA" in logged
+    assert "\r" not in logged and "\x1b[" not in logged
+
+
+def test_cross_validation_reports_its_folds(image_folder):
+    logged = run_cli("cv", str(image_folder), *TINY_ARGS, "--folds", "3").stderr
+    assert f"cross-validating {TINY_ARGS[1]} (linear head): 3/3 folds (100%" in logged

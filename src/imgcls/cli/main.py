@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -121,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"imgcls: error: {as_flags(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("imgcls: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"imgcls: interrupted{_after_interrupt(exc, argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # a full disk, a read-only folder, a missing permission
         where = f"{exc.filename}: " if exc.filename else ""
@@ -137,6 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+
+
+def _after_interrupt(exc: KeyboardInterrupt, argv: Sequence[str] | None) -> str:
+    """What Ctrl-C kept of a training run and the exact command that goes on from there."""
+    from imgcls.errors import RunInterrupted
+
+    if not isinstance(exc, RunInterrupted):
+        return ""
+    if exc.resumable:
+        command = shlex.join(["imgcls", "train", "--resume", str(exc.run_dir)])
+        return f"; {exc.kept()}\ncontinue with: {command}"
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not exc.removed and "--overwrite" not in args:
+        args.append("--overwrite")
+    return f"; {exc.kept()}\nstart again with: {shlex.join(['imgcls', *args])}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbosity: int) -> None:
     """0: INFO (progress and notes), -1: WARNING, -2: ERROR, +1: DEBUG; all to stderr. On a
     terminal, progress is drawn as bars instead of logged (unless -q)."""
-    from imgcls.system.progress import show_bars
+    from imgcls.system.progress import BarSafeHandler, show_bars
 
     show_bars(sys.stderr.isatty() and verbosity >= 0)
     level = {-1: logging.WARNING, 0: logging.INFO}.get(
@@ -167,7 +183,7 @@ def _configure_logging(verbosity: int) -> None:
     )
     from imgcls.cli._options import FlagFormatter
 
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarSafeHandler(sys.stderr)
     handler.setFormatter(FlagFormatter("%(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
 

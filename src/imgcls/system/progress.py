@@ -24,14 +24,28 @@ def show_bars(enabled: bool) -> None:
 
 
 class Progress:
-    """Called as ``progress(done, total)`` while ``what`` runs; ``unit`` names what is counted."""
+    """Called as ``progress(done, total)`` while ``what`` runs; ``unit`` names what is counted.
+
+    Rate and ETA count from the first report, so a job resumed part-way (``done`` starting
+    above zero) is not credited with the work done before it started.
+    """
 
     def __init__(self, what: str, *, unit: str = "images", every_s: float = 5.0) -> None:
         self.what, self.unit, self.every_s = what, unit, every_s
         self.started = self.last = time.perf_counter()
+        self.first: int | None = None  # ``done`` when reporting began
         self.bar: Any = None
 
+    def start(self, done: int, total: int) -> None:
+        """Begin timing at ``done`` of ``total`` (reports before any unit finished)."""
+        self.first = done
+        self.started = self.last = time.perf_counter()
+        if _BARS:
+            self._draw(done, total)
+
     def __call__(self, done: int, total: int) -> None:
+        if self.first is None:
+            self.first = 0
         if _BARS:
             self._draw(done, total)
             return
@@ -39,7 +53,7 @@ class Progress:
         if now - self.last < self.every_s and done < total:
             return
         self.last = now
-        rate = done / max(now - self.started, 1e-9)
+        rate = (done - self.first) / max(now - self.started, 1e-9)
         eta = (total - done) / rate if rate else 0.0
         log.info(
             "%s: %d/%d %s (%.0f%%, %.0f %s/s, ETA %s)",
@@ -50,7 +64,7 @@ class Progress:
             100.0 * done / max(total, 1),
             rate,
             self.unit,
-            _duration(eta),
+            duration(eta),
         )
 
     def _draw(self, done: int, total: int) -> None:
@@ -58,13 +72,44 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=total, desc=self.what, unit=f" {self.unit}", file=sys.stderr, mininterval=0.5
+                total=total,
+                initial=done,
+                desc=self.what,
+                unit=f" {self.unit}",
+                file=sys.stderr,
+                mininterval=0.5,
+                dynamic_ncols=True,
             )
         self.bar.update(done - self.bar.n)
         if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Finish the bar (a job that stops early, such as an early-stopped fine-tune)."""
+        if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
-def _duration(seconds: float) -> str:
+class BarSafeHandler(logging.StreamHandler):
+    """Log lines written above a drawn bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _BARS:
+            super().emit(record)
+            return
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def duration(seconds: float) -> str:
+    """``75`` -> ``1 min 15 s``; an hour or more in hours and minutes."""
+    if seconds >= 3600:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours} h {rest // 60:02d} min"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

@@ -4,7 +4,8 @@ What is trained and on which batches is a ``TrainingTask``; this module owns the
 per-epoch seeding (so a resumed run replays the same batches), mixed precision, the
 learning-rate schedule, early stopping on the validation score with the best weights kept,
 a wall-clock deadline checked between batches, an atomic checkpoint after every epoch,
-a progress bar and the epoch table. Only rank 0 talks (``show_progress``), ready for DDP.
+one progress report for the whole run (a bar with its ETA), a time estimate before the first
+epoch, and the epoch table. Only rank 0 talks (``show_progress``), ready for DDP.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,9 +26,13 @@ from torch import nn
 
 from imgcls.errors import ModelFormatError, first_line
 from imgcls.system.profiling import PROFILE
+from imgcls.system.progress import Progress, duration
 from imgcls.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+# Forward passes a training image costs (forward, backward and the update), for the estimate.
+TRAIN_COST = 3.0
 
 
 @dataclass(frozen=True)
@@ -36,12 +40,14 @@ class Validation:
     loss: float
     accuracy: float
     balanced_accuracy: float
+    n: int  # images scored
 
 
 class TrainingTask(Protocol):
     """What the loop trains: ``module`` on the batches of ``batches``."""
 
     module: nn.Module
+    batch_size: int
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (inputs, targets); all randomness drawn from ``generator``."""
@@ -151,18 +157,44 @@ def run_training(
     ``task.module`` and returns the final state (``state.stopped`` says why it stopped)."""
     if state is None:
         state = LoopState()
+        started = time.perf_counter()
         start = task.validate()  # epoch 0: the starting point is a candidate too
+        if settings.show_progress:
+            _log_estimate(task, settings, start, time.perf_counter() - started)
         _record(state, task, EpochRecord(0, None, *_val_fields(start), _lr(opt), 0.0, 0.0), start)
         _log_header()
         _log_row(state.history[-1])
     else:
         _log_header()
     epoch_seconds: list[float] = [r.seconds for r in state.history if r.epoch > 0]
+    progress = Progress("fine-tuning", unit="batches") if settings.show_progress else None
+    if progress is not None:
+        progress.start((state.next_epoch - 1) * task.num_batches(), settings.epochs * task.num_batches())
+    try:
+        _run_epochs(task, opt, settings, state, progress, epoch_seconds)
+    finally:
+        if progress is not None:
+            progress.close()
+    state.stopped = state.stopped or "completed"
+    if state.best_state is not None:
+        task.module.load_state_dict(state.best_state)
+    log.info("training %s; best val at epoch %d", state.stopped, state.best_epoch)
+    return state
+
+
+def _run_epochs(
+    task: TrainingTask,
+    opt: Optimisation,
+    settings: LoopSettings,
+    state: LoopState,
+    progress: Progress | None,
+    epoch_seconds: list[float],
+) -> None:
     for epoch in range(state.next_epoch, settings.epochs + 1):
         if _out_of_time(settings, epoch_seconds):
             state.stopped = "time limit"
             break
-        record = _train_epoch(task, opt, settings, epoch)
+        record = _train_epoch(task, opt, settings, epoch, progress)
         if record is None:
             state.stopped = "time limit"
             break
@@ -183,11 +215,6 @@ def run_training(
         ):
             state.stopped = f"early stop (no better val score for {settings.patience} epochs)"
             break
-    state.stopped = state.stopped or "completed"
-    if state.best_state is not None:
-        task.module.load_state_dict(state.best_state)
-    log.info("training %s; best val at epoch %d", state.stopped, state.best_epoch)
-    return state
 
 
 def resume_training(
@@ -212,23 +239,22 @@ def resume_training(
 
 
 def _train_epoch(
-    task: TrainingTask, opt: Optimisation, settings: LoopSettings, epoch: int
+    task: TrainingTask, opt: Optimisation, settings: LoopSettings, epoch: int, progress: Progress | None
 ) -> EpochRecord | None:
     generator = seed_epoch(settings.seed, epoch)
     task.train_mode()
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
-    with _progress(settings, epoch, task.num_batches()) as bar:
-        for inputs, targets in _timed(task.batches(generator)):
-            if settings.deadline is not None and time.perf_counter() > settings.deadline:
-                log.info("time limit reached during epoch %d; its partial training is discarded", epoch)
-                return None
-            loss = _step(task.module, opt, settings, inputs, targets)
-            total_loss += loss * len(inputs)
-            seen += len(inputs)
-            elapsed = time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+    per_epoch = task.num_batches()
+    for batch, (inputs, targets) in enumerate(_timed(task.batches(generator)), start=1):
+        if settings.deadline is not None and time.perf_counter() > settings.deadline:
+            log.info("time limit reached during epoch %d; its partial training is discarded", epoch)
+            return None
+        loss = _step(task.module, opt, settings, inputs, targets)
+        total_loss += loss * len(inputs)
+        seen += len(inputs)
+        if progress is not None:
+            progress((epoch - 1) * per_epoch + batch, settings.epochs * per_epoch)
     seconds = time.perf_counter() - started
     return EpochRecord(epoch, total_loss / max(seen, 1), None, None, None, _lr(opt), seconds, seen / seconds)
 
@@ -315,16 +341,21 @@ def _lr(opt: Optimisation) -> float:
     return max(group["lr"] for group in opt.optimizer.param_groups)
 
 
-def _progress(settings: LoopSettings, epoch: int, total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=f"epoch {epoch}/{settings.epochs}",
-        unit="batch",
-        leave=False,
-        disable=not (settings.show_progress and sys.stderr.isatty()),  # logs get the epoch table
-        mininterval=1.0,
+def _log_estimate(
+    task: TrainingTask, settings: LoopSettings, validation: Validation | None, seconds: float
+) -> None:
+    """A first guess at the run's length from the validation pass just timed: a training image
+    costs about ``TRAIN_COST`` forward passes (forward, backward, update), and every epoch
+    validates again. The bar's ETA, measured on training batches, refines it."""
+    if validation is None or not validation.n:
+        return
+    per_image = seconds / validation.n
+    epoch = TRAIN_COST * per_image * task.num_batches() * task.batch_size + seconds
+    log.info(
+        "fine-tuning: at most %d epochs of %d batches, about %s in all (a first estimate)",
+        settings.epochs,
+        task.num_batches(),
+        duration(settings.epochs * epoch),
     )
 
 

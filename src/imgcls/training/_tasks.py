@@ -64,7 +64,8 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Valid
     recalls = [
         float((predicted[labels == c] == c).float().mean()) for c in range(num_classes) if (labels == c).any()
     ]
-    return Validation(loss, float((predicted == labels).float().mean()), float(np.mean(recalls)))
+    accuracy = float((predicted == labels).float().mean())
+    return Validation(loss, accuracy, float(np.mean(recalls)), len(labels))
 
 
 class ActivationTask:

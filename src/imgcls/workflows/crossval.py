@@ -34,6 +34,7 @@ from imgcls.evaluation.metrics import classification_report
 from imgcls.evaluation.report import Mistake, confident_mistakes, write_report
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.models.backbone import count_parameters
+from imgcls.system.progress import Progress
 from imgcls.training.probe import FeaturedDataset, featurize, fit_and_score
 from imgcls.training.run_plan import plan_run
 from imgcls.workflows.train import prepare_output_dir, run_config, write_skipped
@@ -158,6 +159,8 @@ def _run_folds(
     folds_by_repeat: list[list[int]] = []
     out_of_fold = np.zeros((len(featured.records), len(featured.classes)))
     fit_started = time.perf_counter()
+    progress = Progress(f"cross-validating {featured.spec.name} ({cfg.head} head)", unit="folds")
+    progress.start(0, folds * repeats)
     for repeat in range(repeats):
         assignment = assign_folds(pool_records, folds=folds, seed=cfg.seed + repeat)
         folds_by_repeat.append(assignment)
@@ -184,6 +187,7 @@ def _run_folds(
             row.update({m: fit.metrics[VAL][m] for m in FOLD_METRICS})
             per_fold.append(row)
             log.info("repeat %d fold %d: accuracy %.4f", repeat, fold, row["accuracy"])
+            progress(len(per_fold), folds * repeats)
     result = CrossValidation(
         backbone=featured.spec.name,
         head=cfg.head,
