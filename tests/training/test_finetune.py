@@ -85,35 +85,78 @@ def _train_command(data: Path, run: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_kill_9_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
-    data = write_class_folders(tmp_path / "colours", per_class=60)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A fine-tune run straight through, and its data, for the interrupted runs to match."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = write_class_folders(root / "colours", per_class=60)
+    straight = root / "straight"
     env = {**os.environ, "IMGCLS_NO_REEXEC": "1"}
-    straight = tmp_path / "straight"
     subprocess.run(_train_command(data, straight), check=True, capture_output=True, env=env)
+    return data, straight
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(data, killed), stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while not (killed / CHECKPOINT_FILE).exists():  # epoch 1 is done: kill somewhere in epoch 2+
-        assert process.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
-        time.sleep(0.05)
-    time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
-    stopped_at = load_checkpoint(killed / CHECKPOINT_FILE)["state"]["next_epoch"]
-    assert stopped_at <= 6
 
-    assert main(["train", "--resume", str(killed)]) == 0
+def _interrupt_after_a_checkpoint(data: Path, run: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Start a fine-tune, send ``sig`` once epoch 1 is checkpointed; its exit code and stderr."""
+    env = {**os.environ, "IMGCLS_NO_REEXEC": "1"}
+    log = run.parent / f"{run.name}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(_train_command(data, run), stderr=stderr, env=env)
+        deadline = time.monotonic() + 120
+        while not (run / CHECKPOINT_FILE).exists():  # epoch 1 is done: stop somewhere in epoch 2+
+            assert process.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(sig)
+        code = process.wait(60)
+    assert not (run / "metrics.json").exists(), "the run finished before it was stopped"
+    assert load_checkpoint(run / CHECKPOINT_FILE)["state"]["next_epoch"] <= 6
+    return code, log.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_stopped_fine_tune_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, sig):
+    data, straight = uninterrupted
+    stopped = tmp_path / "stopped"
+    code, stderr = _interrupt_after_a_checkpoint(data, stopped, sig)
+    if sig == signal.SIGINT:
+        assert code == 130
+        assert "the checkpoint after epoch " in stderr and f"is kept in {stopped}" in stderr
+        assert f"continue with: imgcls train --resume {stopped}" in stderr
+
+    assert main(["train", "--resume", str(stopped)]) == 0
     expected = json.loads((straight / "metrics.json").read_text())
-    resumed = json.loads((killed / "metrics.json").read_text())
+    resumed = json.loads((stopped / "metrics.json").read_text())
     assert resumed["val"]["accuracy"] == expected["val"]["accuracy"]
     assert resumed["val"]["log_loss"] == pytest.approx(expected["val"]["log_loss"], rel=1e-4, abs=1e-6)
     assert resumed["finetune"]["best_epoch"] == expected["finetune"]["best_epoch"]
-    losses = [float(r["train_loss"] or 0) for r in csv.DictReader((killed / "history.csv").open())]
+    losses = [float(r["train_loss"] or 0) for r in csv.DictReader((stopped / "history.csv").open())]
     expected_losses = [float(r["train_loss"] or 0) for r in csv.DictReader((straight / "history.csv").open())]
     assert losses == pytest.approx(expected_losses, rel=1e-4)
-    assert not (killed / CHECKPOINT_FILE).exists()
+    assert not (stopped / CHECKPOINT_FILE).exists()
+
+
+def test_ctrl_c_before_anything_worth_keeping_removes_the_run_and_says_how_to_start_again(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    from imgcls.workflows import train as train_workflow
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_workflow, "fit_and_score", interrupt)
+    run = tmp_path / "run"
+    assert main(["train", str(image_folder), "-o", str(run), *TINY_ARGS]) == 130
+    err = capsys.readouterr().err
+    assert f"nothing worth keeping was written; {run} was removed" in err
+    assert f"start again with: imgcls train {image_folder} -o {run}" in err
+    assert not run.exists()
+
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", str(image_folder), "-o", str(run), "--overwrite", *TINY_ARGS]) == 130
+    assert "holds no checkpoint" in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "mine"  # a folder the user made is never deleted
 
 
 def test_resume_of_a_finished_or_probe_run_is_a_clear_error(image_folder, tmp_path, capsys):
@@ -353,3 +396,18 @@ def test_a_checkpoint_missing_keys_is_a_one_line_error(image_folder, tmp_path, c
     assert main(["train", "--resume", str(run)]) == 2
     error = capsys.readouterr().err
     assert "the checkpoint does not fit this run" in error and error.count("\n") == 1
+
+
+def test_a_fine_tune_estimates_its_time_warns_of_small_splits_and_says_when_the_probe_is_kept(
+    tmp_path, caplog
+):
+    data = write_class_folders(tmp_path / "colours", per_class=8)
+    caplog.set_level("INFO", logger="imgcls")
+    wrecked = TINY_FT.with_overrides({"epochs": 1, "lr": 0.9})  # a step this large ruins the probe head
+    clf = imgcls.train(data, tmp_path / "run", config=wrecked)
+    logged = caplog.text
+    assert "fine-tuning: at most 1 epochs of" in logged and "in all (a first estimate)" in logged
+    assert "validation has only" in logged and "too few to tell the fine-tune from the probe" in logged
+    assert "training has only" in logged and "images per class" in logged
+    assert clf.config["head"]["best_epoch"] == 0
+    assert "no epoch beat the probe on validation; the probe is saved" in logged

@@ -64,6 +64,12 @@ log = logging.getLogger(__name__)
 # (the trained weights) is the other candidate. See ``weight_interpolation``.
 INTERPOLATION_ALPHAS = (0.5, 0.75)
 
+# Below this many validation images one image moves accuracy by a percent or more, about the
+# gain a fine-tune usually makes over the probe: the choice between them is mostly noise.
+SMALL_VAL = 100
+# Fewer training images per class than this rarely fine-tune past the probe.
+SMALL_TRAIN_PER_CLASS = 10
+
 
 @dataclass
 class Finetuned:
@@ -117,6 +123,7 @@ def finetune(
     probe = fit_and_score(featured, splits, seed=plan.seed, balanced=balanced, calibrate=False)
     install_head(model, probe.head)
     rows = _rows(featured, splits)
+    _warn_small_splits(rows, len(featured.classes))
     tuning = plan_finetune(cfg, n_train=len(rows.train), device=device, stages=stage_count(model))
     task = _task(featured, split, maps, rows, tuning, plan)
     steps = tuning.epochs * task.num_batches()
@@ -143,8 +150,26 @@ def finetune(
         with PROFILE.stage("score every split"):
             fit = _score(featured, splits, task, probe, calibrate=cfg.calibrate)  # on the training device
     model.cpu()
+    if state.best_epoch == 0 and len(rows.val):
+        log.warning("no epoch beat the probe on validation; the probe is saved")
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
     return Finetuned(featured, splits, fit, tuning, state, interpolation)
+
+
+def _warn_small_splits(rows: LabelledRows, num_classes: int) -> None:
+    n_val, per_class = len(rows.val), len(rows.train) / max(num_classes, 1)
+    if 0 < n_val < SMALL_VAL:
+        log.warning(
+            "validation has only %d images (one image is %.1f%% of accuracy): too few to tell the "
+            "fine-tune from the probe it starts from; a larger `val_fraction` or `imgcls cv` tells more",
+            n_val,
+            100.0 / n_val,
+        )
+    if per_class < SMALL_TRAIN_PER_CLASS:
+        log.warning(
+            "training has only %.0f images per class: fine-tuning this few rarely beats the probe",
+            per_class,
+        )
 
 
 def _interpolate_toward_start(

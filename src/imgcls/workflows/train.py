@@ -8,6 +8,7 @@ calibrate) -> evaluate -> save.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from imgcls.config import TrainConfig, with_settings
 from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
 from imgcls.data.sources import open_source
 from imgcls.data.splits import check_splits, split_counts, write_manifest
-from imgcls.errors import DataError
+from imgcls.errors import DataError, ImgclsError, RunInterrupted
 from imgcls.evaluation.report import write_report
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
@@ -81,6 +82,10 @@ def train(
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     try:
         return _train(scan, cfg, run_dir, started=started)
+    except KeyboardInterrupt:
+        if run_dir is None:
+            raise
+        raise _interrupted(run_dir, created=created) from None
     except BaseException:
         # A run that failed before writing anything leaves no empty directory behind (one with
         # a checkpoint stays, for --resume).
@@ -102,7 +107,26 @@ def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
         raise DataError(f"{run_dir} is a probe run; probes are not checkpointed, train it again")
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
     scan = open_source(data or saved["data"], data_format=cfg.data_format, label_set=cfg.label_set)
-    return _train(scan, cfg, run_dir, started=started, resume_from=payload)
+    try:
+        return _train(scan, cfg, run_dir, started=started, resume_from=payload)
+    except KeyboardInterrupt:
+        raise _interrupted(run_dir, created=False) from None
+
+
+def _interrupted(run_dir: Path, *, created: bool) -> RunInterrupted:
+    """What Ctrl-C leaves: a run with a checkpoint stays for ``resume``; one this call created
+    that holds no checkpoint is removed (its few files cannot be resumed or loaded)."""
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        try:
+            epoch = int(load_checkpoint(checkpoint)["state"]["next_epoch"]) - 1
+        except (ImgclsError, KeyError, TypeError, ValueError):
+            epoch = None
+        return RunInterrupted(run_dir, resumable=True, removed=False, epoch=epoch)
+    if created and run_dir.is_dir() and not (run_dir / MODEL_SUBDIR).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return RunInterrupted(run_dir, resumable=False, removed=True)
+    return RunInterrupted(run_dir, resumable=False, removed=False)
 
 
 def _train(
