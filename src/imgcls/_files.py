@@ -36,6 +36,7 @@ SKIPPED_FILE = "skipped.csv"
 REPORT_FILE = "report.html"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
+MODEL_CARD_FILE = "README.md"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 # A cross-validation or backbone-comparison directory.
@@ -103,6 +104,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     # File names that are not valid UTF-8 (surrogate escapes) are written back as their bytes.
     tmp.write_text(text, encoding="utf-8", errors="surrogateescape", newline="")
+    tmp.replace(path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``write_text_atomic`` for bytes; the file's mode follows the umask, as ``open`` does."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -61,6 +62,54 @@ def test_report_images_render_in_chromium(tmp_path):
     mistakes = [(w, h) for name, w, h in sizes if name == "mistake"]
     assert mistakes and all(w > 0 and h > 0 for w, h in mistakes)
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_a_fine_tune_report_shows_every_split_the_curves_and_fits_the_page(tmp_path):
+    from tests.conftest import TINY_BACKBONE, write_class_folders
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    data = write_class_folders(tmp_path / "data", per_class=20)
+    (data / "blue").rename(data / ("a_class_name_long_enough_to_overflow_a_thumbnail_caption_" * 2))
+    run = tmp_path / "run"
+    config = TrainConfig(
+        backbone=TINY_BACKBONE,
+        pretrained=False,
+        input_size=64,
+        strategy="finetune",
+        epochs=2,
+        test_fraction=0.2,
+    )
+    imgcls.train(data, run, config=config)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto((run / "report.html").as_uri())
+        splits = page.eval_on_selector_all(
+            "#splits tbody tr", "rows => rows.map(r => r.cells[0].textContent)"
+        )
+        counts = page.eval_on_selector_all("#class-counts tbody tr", "rows => rows.map(r => r.cells.length)")
+        sizes = dict(page.eval_on_selector_all("img[id]", "els => els.map(e => [e.id, e.naturalWidth])"))
+        examples = page.eval_on_selector_all("img.example", "els => els.length")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        wide_captions = page.eval_on_selector_all(
+            "figcaption", "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).length"
+        )
+        text = page.inner_text("body")
+        page.screenshot(path=str(ARTIFACTS / "report-finetune.png"), full_page=True)
+        browser.close()
+    assert splits == ["train", "val", "test"]
+    assert counts == [4, 4, 4]  # class, then its images in train, val and test
+    assert (
+        sizes["curves"] > 300 and min(sizes[k] for k in ("confusion-matrix", "confidence", "per-class")) > 100
+    )
+    assert examples >= 1 and overflow <= 0 and wide_captions == 0
+    assert "expected calibration error" in text and "Brier score" in text and "fine-tune" in text
+    card = (run / "README.md").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert f"| {split} | {metrics[split]['n']} | {metrics[split]['accuracy']:.4f} |" in card
+    assert f'imgcls.load("{run}")' in card and f"imgcls serve {run}" in card
 
 
 def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):

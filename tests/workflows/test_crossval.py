@@ -57,7 +57,9 @@ def test_cross_validate_holds_every_image_out_once(image_folder, tmp_path):
     first_repeat = Counter(r["path"] for r in rows if r["repeat"] == "0")
     assert set(first_repeat.values()) == {1}
     report = (tmp_path / "cv" / "report.html").read_text()
-    assert report.count("data:image/svg+xml;base64,") == 3 and len(report) > 5_000
+    assert (
+        report.count("data:image/svg+xml;base64,") == 4 and len(report) > 5_000
+    )  # confusion, reliability, confidence, per class
 
 
 def test_cv_cli_prints_mean_std_and_interval(image_folder, tmp_path):
@@ -133,7 +135,7 @@ def test_evaluate_report_cli_writes_html_and_json(image_folder, tmp_path):
     run_cli("evaluate", str(run), str(image_folder), "--split", "all", "--report")
     html = (run / "report-all.html").read_text()
     assert 'id="confusion-matrix"' in html and 'id="reliability"' in html
-    assert html.count("data:image/svg+xml;base64,") == 3
+    assert html.count("data:image/svg+xml;base64,") == 4
     assert json.loads((run / "evaluation-all.json").read_text())["n"] == 36
 
 

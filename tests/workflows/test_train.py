@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from PIL import Image
 import imgcls
 from imgcls.cli.main import main
 from imgcls.config import TrainConfig
+from imgcls.deploy.export import export_model
 from imgcls.errors import DataError
 from tests.conftest import TINY_ARGS, TINY_BACKBONE, make_image, run_cli, write_class_folders
 
@@ -25,7 +28,7 @@ def test_train_writes_a_complete_run_directory(image_folder, tmp_path):
     run = tmp_path / "run"
     clf = imgcls.train(image_folder, run, config=TINY)
     assert sorted(p.name for p in run.iterdir()) == [
-        "metrics.json", "model", "report.html", "run_config.json", "skipped.csv", "splits.csv",
+        "README.md", "metrics.json", "model", "report.html", "run_config.json", "skipped.csv", "splits.csv",
     ]  # fmt: skip
     assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors"]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -219,3 +222,29 @@ def test_the_python_api_takes_every_setting_as_a_keyword_and_lists_of_images(ima
     assert {"train", "load", "cross_validate", "TrainConfig"} <= set(dir(imgcls))
     cv = imgcls.cross_validate(image_folder, folds=2, backbone=TINY_BACKBONE, pretrained=False, input_size=64)
     assert len(cv.per_fold) == 2
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_run_files_follow_the_umask(image_folder, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        imgcls.train(image_folder, tmp_path / "run", config=TINY)
+        export_model(tmp_path / "run", format="onnx")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files) and any(p.suffix == ".onnx" for p in files)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)  # readable by others exactly when the umask allows
+
+
+def test_the_model_card_names_the_data_the_metrics_and_how_to_use_the_model(image_folder, tmp_path):
+    run = tmp_path / "run"
+    clf = imgcls.train(image_folder, run, config=TINY.with_overrides({"test_fraction": 0.25}))
+    card = (run / "README.md").read_text()
+    assert f"{TINY_BACKBONE} classifier for colours" in card
+    assert "3 classes: `blue`, `green`, `red`" in card and "random init, no pretrained weights" in card
+    for split in ("val", "test"):
+        m = clf.metrics[split]
+        assert f"| {split} | {m['n']} | {m['accuracy']:.4f} | {m['balanced_accuracy']:.4f} |" in card
+    assert f"imgcls predict {run} photo.jpg" in card and f'clf = imgcls.load("{run}")' in card

@@ -133,6 +133,28 @@ def reliability_svg(report: dict[str, Any]) -> str:
     return _document(axes.left + axes.size + 20, axes.top + axes.size + 50, body)
 
 
+def confidence_svg(report: dict[str, Any]) -> str:
+    """How many predictions fall in each confidence bin, the right ones below the wrong ones."""
+    axes = _Axes(320.0)
+    n = max(report["n"], 1)
+    body = []
+    for b in report["reliability"]:
+        if not b["count"]:
+            continue
+        x0, x1 = axes.x(b["lower"]), axes.x(b["upper"])
+        right = b["count"] * b["accuracy"] / n
+        wrong = b["count"] / n - right
+        for colour, low, high in ((SERIES_COLOURS[0], 0.0, right), (SERIES_COLOURS[1], right, right + wrong)):
+            if high > low:
+                body.append(
+                    f'<rect x="{x0:.1f}" y="{axes.y(high):.1f}" width="{x1 - x0:.1f}" '
+                    f'height="{(high - low) * axes.size:.1f}" fill="{colour}" stroke="white"/>'
+                )
+    body += axes.frame() + axes.labels("confidence of the top class", "share of images")
+    body += _legend(axes.x(0.03), axes.y(0.97), (("right", SERIES_COLOURS[0]), ("wrong", SERIES_COLOURS[1])))
+    return _document(axes.left + axes.size + 20, axes.top + axes.size + 50, body)
+
+
 def per_class_svg(report: dict[str, Any], classes: Sequence[str]) -> str:
     """Precision, recall and F1 of each class as grouped bars."""
     metrics = ("precision", "recall", "f1")

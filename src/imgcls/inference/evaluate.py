@@ -16,7 +16,7 @@ from imgcls.data.sources import open_source
 from imgcls.data.splits import SPLITS, read_manifest, splits_from_manifest
 from imgcls.errors import DataError
 from imgcls.evaluation.metrics import classification_report
-from imgcls.evaluation.report import Mistake, confident_mistakes, write_report
+from imgcls.evaluation.report import Example, confident_mistakes, write_report
 from imgcls.inference._scoring import score_views
 from imgcls.models.features import default_cache_dir
 
@@ -32,7 +32,7 @@ class Evaluation:
     report: dict[str, Any]
     unreadable: dict[str, str] = field(default_factory=dict)
     tta: dict[str, Any] | None = None
-    mistakes: list[Mistake] = field(default_factory=list)
+    mistakes: list[Example] = field(default_factory=list)
     # Whether the top class was right, per scored image (path relative to the data folder):
     # what a paired test of two models on the same images needs.
     outcomes: dict[str, bool] = field(default_factory=dict)

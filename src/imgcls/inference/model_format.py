@@ -24,6 +24,7 @@ from imgcls._files import (
     WEIGHTS_FILE,
     model_dir,
     read_model_config,
+    write_bytes_atomic,
     write_json,
 )
 from imgcls.data.preprocessing import Preprocessing
@@ -86,15 +87,15 @@ def versions() -> dict[str, str]:
 
 def save_model_dir(directory: Path, model: nn.Module, config: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``config.json`` (each via a temporary file + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory.mkdir(parents=True, exist_ok=True)
     for stale in EXPORT_FILES:
         (directory / stale).unlink(missing_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp_weights = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": FORMAT_NAME})
-    tmp_weights.replace(directory / WEIGHTS_FILE)
+    # Written by Python rather than safetensors' save_file, which creates private (0600) files
+    # whatever the umask: a model is made to be shared.
+    write_bytes_atomic(directory / WEIGHTS_FILE, save(state, metadata={"format": FORMAT_NAME}))
     full = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

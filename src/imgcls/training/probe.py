@@ -19,7 +19,7 @@ from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord
 from imgcls.errors import DataError
 from imgcls.evaluation.calibration import fit_temperature
 from imgcls.evaluation.metrics import classification_report, expected_calibration_error, softmax
-from imgcls.evaluation.report import Mistake, confident_mistakes
+from imgcls.evaluation.report import Example, confident_examples, confident_mistakes
 from imgcls.models._batchnorm_fold import folded_for_inference
 from imgcls.models.backbone import WeightsInfo, build_network, prepare_for_inference
 from imgcls.models.features import (
@@ -250,18 +250,20 @@ def temperature_scaling(
     return temperature, summary
 
 
-def split_mistakes(data: FeaturedDataset, fit: ProbeFit, split: str) -> list[Mistake]:
-    """The most confidently wrong images of one split, for the report's gallery."""
+def split_galleries(data: FeaturedDataset, fit: ProbeFit, split: str) -> tuple[list[Example], list[Example]]:
+    """The most confidently right images of each class and the most confidently wrong images
+    of one split, for the report's galleries."""
     if split not in fit.probs:
-        return []
+        return [], []
     records = [r for r, keep in zip(data.records, fit.rows[split], strict=True) if keep]
-    return confident_mistakes(
+    predictions = (
         [data.scan.absolute(r) for r in records],
         [r.path for r in records],
         data.labels[fit.rows[split]],
         fit.probs[split],
         data.classes,
     )
+    return confident_examples(*predictions), confident_mistakes(*predictions)
 
 
 def install_head(model: nn.Module, head: FittedHead) -> None:

@@ -31,7 +31,7 @@ from imgcls.data.sources import open_source
 from imgcls.data.splits import assign_folds, check_splits, write_fold_manifest
 from imgcls.errors import ConfigError, DataError
 from imgcls.evaluation.metrics import classification_report
-from imgcls.evaluation.report import Mistake, confident_mistakes, write_report
+from imgcls.evaluation.report import Example, confident_mistakes, write_report
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.models.backbone import count_parameters
 from imgcls.system.progress import Progress
@@ -60,7 +60,7 @@ class CrossValidation:
     params: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)
     out_of_fold: dict[str, Any] = field(default_factory=dict)
-    mistakes: list[Mistake] = field(default_factory=list)
+    mistakes: list[Example] = field(default_factory=list)
     name: str = ""  # what a comparison calls it: the backbone, the head, or both
 
     def __post_init__(self) -> None:

@@ -17,7 +17,6 @@ from imgcls._files import (
     CHECKPOINT_FILE,
     METRICS_FILE,
     MODEL_SUBDIR,
-    REPORT_FILE,
     RUN_CONFIG_FILE,
     SKIPPED_FILE,
     SPLITS_FILE,
@@ -30,7 +29,6 @@ from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
 from imgcls.data.sources import open_source
 from imgcls.data.splits import check_splits, split_counts, write_manifest
 from imgcls.errors import DataError, ImgclsError, RunInterrupted
-from imgcls.evaluation.report import write_report
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
 from imgcls.system.profiling import PROFILE
@@ -43,9 +41,9 @@ from imgcls.training.probe import (
     featurize,
     fit_and_score,
     install_head,
-    split_mistakes,
 )
 from imgcls.training.run_plan import RunPlan, plan_run
+from imgcls.workflows.run_summary import write_model_card, write_train_report
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +170,7 @@ def _train(
             (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
         if cfg.report:
             with PROFILE.stage("report.html"):
-                _write_train_report(run_dir, featured, fit)
+                write_train_report(run_dir, featured, fit, clf, with_curves=tuned is not None)
     return clf
 
 
@@ -259,22 +257,9 @@ def _save_run(
     write_manifest(run_dir / SPLITS_FILE, featured.records, featured.splits)
     write_skipped(run_dir / SKIPPED_FILE, featured.unreadable)
     write_json(run_dir / RUN_CONFIG_FILE, run_config(featured, cfg))
+    write_model_card(run_dir, clf, featured, metrics)
     write_json(run_dir / METRICS_FILE, metrics)
     log.info("saved run to %s", run_dir)
-
-
-def _write_train_report(run_dir: Path, featured: FeaturedDataset, fit: ProbeFit) -> None:
-    split = VAL if VAL in fit.probs else TEST if TEST in fit.probs else None
-    if split is None:
-        return
-    write_report(
-        run_dir / REPORT_FILE,
-        title=f"imgcls: {featured.spec.name} on {featured.scan.name} ({split} split)",
-        facts=[("backbone", featured.spec.name), ("split", split), ("run directory", str(run_dir))],
-        report=fit.metrics[split],
-        classes=featured.classes,
-        mistakes=split_mistakes(featured, fit, split),
-    )
 
 
 def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:
