@@ -31,6 +31,7 @@ TORCH_FREE = {
     "errors",
     "config",
     "_files",
+    "system.wording",
     "system.cpu",
     "system.profiling",
     "data.folders",

@@ -98,3 +98,42 @@ def test_broken_and_looping_links_are_reported_not_dropped(image_folder, tmp_pat
     skipped = (run / "skipped.csv").read_text()
     assert "red/dangling.png,cannot read file (No such file or directory)" in skipped
     assert "red/loop.png,cannot read file (Too many levels of symbolic links)" in skipped
+
+
+def test_images_without_class_folders_are_diagnosed(tmp_path):
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for i in range(3):
+        make_image((200, 0, 0), seed=i).save(flat / f"{i}.png")
+    with pytest.raises(DataError, match=r"found 3 images directly in .*photos but no class sub-folders"):
+        scan_dataset(flat)
+
+
+@pytest.mark.parametrize("under_train", [False, True], ids=["classes", "train-val-classes"])
+def test_one_class_folder_given_as_data_points_to_the_data_set(tmp_path, under_train):
+    classes_at = tmp_path / "hymenoptera" / ("train" if under_train else "")
+    write_class_folders(classes_at, per_class=1, classes=("red", "green"))
+    with pytest.raises(DataError) as caught:
+        scan_dataset(classes_at / "red")
+    assert str(caught.value) == (
+        f"{classes_at / 'red'} looks like a single class (1 image directly in {classes_at / 'red'} but no "
+        f"class sub-folders); did you mean {tmp_path / 'hymenoptera'}, which has classes green and red?"
+    )
+
+
+def test_a_run_directory_given_as_data_asks_about_a_swap(image_folder, tmp_path):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"is an imgcls run directory .*did you swap DATA and MODEL"):
+        scan_dataset(run)
+
+
+def test_messages_count_in_plain_english():
+    from imgcls.system.wording import count, join_names
+
+    assert [count(1, "image"), count(2, "image"), count(1, "entry"), count(3, "class")] == [
+        "1 image", "2 images", "1 entry", "3 classes",
+    ]  # fmt: skip
+    assert join_names(["ants"]) == "ants" and join_names(["ants", "bees"]) == "ants and bees"
+    assert join_names(list("abcdefg"), limit=3) == "a, b, c and 4 more"

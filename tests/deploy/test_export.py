@@ -140,7 +140,7 @@ def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(
     monkeypatch.setattr(
         OnnxClassifier, "load", classmethod(lambda cls, path: loads.append(path) or original_load(cls, path))
     )
-    with caplog.at_level("INFO", logger="imgcls"):
+    with caplog.at_level("DEBUG", logger="imgcls"):
         assert main(["predict", str(trained), str(real_images[0]), "--json"]) == 0
     assert "runtime: onnx (ONNX Runtime beats torch fp32" in caplog.text  # the reason auto chose it
     assert len(loads) == 1  # the session loaded while deciding is the one that predicts

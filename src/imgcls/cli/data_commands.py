@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from imgcls.cli._options import DATA_HELP, add_source_options, print_json
+from imgcls.system.wording import count
 
 
 def add_convert(p: argparse.ArgumentParser) -> None:
@@ -26,5 +27,6 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"output": str(done.output), "images": done.images, "files": done.files})
         return 0
-    print(f"wrote {done.images} images of {len(scan.classes)} classes to {done.output} ({args.to})")
+    written = f"{count(done.images, 'image')} of {count(len(scan.classes), 'class')}"
+    print(f"wrote {written} to {done.output} ({args.to})")
     return 0

@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from imgcls.cli.data_commands import add_convert, run_convert
 from imgcls.cli.embed_commands import add_embed, add_similar, run_embed, run_similar
@@ -155,8 +156,32 @@ def _after_interrupt(exc: KeyboardInterrupt, argv: Sequence[str] | None) -> str:
     return f"; {exc.kept()}\nstart again with: {shlex.join(['imgcls', *args])}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line and a pointer to ``--help`` instead of the whole
+    usage block, a "did you mean" for a mistyped choice, and the usage-error exit status."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_USAGE, f"{self.prog}: error: {message}{_did_you_mean(message)}\nsee '{self.prog} --help'\n"
+        )
+
+
+def _did_you_mean(message: str) -> str:
+    import difflib
+    import re
+
+    match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if match is None:
+        return ""
+    choices = re.findall(r"'([^']*)'", match.group(2))
+    close = difflib.get_close_matches(match.group(1), choices, n=3, cutoff=0.6)
+    from imgcls.system.wording import join_names
+
+    return f"; did you mean {join_names(close, last='or')}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imgcls",
         description="Train, evaluate and use image classifiers built on pretrained backbones.",
     )

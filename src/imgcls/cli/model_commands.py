@@ -18,6 +18,7 @@ from imgcls.cli._options import (
     print_json,
     print_unreadable,
 )
+from imgcls.system.wording import count
 
 # Every input was unreadable: nothing was predicted (2 stays for errors of use and data).
 EXIT_NOTHING_READABLE = 1
@@ -161,7 +162,7 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
         progress=Progress("predicting"),
     )
     print(
-        f"wrote {summary.written} rows to {args.output} ({summary.unreadable} unreadable, "
+        f"wrote {count(summary.written, 'row')} to {args.output} ({summary.unreadable} unreadable, "
         f"{summary.skipped_existing} already there) in {summary.seconds:.1f} s"
     )
     # Unreadable files get rows too (with their reason): nothing was read if they are all there is.

@@ -19,6 +19,7 @@ from imgcls.cli._options import (
     positive_int,
     print_json,
 )
+from imgcls.system.wording import count
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -60,7 +61,11 @@ def run_train(args: argparse.Namespace) -> int:
         output = Path(args.resume)
         clf = resume(output, data=args.data)
     elif args.data is None:
-        raise SystemExit("imgcls train: the image folder DATA is required (unless --resume RUN_DIR)")
+        from imgcls.errors import ConfigError
+
+        raise ConfigError(
+            "imgcls train needs DATA, the labelled images (or --resume RUN_DIR to continue a run)"
+        )
     else:
         config = config_from_args(args)
         output = Path(args.output) if args.output else default_run_dir(args.data)
@@ -147,7 +152,7 @@ def run_cv(args: argparse.Namespace) -> int:
     low, high = acc["ci95"]
     timing = result.timing
     n = len(result.per_fold)
-    print(f"\n{result.backbone}: accuracy {acc['mean']:.4f} +/- {acc['std']:.4f} over {n} folds")
+    print(f"\n{result.backbone}: accuracy {acc['mean']:.4f} +/- {acc['std']:.4f} over {count(n, 'fold')}")
     print(f"95% confidence interval of the mean: {low:.4f} - {high:.4f}")
     print(f"time: {timing['total_s']:.1f} s (features {timing['extract_s']:.1f} s, ", end="")
     print(f"heads {timing['fit_s']:.1f} s)")

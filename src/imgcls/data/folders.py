@@ -20,6 +20,7 @@ from imgcls._files import CONFIG_FILE, MODEL_SUBDIR, RUN_CONFIG_FILE
 from imgcls.data.images import is_image_path
 from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
+from imgcls.system.wording import count, join_names
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
+    if _is_run_dir(root):
+        raise DataError(
+            f"{root} is an imgcls run directory (a trained model), not a data folder; "
+            "did you swap DATA and MODEL?"
+        )
     split_dirs = _split_dirs(root)
     scan = DatasetScan(root=root, classes=[], records=[], source=str(root), format="folder")
     if split_dirs:
@@ -55,8 +61,56 @@ def scan_dataset(root: str | Path, *, min_classes: int = 2) -> DatasetScan:
         _note_stray_entries(root, set(split_dirs), scan)
     else:
         _scan_class_folders(root, root, scan, folder_split=None)
+    if len(scan.classes) < min_classes:
+        _explain_layout(root, scan)
     validate_scan(scan, min_classes=min_classes, expected=FOLDER_LAYOUT)
     return scan
+
+
+def _explain_layout(root: Path, scan: DatasetScan) -> None:
+    """Name the usual mistakes behind a folder with too few classes: one class folder given
+    instead of the data set, images with no class folders."""
+    if scan.records:
+        return
+    loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
+    if not loose:
+        return
+    found = f"{count(len(loose), 'image')} directly in {root} but no class sub-folders"
+    guess = _data_set_above(root)
+    if guess is not None:
+        parent, classes = guess
+        raise DataError(
+            f"{root} looks like a single class ({found}); did you mean {parent}, which has "
+            f"classes {join_names(classes)}?"
+        )
+    raise DataError(f"found {found}; put each class's images in its own sub-folder ({root}/<class>/...)")
+
+
+def holds_images(folder: Path, depth: int = 2) -> bool:
+    """Whether ``folder`` or its sub-folders, ``depth`` levels down, hold an image file."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(p.is_file() and is_image_path(p) for p in entries):
+        return True
+    return depth > 0 and any(p.is_dir() and holds_images(p, depth - 1) for p in entries)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / RUN_CONFIG_FILE).is_file() or (path / MODEL_SUBDIR / CONFIG_FILE).is_file()
+
+
+def _data_set_above(folder: Path) -> tuple[Path, list[str]] | None:
+    """The data set ``folder`` is one class of, and its classes: its parent when ``folder``
+    and at least one sibling hold images (the parent's parent when the parent is a split
+    folder such as ``train/``)."""
+    parent = folder.resolve().parent
+    classes = sorted(
+        d.name
+        for d in parent.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and any(is_image_path(f) for f in d.iterdir())
+    )
+    if len(classes) < 2 or folder.resolve().name not in classes:
+        return None
+    return (parent.parent if parent.name.lower() in SPLIT_FOLDERS else parent), classes
 
 
 def _split_dirs(root: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from imgcls.data.images import ImageRef, MemoryImage
 from imgcls.errors import DataError
+from imgcls.system.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -84,4 +85,4 @@ def validate_scan(scan: DatasetScan, *, min_classes: int, expected: str) -> None
     if scan.ignored:
         shown = "; ".join(scan.ignored[:5])
         more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
-        log.warning("ignored %d entries in %s: %s%s", len(scan.ignored), scan.source, shown, more)
+        log.warning("ignored %s in %s: %s%s", count(len(scan.ignored), "entry"), scan.source, shown, more)

@@ -17,6 +17,7 @@ import numpy as np
 from imgcls._files import write_csv_atomic
 from imgcls.data.records import TEST, TRAIN, VAL, ImageRecord
 from imgcls.errors import DataError
+from imgcls.system.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,9 @@ def assign_folds(records: Sequence[ImageRecord], *, folds: int, seed: int) -> li
     for label, indices in sorted(by_class.items()):
         if len(indices) < folds:
             log.warning(
-                "class %r has %d images, fewer than %d folds: some folds will lack it",
+                "class %r has %s, fewer than %d folds: some folds will lack it",
                 label,
-                len(indices),
+                count(len(indices), "image"),
                 folds,
             )
     by_path = sorted(range(len(records)), key=lambda i: records[i].path)

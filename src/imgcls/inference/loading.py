@@ -65,7 +65,7 @@ def open_model(
     if runtime == "onnx" and (weights or tta):
         raise ConfigError("`runtime=onnx` runs a saved model's export, without `weights` or `tta`")
     choice = choice or choose_runtime(runtime, model, tta=tta)
-    log.info("runtime: %s (%s)", choice.runtime, choice.reason)
+    log.debug("runtime: %s (%s)", choice.runtime, choice.reason)
     if choice.runtime == "onnx":
         from imgcls.inference.onnx_runtime import OnnxClassifier
 

@@ -27,6 +27,7 @@ from imgcls._files import (
     write_bytes_atomic,
     write_json,
 )
+from imgcls.data.folders import holds_images
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.errors import ModelFormatError
 from imgcls.models.backbone import create_network
@@ -49,10 +50,22 @@ class SavedModel:
     directory: Path
 
 
+def read_config_of(directory: Path) -> dict[str, Any]:
+    """``read_model_config``, with a hint when ``directory`` holds images: data given as the model."""
+    try:
+        return read_model_config(directory)
+    except ModelFormatError as exc:
+        if directory.is_dir() and holds_images(directory):
+            raise ModelFormatError(
+                f"{exc}; {directory} holds images: did you swap DATA and MODEL? The model comes first"
+            ) from None
+        raise
+
+
 def read_saved_model(path: Path) -> SavedModel:
     """The model saved in ``path`` (``RUN_DIR/model`` or ``RUN_DIR`` itself), rebuilt and loaded."""
     directory = model_dir(path)
-    config = read_model_config(directory)
+    config = read_config_of(directory)
     model = create_network(get_backbone(config["backbone"]["name"]), num_classes=len(config["classes"]))
     head = head_for_config(
         config.get("head"), in_features=feature_width(model), num_classes=len(config["classes"])

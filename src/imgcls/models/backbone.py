@@ -96,7 +96,7 @@ def _from_local(
     # Packaged weights must map exactly; anything else goes through the tolerant matcher.
     strict = local.kind == "package"
     report = load_matching(model, state_dict, source=local.describe(), arch=spec.name, strict=strict)
-    log.info("weights for %s: %s (%s)", spec.name, local.describe(), report.summary())
+    log.debug("weights for %s: %s (%s)", spec.name, local.describe(), report.summary())
     return model, WeightsInfo(local.kind, str(local.path), report)
 
 

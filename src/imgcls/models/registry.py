@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from imgcls.data.preprocessing import Preprocessing, feature_input_size, supported_interpolation
 from imgcls.errors import BackboneError
+from imgcls.system.wording import join_names
 
 _HALF = (0.5, 0.5, 0.5)
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -184,9 +185,9 @@ def _unknown_message(name: str) -> str:
 
     import timm
 
-    candidates = list(BACKBONES) + timm.list_models()
+    candidates = list(dict.fromkeys([*BACKBONES, *timm.list_models()]))
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = f" Did you mean {join_names(close, last='or')}?" if close else ""
     return (
         f"unknown backbone {name!r}.{hint} Run 'imgcls models' for the named backbones; "
         f"any timm architecture name also works."

@@ -27,6 +27,7 @@ from torch import nn
 from imgcls.errors import ModelFormatError, first_line
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress, duration
+from imgcls.system.wording import count
 from imgcls.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def _run_epochs(
             and epoch < settings.epochs
             and epoch - state.best_epoch >= settings.patience
         ):
-            state.stopped = f"early stop (no better val score for {settings.patience} epochs)"
+            state.stopped = f"early stop (no better val score for {count(settings.patience, 'epoch')})"
             break
 
 
@@ -352,9 +353,9 @@ def _log_estimate(
     per_image = seconds / validation.n
     epoch = TRAIN_COST * per_image * task.num_batches() * task.batch_size + seconds
     log.info(
-        "fine-tuning: at most %d epochs of %d batches, about %s in all (a first estimate)",
-        settings.epochs,
-        task.num_batches(),
+        "fine-tuning: at most %s of %s, about %s in all (a first estimate)",
+        count(settings.epochs, "epoch"),
+        count(task.num_batches(), "batch"),
         duration(settings.epochs * epoch),
     )
 

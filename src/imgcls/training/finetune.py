@@ -34,6 +34,7 @@ from imgcls.models._network_split import NetworkSplit, split_network, stage_coun
 from imgcls.models.heads import fold_temperature
 from imgcls.system.precision import autocast
 from imgcls.system.profiling import PROFILE
+from imgcls.system.wording import count
 from imgcls.training._fast_path import depthwise_unit_parameters, training_fast_path
 from imgcls.training._interpolation import interpolated, snapshot
 from imgcls.training._loop import (
@@ -160,9 +161,9 @@ def _warn_small_splits(rows: LabelledRows, num_classes: int) -> None:
     n_val, per_class = len(rows.val), len(rows.train) / max(num_classes, 1)
     if 0 < n_val < SMALL_VAL:
         log.warning(
-            "validation has only %d images (one image is %.1f%% of accuracy): too few to tell the "
+            "validation has only %s (one image is %.1f%% of accuracy): too few to tell the "
             "fine-tune from the probe it starts from; a larger `val_fraction` or `imgcls cv` tells more",
-            n_val,
+            count(n_val, "image"),
             100.0 / n_val,
         )
     if per_class < SMALL_TRAIN_PER_CLASS:

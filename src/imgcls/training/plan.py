@@ -12,6 +12,7 @@ import torch
 from imgcls.config import TrainConfig, parse_unfreeze
 from imgcls.errors import ConfigError
 from imgcls.system.precision import autocast_dtype, resolve_precision
+from imgcls.system.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +172,12 @@ def plan_finetune(
         train_depthwise=trains_depthwise(device),
     )
     log.info(
-        "fine-tune plan: %s, %s (training steps %s), train %s, %d epochs, lr %.1e, augment %s",
+        "fine-tune plan: %s, %s (training steps %s), train %s, %s, lr %.1e, augment %s",
         plan.device,
         plan.precision,
         plan.train_precision,
         f"the last {trainable} stages on cached activations" if trainable else "every stage on images",
-        plan.epochs,
+        count(plan.epochs, "epoch"),
         plan.lr,
         plan.augment,
     )
