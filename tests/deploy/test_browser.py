@@ -129,6 +129,8 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
     )
     photo = tmp_path / "chelsea.png"
     Image.fromarray(skimage.data.chelsea()).save(photo)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
     ARTIFACTS.mkdir(exist_ok=True)
     with running_server(tmp_path / "run") as url:
         expected = httpx.post(
@@ -140,13 +142,22 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.goto(url)
             page.wait_for_selector("#classes:has-text('3 classes')")
-            page.set_input_files("#file", str(photo))
+            accuracy = page.wait_for_selector("#accuracy:has-text('Validation accuracy')").inner_text()
+            page.set_input_files("#file", [str(photo), str(notes)])
             label = page.wait_for_selector(".card .top .label", timeout=30_000)
             shown = label.inner_text()
+            headline = page.inner_text(".card .verdict strong")
+            weight = page.eval_on_selector(".card .top .label", "e => getComputedStyle(e).fontWeight")
             bars = page.eval_on_selector_all(
                 ".card .fill", "els => els.map(e => e.getBoundingClientRect().width)"
             )
+            errors = page.eval_on_selector_all(".card .error", "els => els.map(e => e.textContent)")
             page.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
             browser.close()
-    assert shown == expected_label
+    val = json.loads((tmp_path / "run" / "metrics.json").read_text())["val"]
+    assert accuracy == f"Validation accuracy {100 * val['accuracy']:.1f}% on {val['n']} held-out images."
+    assert shown == headline == expected_label and int(weight) >= 700  # the top class stands out
     assert len(bars) == 3 and max(bars) > 0
+    assert (
+        len(errors) == 1 and "notes.txt" in errors[0]
+    )  # the bad file's own card, the photo still classified

@@ -50,6 +50,20 @@ def test_predict_bad_uploads_and_concurrency(model):
         )
         assert [r["path"] for r in two.json()] == ["a.png", "b.png"]
 
+        mixed = httpx.post(
+            f"{url}/predict",
+            files=[("file", ("a.png", small)), ("file", ("notes.txt", b"hello")), ("file", ("c.png", small))],
+            timeout=30,
+        )
+        assert mixed.status_code == 200  # one bad file does not cost the others their predictions
+        a, bad, c = mixed.json()
+        for answer in (a, c):
+            assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in body[0]["predictions"]]
+            assert answer["predictions"][0]["probability"] == pytest.approx(
+                body[0]["predictions"][0]["probability"]
+            )
+        assert bad["path"] == "notes.txt" and bad["status"] == 415 and "not an image" in bad["error"]
+
         text = httpx.post(
             f"{url}/predict", files=[("file", ("notes.txt", b"hello", "text/plain"))], timeout=30
         )

@@ -213,18 +213,33 @@ def create_app(
             )
         async with in_flight:
             try:
-                probs = await asyncio.wait_for(_predict(file), limits.request_timeout_s)
+                return await asyncio.wait_for(_predict(file), limits.request_timeout_s)
             except TimeoutError:
                 raise HTTPException(
                     503, f"the request took over {limits.request_timeout_s:g} s", headers={"Retry-After": "5"}
                 ) from None
-        names = [upload.filename for upload in file]
-        ranked = rank_classes(np.stack(probs), predictor.classes, names, limits.top_k)
-        return [prediction.to_dict() for prediction in ranked]
 
-    async def _predict(uploads: list[UploadFile]) -> list[np.ndarray]:
-        images = [await _decode_upload(upload, limits, predictor.preprocessing) for upload in uploads]
-        return await batcher.submit(images)
+    async def _predict(uploads: list[UploadFile]) -> list[dict[str, Any]]:
+        """One answer per file: its predictions, or its own error beside the others'
+        predictions; a request whose every file is refused gets the first refusal's status."""
+        decoded: list[Image.Image | HTTPException] = []
+        for upload in uploads:
+            try:
+                decoded.append(await _decode_upload(upload, limits, predictor.preprocessing))
+            except HTTPException as refused:
+                decoded.append(refused)
+        images = [d for d in decoded if isinstance(d, Image.Image)]
+        if not images:
+            raise next(d for d in decoded if isinstance(d, HTTPException))
+        names = [u.filename for u, d in zip(uploads, decoded, strict=True) if isinstance(d, Image.Image)]
+        probs = np.stack(await batcher.submit(images))
+        ranked = iter(rank_classes(probs, predictor.classes, names, limits.top_k))
+        return [
+            next(ranked).to_dict()
+            if isinstance(item, Image.Image)
+            else {"path": upload.filename, "error": item.detail, "status": item.status_code}
+            for upload, item in zip(uploads, decoded, strict=True)
+        ]
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
