@@ -27,6 +27,7 @@ from imgcls.errors import ConfigError
 from imgcls.models._network_split import split_network
 from imgcls.training._tasks import ActivationTask, LabelledRows
 from imgcls.training.checkpoint import load_checkpoint
+from imgcls.workflows.inspect_data import HEADER_PX, LABEL_PX
 from tests.conftest import TINY_ARGS, TINY_BACKBONE, write_class_folders
 
 TINY_FT = TrainConfig(
@@ -264,8 +265,14 @@ def test_inspect_data_prints_counts_and_saves_a_grid_of_different_views(image_fo
     assert "red" in out and "total" in out
     pixels = np.asarray(Image.open(grid)).astype(int)
     step = 48 + 4
-    cells = [pixels[0:48, c * step : c * step + 48] for c in range(4)]
-    assert pixels.shape[:2] == (2 * step, 4 * step)
+    cells = [
+        pixels[HEADER_PX : HEADER_PX + 48, LABEL_PX + c * step : LABEL_PX + c * step + 48] for c in range(4)
+    ]
+    assert pixels.shape[:2] == (HEADER_PX + 2 * step, LABEL_PX + 4 * step)
+    for row in range(2):  # each row's class and file name are written in the left band
+        band = pixels[HEADER_PX + row * step : HEADER_PX + (row + 1) * step, :LABEL_PX]
+        assert (band.max(axis=2) < 128).sum() > 30
+    assert (pixels[:HEADER_PX, LABEL_PX:].max(axis=2) < 160).sum() > 30  # the column names
     for view in cells[1:]:
         assert np.abs(view - cells[0]).mean() > 2  # each augmented view differs from the eval view
     assert np.abs(cells[1] - cells[2]).mean() > 2

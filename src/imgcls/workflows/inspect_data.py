@@ -1,7 +1,8 @@
 """``imgcls inspect-data``: what a data set holds and what the augmentation makes of it.
 
 Prints class counts per split (with the split that ``train`` would carve) and saves a grid:
-one row per sampled image, the eval view first, then augmented training views of it.
+one row per sampled image, labelled on the left with its class and file, the eval view first,
+then augmented training views of it, each column named at the top.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from imgcls.config import GRID_ROWS, GRID_VIEWS
 from imgcls.data.images import UnreadableImageError, load_rgb
 from imgcls.data.preprocessing import Preprocessing
-from imgcls.data.records import DatasetScan
+from imgcls.data.records import DatasetScan, ImageRecord
 from imgcls.data.splits import assign_splits
 from imgcls.data.transforms import eval_transform, train_transform
 from imgcls.models.registry import get_backbone, resolve_preprocessing
 
 CELL_GAP = 4
+LABEL_PX = 170  # the left band naming each row's class and file
+HEADER_PX = 22  # the top band naming each column
+FONT_PX = 13
 
 
 @dataclass
@@ -73,29 +77,31 @@ def augmentation_grid(
     pre = resolve_preprocessing(spec, input_size=input_size, for_features=False)
     augmented, plain = train_transform(pre, augment), eval_transform(pre)
     torch.manual_seed(seed)
-    grid_rows = []
-    for path in _sample_paths(scan, rows, seed):
+    grid_rows, names = [], []
+    for record in _sample_records(scan, rows, seed):
         try:
-            image = load_rgb(path, min_side=pre.resize_size)
+            image = load_rgb(scan.absolute(record), min_side=pre.resize_size)
         except UnreadableImageError:
             continue
         cells = [plain(image)] + [augmented(image) for _ in range(views)]
         grid_rows.append([_to_pixels(cell, pre) for cell in cells])
+        names.append((record.label, record.path))
     if not grid_rows:
         raise UnreadableImageError(scan.source, "no readable image to show")
     output.parent.mkdir(parents=True, exist_ok=True)
-    _compose(grid_rows, pre.input_size).save(output)
+    columns = ["eval view", *(f"augmented {i}" for i in range(1, views + 1))]
+    _label(_compose(grid_rows, pre.input_size), names, columns, pre.input_size).save(output)
     return output
 
 
-def _sample_paths(scan: DatasetScan, rows: int, seed: int) -> list[Path]:
+def _sample_records(scan: DatasetScan, rows: int, seed: int) -> list[ImageRecord]:
     """One image per class, round-robin, in a seeded order."""
     rng = np.random.default_rng(seed)
-    by_class: dict[str, list[Path]] = {}
+    by_class: dict[str, list[ImageRecord]] = {}
     for record in scan.records:
-        by_class.setdefault(record.label, []).append(scan.absolute(record))
+        by_class.setdefault(record.label, []).append(record)
     pools = {c: [p[i] for i in rng.permutation(len(p))] for c, p in sorted(by_class.items())}
-    picked: list[Path] = []
+    picked: list[ImageRecord] = []
     while len(picked) < rows and any(pools.values()):
         for pool in pools.values():
             if pool and len(picked) < rows:
@@ -111,9 +117,35 @@ def _to_pixels(tensor: torch.Tensor, pre: Preprocessing) -> np.ndarray:
 
 
 def _compose(rows: list[list[np.ndarray]], size: int) -> Image.Image:
+    """The cells on a white canvas, with room for the labels at the left and top."""
     step = size + CELL_GAP
-    canvas = np.full((len(rows) * step, len(rows[0]) * step, 3), 255, dtype=np.uint8)
+    canvas = np.full((HEADER_PX + len(rows) * step, LABEL_PX + len(rows[0]) * step, 3), 255, dtype=np.uint8)
     for r, row in enumerate(rows):
         for c, cell in enumerate(row):
-            canvas[r * step : r * step + size, c * step : c * step + size] = cell
+            top, left = HEADER_PX + r * step, LABEL_PX + c * step
+            canvas[top : top + size, left : left + size] = cell
     return Image.fromarray(canvas)
+
+
+def _label(grid: Image.Image, rows: list[tuple[str, str]], columns: list[str], size: int) -> Image.Image:
+    """Each row's class and file name in the left band, each column's name in the top band."""
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=FONT_PX)
+    step = size + CELL_GAP
+    for c, name in enumerate(columns):
+        draw.text((LABEL_PX + c * step, 4), _fit(draw, name, size, font), fill=(60, 60, 60), font=font)
+    for r, (label, path) in enumerate(rows):
+        top = HEADER_PX + r * step
+        draw.text((4, top + 2), _fit(draw, label, LABEL_PX - 8, font), fill=(0, 0, 0), font=font)
+        name = _fit(draw, Path(path).name, LABEL_PX - 8, font)
+        draw.text((4, top + 4 + FONT_PX), name, fill=(90, 90, 90), font=font)
+    return grid
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: float, font: ImageFont.FreeTypeFont) -> str:
+    """``text``, shortened with an ellipsis until it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
