@@ -413,7 +413,7 @@ def test_a_fine_tune_estimates_its_time_warns_of_small_splits_and_says_when_the_
     wrecked = TINY_FT.with_overrides({"epochs": 1, "lr": 0.9})  # a step this large ruins the probe head
     clf = imgcls.train(data, tmp_path / "run", config=wrecked)
     logged = caplog.text
-    assert "fine-tuning: at most 1 epochs of" in logged and "in all (a first estimate)" in logged
+    assert "fine-tuning: at most 1 epoch of" in logged and "in all (a first estimate)" in logged
     assert "validation has only" in logged and "too few to tell the fine-tune from the probe" in logged
     assert "training has only" in logged and "images per class" in logged
     assert clf.config["head"]["best_epoch"] == 0

@@ -52,7 +52,9 @@ class _OneWeightTask:
         if not self.has_val:
             return None
         w = float(self.module.weight.detach())
-        return Validation(loss=abs(w - self.best), accuracy=1.0 - abs(w - self.best), balanced_accuracy=0.0)
+        return Validation(
+            loss=abs(w - self.best), accuracy=1.0 - abs(w - self.best), balanced_accuracy=0.0, n=1
+        )
 
 
 def _trained(task: _OneWeightTask, best_epoch: int) -> tuple[dict, LoopState]:
