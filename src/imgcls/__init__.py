@@ -21,6 +21,7 @@ __all__ = [
     "__version__",
     "compare",
     "cross_validate",
+    "doctor",
     "embed",
     "load",
     "resume",
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from imgcls.inference.loading import load
     from imgcls.inference.predictions import Prediction
     from imgcls.workflows.crossval import compare, cross_validate
+    from imgcls.workflows.doctor import doctor
     from imgcls.workflows.embed import embed
     from imgcls.workflows.similar import similar
     from imgcls.workflows.train import resume, train
@@ -47,6 +49,7 @@ _LAZY = {
     "resume": "imgcls.workflows.train",
     "cross_validate": "imgcls.workflows.crossval",
     "compare": "imgcls.workflows.crossval",
+    "doctor": "imgcls.workflows.doctor",
     "embed": "imgcls.workflows.embed",
     "similar": "imgcls.workflows.similar",
     "Classifier": "imgcls.inference.classifier",

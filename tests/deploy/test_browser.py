@@ -161,3 +161,22 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
     assert (
         len(errors) == 1 and "notes.txt" in errors[0]
     )  # the bad file's own card, the photo still classified
+
+
+def test_the_doctor_page_shows_thumbnails_of_its_findings(tmp_path):
+    from tests.workflows.test_doctor import LITE, _data_set, _plant
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    data = _data_set(tmp_path / "data")
+    _plant(data)
+    imgcls.doctor(data, tmp_path / "doctor", config=LITE)
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto((tmp_path / "doctor" / "doctor.html").as_uri())
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        sizes = page.eval_on_selector_all("figure img", "els => els.map(e => e.naturalWidth)")
+        page.screenshot(path=str(ARTIFACTS / "doctor.png"), full_page=True)
+        browser.close()
+    assert {"leakage: 2 findings", "conflicting labels: 1 finding", "unreadable: 1 finding"} <= set(headings)
+    assert len(sizes) >= 8 and min(sizes) > 50  # every thumbnail decoded, the broken file's grey square too

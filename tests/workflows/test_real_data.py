@@ -95,3 +95,27 @@ def test_clothing_small_embeddings_cluster_by_class(tmp_path):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     clusters = KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(vectors)
     assert adjusted_rand_score(frame.label, clusters) >= 0.3
+
+
+def test_doctor_finds_planted_label_errors_in_clothing_small(tmp_path):
+    """5% of the training labels moved to another class: doctor's findings hold most of them."""
+    from imgcls.data.sources import open_source
+
+    data = shared_dataset("clothing_small")
+    scan = open_source(data)
+    rng = np.random.default_rng(0)
+    train = [i for i, r in enumerate(scan.records) if r.folder_split == "train"]
+    moved = set(rng.choice(train, size=round(0.05 * len(train)), replace=False).tolist())
+    rows = ["path,label,split"]
+    for i, r in enumerate(scan.records):
+        label = str(rng.choice([c for c in scan.classes if c != r.label])) if i in moved else r.label
+        rows.append(f"{data / r.path},{label},{r.folder_split}")
+    manifest = tmp_path / "flipped.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    planted = {str(data / scan.records[i].path) for i in moved}
+
+    diagnosis = imgcls.doctor(manifest)
+    flagged = [f.ids[0] for f in diagnosis.findings if f.kind == "mislabel"]
+    top = set(flagged[: 2 * len(planted)])
+    assert len(top & planted) >= 0.8 * len(planted)
+    assert len(set(flagged) & planted) >= 0.6 * len(flagged)

@@ -1,10 +1,10 @@
-"""The commands that work on data sets themselves: ``convert``."""
+"""The commands that work on data sets themselves: ``convert`` and ``doctor``."""
 
 from __future__ import annotations
 
 import argparse
 
-from imgcls.cli._options import DATA_HELP, add_source_options, print_json
+from imgcls.cli._options import DATA_HELP, add_source_options, positive_int, print_json
 from imgcls.system.wording import count
 
 
@@ -29,4 +29,102 @@ def run_convert(args: argparse.Namespace) -> int:
         return 0
     written = f"{count(done.images, 'image')} of {count(len(scan.classes), 'class')}"
     print(f"wrote {written} to {done.output} ({args.to})")
+    return 0
+
+
+def add_doctor(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import FOLDS, TrainConfig
+
+    defaults = TrainConfig()
+    p.add_argument("data", help=DATA_HELP)
+    add_source_options(p, from_config=False)
+    p.add_argument("-o", "--output", help="folder for doctor.html, doctor.json and issues.csv")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output folder")
+    p.add_argument(
+        "--model", metavar="RUN_DIR", help="use this trained model's features (default: --backbone)"
+    )
+    p.add_argument(
+        "--backbone", default=defaults.backbone, help=f"whose features (default: {defaults.backbone})"
+    )
+    p.add_argument("--weights", metavar="FILE", help="local state dict for --backbone")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init (for tests)")
+    p.add_argument(
+        "--input-size", type=positive_int, help="network input size in pixels (default: the backbone's)"
+    )
+    p.add_argument(
+        "--folds", type=positive_int, default=FOLDS, help=f"folds of the mislabel check (default: {FOLDS})"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of splits, folds and samples")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=defaults.val_fraction,
+        help="validation share carved as train would carve it, for the leakage count",
+    )
+    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="as for train")
+    p.add_argument(
+        "--cache-dir", help="feature cache location (default: $IMGCLS_CACHE_DIR or ~/.cache/imgcls)"
+    )
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="do not use the feature cache")
+    p.add_argument(
+        "--write-clean",
+        metavar="MANIFEST",
+        help="write a CSV manifest of the data without the duplicates, leaked copies, likely mislabels "
+        "and outliers found (imgcls train reads it); nothing in DATA is moved or deleted",
+    )
+    p.add_argument(
+        "--relabel",
+        action="store_true",
+        help="with --write-clean, give likely mislabels their suggested label instead of leaving them out",
+    )
+    p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from imgcls.config import TrainConfig
+    from imgcls.errors import ConfigError
+    from imgcls.workflows.doctor import doctor
+    from imgcls.workflows.train import prepare_output_dir
+
+    if args.relabel and not args.write_clean:
+        raise ConfigError("--relabel goes with --write-clean MANIFEST")
+    if args.output:
+        prepare_output_dir(Path(args.output), overwrite=args.overwrite)
+    config = TrainConfig(
+        backbone=args.backbone,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        input_size=args.input_size,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        cache_dir=args.cache_dir,
+        use_cache=args.use_cache,
+        data_format=args.data_format,
+        label_set=args.label_set,
+    )
+    diagnosis = doctor(
+        args.data,
+        args.output,
+        model=args.model,
+        config=config,
+        folds=args.folds,
+        write_clean=args.write_clean,
+        relabel=args.relabel,
+    )
+    if args.json:
+        print_json(diagnosis.to_dict())
+        return 0
+    print(f"images        {diagnosis.images} read, with the {diagnosis.backbone} features")
+    for kind, n in diagnosis.counts().items():
+        print(f"{kind:<20}{n}")
+    for pair, leak in diagnosis.leakage.items():
+        copies = f"{leak['with_copy_in_train']} of {leak['images']} held-out images"
+        print(f"leakage {pair}: {copies} have a copy in train")
+    if diagnosis.output is not None:
+        print(f"report        {diagnosis.output / 'doctor.html'} (and doctor.json, issues.csv)")
+    if args.write_clean:
+        print(f"clean manifest {args.write_clean}")
     return 0

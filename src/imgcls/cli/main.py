@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from imgcls.cli.data_commands import add_convert, run_convert
+from imgcls.cli.data_commands import add_convert, add_doctor, run_convert, run_doctor
 from imgcls.cli.embed_commands import add_embed, add_similar, run_embed, run_similar
 from imgcls.cli.model_commands import (
     add_demo,
@@ -65,7 +65,7 @@ _EXTRA_FOR_MODULE = {
 
 
 _HEAVY_COMMANDS = frozenset(
-    {"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve", "embed", "similar"}
+    {"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve", "embed", "similar", "doctor"}
 )
 
 
@@ -244,6 +244,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, st
         add_convert,
         run_convert,
         "write a data set as class folders, a manifest or WebDataset shards",
+    ),
+    "doctor": (
+        add_doctor,
+        run_doctor,
+        "find broken files, duplicates, leakage, likely mislabels and outliers in a data set",
     ),
     "embed": (
         add_embed,

@@ -141,7 +141,7 @@ def _scan_class_folders(folder: Path, root: Path, scan: DatasetScan, *, folder_s
             continue
         images = images_under(entry, root, scan.ignored)
         if not images:
-            log.warning("class folder %s holds no images; skipped", entry)
+            scan.ignored.append(f"{_rel(entry, root)} (an empty class folder: no images)")
             continue
         if folder_split not in (None, TRAIN) and entry.name not in classes:
             raise DataError(

@@ -98,6 +98,15 @@ def load_rgb(path: str | Path | MemoryImage, *, min_side: int | None = None) -> 
     return decode_rgb(data, name=path, min_side=min_side)
 
 
+def image_header(data: bytes, *, name: str | Path = "<bytes>") -> tuple[tuple[int, int], str]:
+    """The stored size (width, height; before any EXIF rotation) and mode of encoded image
+    bytes, read from the header alone."""
+    if not data:
+        raise UnreadableImageError(name, "empty file (0 bytes)")
+    image = _open(data, name)
+    return image.size, image.mode
+
+
 def decode_rgb(data: bytes, *, name: str | Path = "<bytes>", min_side: int | None = None) -> Image.Image:
     """Decode image bytes to RGB; see ``load_rgb``."""
     if not data:

@@ -169,10 +169,18 @@ class Card:
     lines: tuple[str, ...]
 
 
-def write_gallery_page(path: Path, *, title: str, sections: Sequence[tuple[str, Sequence[Card]]]) -> Path:
+def write_gallery_page(
+    path: Path,
+    *,
+    title: str,
+    sections: Sequence[tuple[str, Sequence[Card]]],
+    facts: Sequence[tuple[str, str]] = (),
+) -> Path:
     """A self-contained page of thumbnail rows, one per titled section (e.g. a query and its
-    nearest neighbours)."""
+    nearest neighbours), after an optional table of ``facts``."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
+    if facts:
+        parts.append(_table_html("Summary", (), facts, key="summary"))
     for heading, cards in sections:
         figures = []
         for card in cards:

@@ -113,10 +113,11 @@ def open_encoder(
     weights: str | Path | None = None,
     input_size: int | None = None,
     precision: str = "auto",
+    pretrained: bool = True,
 ) -> Encoder:
     """The encoder of a saved model (``RUN_DIR`` or ``RUN_DIR/model``: its fitted backbone and
     preprocessing) or of a pretrained backbone by name (its feature preprocessing, as ``train``
-    uses; ``weights`` is a local state dict for it)."""
+    uses; ``weights`` is a local state dict for it; ``pretrained=False``: random init)."""
     from imgcls.inference.loading import looks_like_model_dir
 
     if looks_like_model_dir(model):
@@ -129,7 +130,7 @@ def open_encoder(
             )
         return Classifier.load(model).encoder()
     spec = get_backbone(str(model))
-    network, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights)
+    network, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights, pretrained=pretrained)
     origin = {
         "model": spec.name,
         "weights": str(weights) if weights is not None else None,

@@ -29,9 +29,11 @@ from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
 from imgcls.data.sources import open_source
 from imgcls.data.splits import check_splits, split_counts, write_manifest
 from imgcls.errors import DataError, ImgclsError, RunInterrupted
+from imgcls.evaluation.duplicates import identical_rows
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
 from imgcls.system.profiling import PROFILE
+from imgcls.system.wording import count
 from imgcls.training._history import write_history
 from imgcls.training.checkpoint import load_checkpoint
 from imgcls.training.finetune import Finetuned, finetune
@@ -150,6 +152,7 @@ def _train(
         )
         featured, fit = tuned.featured, tuned.fit
         fit.metrics["finetune"] = tuned.summary()
+    warn_of_copies(featured)
     if plan.auto is not None:
         fit.metrics["auto"] = plan.auto
     fit.metrics["timing"] = {
@@ -172,6 +175,25 @@ def _train(
             with PROFILE.stage("report.html"):
                 write_train_report(run_dir, featured, fit, clf, with_curves=tuned is not None)
     return clf
+
+
+def warn_of_copies(featured: FeaturedDataset) -> None:
+    """One warning line when the features show identical pictures, and how many of them sit
+    in training and in a held-out split at once (which flatters held-out accuracy)."""
+    groups = identical_rows(featured.features)
+    if not groups:
+        return
+    leaking = sum(
+        1
+        for g in groups
+        if TRAIN in {featured.splits[i] for i in g} and {featured.splits[i] for i in g} - {TRAIN}
+    )
+    log.warning(
+        "%s of identical images (%d in training and a held-out split at once, which flatters held-out "
+        "accuracy); `imgcls doctor` lists them, with near copies, likely mislabels and outliers",
+        count(len(groups), "group"),
+        leaking,
+    )
 
 
 def _write_resume_config(run_dir: Path | None, scan: DatasetScan, cfg: TrainConfig) -> None:
