@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,20 @@ def _browser(playwright):
     return playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
 
 
+@contextlib.contextmanager
+def _page(url: str, width: int = 1200, height: int = 900) -> Iterator[Any]:
+    """A Chromium page showing ``url``."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def _confusable_folder(root: Path) -> Path:
     """Two classes drawn from the same colours: the model must make confident mistakes."""
     for label in ("left", "right"):
@@ -41,21 +58,17 @@ def _confusable_folder(root: Path) -> Path:
 
 
 def test_report_images_render_in_chromium(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     data = _confusable_folder(tmp_path / "data")
     run = tmp_path / "run"
     imgcls.train(data, run, config=TrainConfig(backbone="test_resnet", pretrained=False, input_size=64))
     run_cli("evaluate", str(run), str(data), "--split", "all", "--report")
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = _browser(playwright)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto((run / "report-all.html").as_uri())
+    with _page((run / "report-all.html").as_uri()) as page:
         sizes = page.eval_on_selector_all(
             "img", "els => els.map(e => [e.id || e.className, e.naturalWidth, e.naturalHeight])"
         )
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
     by_name = {name: (w, h) for name, w, h in sizes}
     for figure in ("confusion-matrix", "reliability", "per-class"):
         assert min(by_name[figure]) > 100, f"{figure} did not render: {sizes}"
@@ -67,7 +80,7 @@ def test_report_images_render_in_chromium(tmp_path):
 def test_a_fine_tune_report_shows_every_split_the_curves_and_fits_the_page(tmp_path):
     from tests.conftest import TINY_BACKBONE, write_class_folders
 
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     data = write_class_folders(tmp_path / "data", per_class=20)
     (data / "blue").rename(data / ("a_class_name_long_enough_to_overflow_a_thumbnail_caption_" * 2))
     run = tmp_path / "run"
@@ -81,10 +94,7 @@ def test_a_fine_tune_report_shows_every_split_the_curves_and_fits_the_page(tmp_p
     )
     imgcls.train(data, run, config=config)
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = _browser(playwright)
-        page = browser.new_page(viewport={"width": 1000, "height": 900})
-        page.goto((run / "report.html").as_uri())
+    with _page((run / "report.html").as_uri(), width=1000) as page:
         splits = page.eval_on_selector_all(
             "#splits tbody tr", "rows => rows.map(r => r.cells[0].textContent)"
         )
@@ -97,7 +107,6 @@ def test_a_fine_tune_report_shows_every_split_the_curves_and_fits_the_page(tmp_p
         )
         text = page.inner_text("body")
         page.screenshot(path=str(ARTIFACTS / "report-finetune.png"), full_page=True)
-        browser.close()
     assert splits == ["train", "val", "test"]
     assert counts == [4, 4, 4]  # class, then its images in train, val and test
     assert (
@@ -166,17 +175,14 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
 def test_the_doctor_page_shows_thumbnails_of_its_findings(tmp_path):
     from tests.workflows.test_doctor import LITE, _data_set, _plant
 
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     data = _data_set(tmp_path / "data")
     _plant(data)
     imgcls.doctor(data, tmp_path / "doctor", config=LITE)
-    with sync_api.sync_playwright() as playwright:
-        browser = _browser(playwright)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto((tmp_path / "doctor" / "doctor.html").as_uri())
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _page((tmp_path / "doctor" / "doctor.html").as_uri()) as page:
         headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
         sizes = page.eval_on_selector_all("figure img", "els => els.map(e => e.naturalWidth)")
         page.screenshot(path=str(ARTIFACTS / "doctor.png"), full_page=True)
-        browser.close()
     assert {"leakage: 2 findings", "conflicting labels: 1 finding", "unreadable: 1 finding"} <= set(headings)
     assert len(sizes) >= 8 and min(sizes) > 50  # every thumbnail decoded, the broken file's grey square too

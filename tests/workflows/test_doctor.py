@@ -169,3 +169,14 @@ def test_train_warns_in_one_line_of_identical_images_across_splits(tmp_path, cap
         "2 groups of identical images (1 in training and a held-out split at once, which flatters held-out "
         "accuracy); `imgcls doctor` lists them, with near copies, likely mislabels and outliers"
     ]
+
+
+def test_doctor_uses_a_trained_models_features_and_prints_json(tmp_path, capsys):
+    data = _data_set(tmp_path / "data")
+    imgcls.train(data, tmp_path / "run", config=TINY)
+    assert main(["doctor", str(data), "--model", str(tmp_path / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backbone"] == TINY_BACKBONE and out["images"] == 39
+    assert out["label_check"]["folds"] == 5 and out["counts"].get("unreadable", 0) == 0
+    assert main(["doctor", str(data), "--relabel"]) == 2
+    assert "--relabel goes with --write-clean" in capsys.readouterr().err
