@@ -99,6 +99,22 @@ def add_predict(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help='print [{"path", "predictions": [{"label", "index", "probability"}]}]',
     )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="with --output: score here, or on a Ray cluster (pip install 'imgcls[ray]') (default: local)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, or a local one)",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        help="with --engine ray: model copies on the cluster (default: one per 2 CPUs)",
+    )
     p.add_argument("--profile", action="store_true", help="print where the time went: decode, forward, I/O")
 
 
@@ -111,6 +127,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     if args.runtime == "onnx" and args.tta:
         raise ConfigError("--tta is not available with --runtime onnx")
+    if args.engine == "ray" and (not args.output or args.tta):
+        raise ConfigError("--engine ray writes to a file: give --output FILE (and no --tta)")
     # Decide the runtime before torch is imported, so decoding can start beside that import.
     choice = choose_runtime(args.runtime, args.model, tta=args.tta)
     with decoding_ahead_of_prediction(args.model, args.paths, choice.runtime):
@@ -151,6 +169,17 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
     paths = prediction_inputs(args.paths)
     if not paths:
         raise DataError(f"no image files found in {', '.join(args.paths)}")
+    engine = None
+    if args.engine == "ray":
+        from imgcls.deploy.ray_engine import RayScoring
+
+        engine = RayScoring(
+            args.model,
+            runtime=args.runtime,
+            address=args.ray_address,
+            actors=args.ray_actors,
+            batch_size=args.batch_size,
+        )
     summary = predict_to_file(
         clf,
         paths,
@@ -160,6 +189,7 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
         workers=args.workers,
         tta=args.tta,
         progress=Progress("predicting"),
+        engine=engine,
     )
     print(
         f"wrote {count(summary.written, 'row')} to {args.output} ({summary.unreadable} unreadable, "

@@ -41,6 +41,11 @@ class PathScorer(Protocol):
     ) -> PathScores: ...
 
 
+# Another engine's scoring of the files to predict (``deploy.ray_engine.RayScoring``): given the
+# paths and a chunk size, each chunk's paths with their scores, in order.
+ChunkScoring = Callable[[Sequence[Path], int], Iterator[tuple[Sequence[Path], PathScores]]]
+
+
 @dataclass(frozen=True)
 class BatchSummary:
     written: int
@@ -59,17 +64,25 @@ def predict_to_file(
     workers: int = 0,
     tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    engine: ChunkScoring | None = None,
 ) -> BatchSummary:
-    """Append a row per path to ``output`` (``.csv`` or ``.jsonl``), skipping paths already there."""
+    """Append a row per path to ``output`` (``.csv`` or ``.jsonl``), skipping paths already there.
+    ``engine`` scores the files elsewhere (a Ray cluster); by default ``predictor`` scores them here."""
     kind = _kind(output)
     _truncate_partial_line(output, kind)  # before reading: a torn row was never finished
     done = {_same_file_key(p) for p in already_written(output, kind)}
     todo = [p for p in paths if _same_file_key(p) not in done]
     started = time.perf_counter()
     written = unreadable = 0
+    if engine is None:
+        scored = (
+            (chunk, predictor.score_paths(chunk, batch_size=batch_size, workers=workers, tta=tta))
+            for chunk in _chunks(todo, CHUNK)
+        )
+    else:
+        scored = engine(todo, CHUNK)
     with _open_for_append(output, kind) as (handle, write_row):
-        for chunk in _chunks(todo, CHUNK):
-            scores = predictor.score_paths(chunk, batch_size=batch_size, workers=workers, tta=tta)
+        for chunk, scores in scored:
             for row in _rows(chunk, scores, predictor.classes, top_k):
                 write_row(row)
                 unreadable += bool(row["error"])

@@ -1,0 +1,108 @@
+"""Batch prediction on a Ray cluster (``imgcls predict --engine ray``).
+
+The file list becomes a Ray Dataset; a pool of actors, each holding the model once, scores
+its blocks with imgcls's own tolerant decoder (a corrupt file gets its reason, not a failed
+task; Ray's ``read_images`` would stop at mixed sizes) and returns every file's class
+probabilities or error. The results stream back in input order, a chunk at a time, into the
+same writer as a local run, so the output's columns, the resume (paths already written are
+not sent) and the unreadable-file report are those of one process.
+
+``address`` names a running cluster (``ray://host:10001`` or ``host:6379``; ``RAY_ADDRESS``
+works too); without one, a cluster already started in this process is used, or a local one is
+started. Ray is the optional ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcls.config import PREDICT_BATCH_SIZE
+from imgcls.errors import ConfigError
+from imgcls.inference.predictions import PathScores
+
+ROWS_PER_TASK = 256  # files an actor scores per call: enough to fill its forward batches
+
+
+class _Scorer:
+    """A Ray actor's model: loaded once, then called on blocks of file paths."""
+
+    def __init__(self, model: str, runtime: str, batch_size: int) -> None:
+        from imgcls.inference.loading import open_model
+
+        self.predictor = open_model(model, runtime=runtime).predictor
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [Path(str(p)) for p in batch["file"]]
+        scores = self.predictor.score_paths(paths, batch_size=self.batch_size)
+        probs = np.zeros((len(paths), len(self.predictor.classes)), dtype=np.float32)
+        probs[scores.readable] = scores.probs
+        errors = np.array([scores.failures.get(i, "") for i in range(len(paths))], dtype=object)
+        return {"path": batch["path"], "probs": probs, "error": errors}
+
+
+class RayScoring:
+    """``predict_to_file``'s chunk scoring, on a Ray cluster."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        runtime: str = "torch",
+        address: str | None = None,
+        actors: int | None = None,
+        gpus_per_actor: float = 0.0,
+        batch_size: int = PREDICT_BATCH_SIZE,
+    ) -> None:
+        self.model, self.runtime, self.address = str(model), runtime, address
+        self.actors, self.gpus_per_actor, self.batch_size = actors, gpus_per_actor, batch_size
+
+    def __call__(self, paths: Sequence[Any], chunk: int) -> Iterator[tuple[list[Path], PathScores]]:
+        """Score ``paths`` (files) in ``chunk``-sized pieces, in order."""
+        if not all(isinstance(p, Path) for p in paths):
+            raise ConfigError(
+                "`engine=ray` reads image files; this source holds images in memory (CIFAR, shards, a "
+                "Hugging Face data set): write it as files first with imgcls convert"
+            )
+        if not paths:
+            return
+        ray = connect(self.address)
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        # Workers need not share this process's working directory: they get absolute paths.
+        items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
+        model = str(Path(self.model).absolute()) if Path(self.model).exists() else self.model
+        options = {"model": model, "runtime": self.runtime, "batch_size": self.batch_size}
+        dataset = ray.data.from_items(items).map_batches(
+            _Scorer,
+            fn_constructor_kwargs=options,
+            batch_size=ROWS_PER_TASK,
+            batch_format="numpy",
+            concurrency=self.actors or _default_actors(ray),
+            num_gpus=self.gpus_per_actor,
+        )
+        for batch in dataset.iter_batches(batch_size=chunk, batch_format="numpy"):
+            errors = [str(e) for e in batch["error"]]
+            readable = np.array([not e for e in errors], dtype=bool)
+            failures = {i: e for i, e in enumerate(errors) if e}
+            scores = PathScores(batch["probs"][readable], readable, failures)
+            yield [Path(str(p)) for p in batch["path"]], scores
+
+
+def connect(address: str | None) -> Any:
+    """Ray, initialised: on ``address``, on the cluster this process already joined, or locally."""
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        raise ConfigError("`engine=ray` needs Ray: pip install 'imgcls[ray]'") from exc
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+def _default_actors(ray: Any) -> int:
+    """One actor per two CPUs of the cluster (each decodes and runs the network), at least one."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
