@@ -186,3 +186,17 @@ def test_the_doctor_page_shows_thumbnails_of_its_findings(tmp_path):
         page.screenshot(path=str(ARTIFACTS / "doctor.png"), full_page=True)
     assert {"leakage: 2 findings", "conflicting labels: 1 finding", "unreadable: 1 finding"} <= set(headings)
     assert len(sizes) >= 8 and min(sizes) > 50  # every thumbnail decoded, the broken file's grey square too
+
+
+@pytest.mark.slow
+def test_the_doctor_page_of_hymenoptera_renders_its_findings(tmp_path):
+    from tests.conftest import shared_dataset
+
+    pytest.importorskip("playwright.sync_api")
+    diagnosis = imgcls.doctor(shared_dataset("hymenoptera"), tmp_path / "doctor")
+    outliers = {i for f in diagnosis.findings if f.kind == "outlier" for i in f.ids}
+    assert "train/ants/imageNotFound.gif" in outliers  # an error page saved as a photo
+    with _page((tmp_path / "doctor" / "doctor.html").as_uri()) as page:
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        sizes = page.eval_on_selector_all("figure img", "els => els.map(e => e.naturalWidth)")
+    assert "outlier: 1 finding" in headings and sizes and min(sizes) > 50
