@@ -13,12 +13,18 @@ import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from imgcls.data.images import ImageRef, MemoryImage, UnreadableImageError, decode_rgb, image_header
+from imgcls.data.images import (
+    ImageRef,
+    MemoryImage,
+    UnreadableImageError,
+    decode_rgb,
+    image_header,
+    read_image_file,
+)
 
 HASH_SIDE = 8  # a 64-bit hash
 THUMBNAIL_SIDE = 64  # decoded at least this large (JPEGs at a reduced DCT scale): enough for the hash
@@ -43,7 +49,7 @@ def fingerprint(ref: ImageRef) -> Fingerprint:
     if isinstance(ref, MemoryImage) and ref.pixels is not None:
         image = Image.fromarray(ref.pixels)
         return _from_image(ref.digest(), image, image.size, image.mode)
-    data = ref.data if isinstance(ref, MemoryImage) else _read(ref)
+    data = ref.data if isinstance(ref, MemoryImage) else read_image_file(ref)
     assert data is not None
     size, mode = image_header(data, name=str(ref))
     image = decode_rgb(data, name=str(ref), min_side=THUMBNAIL_SIDE)
@@ -77,13 +83,6 @@ def fingerprints(
             if progress is not None:
                 progress(i + 1, len(refs))
     return found, failures
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UnreadableImageError(path, f"cannot read file ({exc.strerror})") from exc
 
 
 def _from_image(content: str, image: Image.Image, size: tuple[int, int], mode: str) -> Fingerprint:

@@ -106,7 +106,7 @@ def _data_set_above(folder: Path) -> tuple[Path, list[str]] | None:
     classes = sorted(
         d.name
         for d in parent.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and any(is_image_path(f) for f in d.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and holds_images(d, depth=0)
     )
     if len(classes) < 2 or folder.resolve().name not in classes:
         return None

@@ -90,12 +90,15 @@ def load_rgb(path: str | Path | MemoryImage, *, min_side: int | None = None) -> 
     """
     if isinstance(path, MemoryImage):
         return path.rgb(min_side)
-    path = Path(path)
+    return decode_rgb(read_image_file(path), name=path, min_side=min_side)
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file; ``UnreadableImageError`` when the file cannot be read."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise UnreadableImageError(path, f"cannot read file ({exc.strerror})") from exc
-    return decode_rgb(data, name=path, min_side=min_side)
 
 
 def image_header(data: bytes, *, name: str | Path = "<bytes>") -> tuple[tuple[int, int], str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from imgcls.data.records import TRAIN
+
 
 @dataclass(frozen=True)
 class DuplicateGroup:
@@ -95,7 +97,7 @@ def group_pairs(pairs: Iterable[tuple[int, int]], n: int) -> list[list[int]]:
     return [sorted(c) for c in components.values() if len(c) > 1]
 
 
-def leakage(groups: Sequence[DuplicateGroup], splits: Sequence[str], train: str = "train") -> dict[str, dict]:
+def leakage(groups: Sequence[DuplicateGroup], splits: Sequence[str], train: str = TRAIN) -> dict[str, dict]:
     """Per held-out split: how many of its images have a copy in the training split."""
     counts = {s: sum(1 for x in splits if x == s) for s in dict.fromkeys(splits) if s != train}
     leaked: dict[str, set[int]] = {s: set() for s in counts}

@@ -106,12 +106,15 @@ def duplicate_groups(
         by_content.setdefault(p.content, []).append(i)
     for same in by_content.values():
         pairs.update({(same[0], j): 1.0 for j in same[1:]})
-    groups = []
-    for members in group_pairs(pairs, len(images.records)):
-        inside = [s for (i, j), s in pairs.items() if i in members and j in members]
-        exact = len({images.prints[i].content for i in members}) == 1
-        groups.append(DuplicateGroup(tuple(members), exact, min(inside)))
-    return groups
+    components = group_pairs(pairs, len(images.records))
+    group_of = {i: g for g, members in enumerate(components) for i in members}
+    lowest = [float("inf")] * len(components)
+    for (i, _), similarity in pairs.items():  # both ends of a pair are in one component
+        lowest[group_of[i]] = min(lowest[group_of[i]], similarity)
+    return [
+        DuplicateGroup(tuple(members), len({images.prints[i].content for i in members}) == 1, lowest[g])
+        for g, members in enumerate(components)
+    ]
 
 
 def duplicate_findings(images: DoctorImages, groups: list[DuplicateGroup]) -> list[Finding]:

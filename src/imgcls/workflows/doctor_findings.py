@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ class DoctorImages:
     prints: list[Fingerprint]
     classes: list[str]
 
-    @property
+    @cached_property
     def labels(self) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[r.label] for r in self.records], dtype=np.int64)
