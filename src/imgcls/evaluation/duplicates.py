@@ -27,6 +27,12 @@ class DuplicateGroup:
         return {labels[i] for i in self.members}
 
 
+def leaks(splits: Iterable[str], train: str = TRAIN) -> bool:
+    """Whether copies in these splits sit in training and in a held-out split at once."""
+    present = set(splits)
+    return train in present and len(present) > 1
+
+
 def identical_rows(features: np.ndarray) -> list[list[int]]:
     """Groups (two or more) of rows with exactly the same features: the same decoded picture."""
     rows = np.ascontiguousarray(features)
@@ -102,7 +108,7 @@ def leakage(groups: Sequence[DuplicateGroup], splits: Sequence[str], train: str 
     counts = {s: sum(1 for x in splits if x == s) for s in dict.fromkeys(splits) if s != train}
     leaked: dict[str, set[int]] = {s: set() for s in counts}
     for group in groups:
-        if any(splits[i] == train for i in group.members):
+        if leaks((splits[i] for i in group.members), train):
             for i in group.members:
                 if splits[i] in leaked:
                     leaked[splits[i]].add(i)

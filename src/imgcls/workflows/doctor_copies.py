@@ -11,8 +11,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls.data.images import load_rgb
-from imgcls.data.records import TRAIN
-from imgcls.evaluation.duplicates import DuplicateGroup, embedding_pairs, group_pairs, hash_pairs
+from imgcls.evaluation.duplicates import DuplicateGroup, embedding_pairs, group_pairs, hash_pairs, leaks
 from imgcls.inference.encoder import Encoder
 from imgcls.inference.similarity import normalised
 from imgcls.workflows.doctor_findings import DoctorImages, Finding
@@ -126,7 +125,7 @@ def duplicate_findings(images: DoctorImages, groups: list[DuplicateGroup]) -> li
         what = "identical files" if group.exact else f"copies (cosine similarity >= {group.similarity:.3f})"
         if len(group.labels(labels)) > 1:
             kind, action = "conflicting labels", "decide the right label, then keep one copy"
-        elif TRAIN in splits and len(set(splits)) > 1:
+        elif leaks(splits):
             kind, action = "leakage", "remove the held-out copies (they are in training too)"
         else:
             kind, action = "duplicate", "keep one copy"

@@ -29,7 +29,7 @@ from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan
 from imgcls.data.sources import open_source
 from imgcls.data.splits import check_splits, split_counts, write_manifest
 from imgcls.errors import DataError, ImgclsError, RunInterrupted
-from imgcls.evaluation.duplicates import identical_rows
+from imgcls.evaluation.duplicates import identical_rows, leaks
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
 from imgcls.system.profiling import PROFILE
@@ -183,11 +183,7 @@ def warn_of_copies(featured: FeaturedDataset) -> None:
     groups = identical_rows(featured.features)
     if not groups:
         return
-    leaking = sum(
-        1
-        for g in groups
-        if TRAIN in {featured.splits[i] for i in g} and {featured.splits[i] for i in g} - {TRAIN}
-    )
+    leaking = sum(1 for g in groups if leaks(featured.splits[i] for i in g))
     log.warning(
         "%s of identical images (%d in training and a held-out split at once, which flatters held-out "
         "accuracy); `imgcls doctor` lists them, with near copies, likely mislabels and outliers",
