@@ -167,15 +167,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _did_you_mean(message: str) -> str:
-    import difflib
     import re
+
+    from imgcls.system.wording import close_names, join_names
 
     match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if match is None:
         return ""
-    choices = re.findall(r"'([^']*)'", match.group(2))
-    close = difflib.get_close_matches(match.group(1), choices, n=3, cutoff=0.6)
-    from imgcls.system.wording import join_names
+    close = close_names(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
 
     return f"; did you mean {join_names(close, last='or')}?" if close else ""
 

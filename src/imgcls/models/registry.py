@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from imgcls.data.preprocessing import Preprocessing, feature_input_size, supported_interpolation
 from imgcls.errors import BackboneError
-from imgcls.system.wording import join_names
+from imgcls.system.wording import close_names, join_names
 
 _HALF = (0.5, 0.5, 0.5)
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -181,12 +181,9 @@ def _is_timm_arch(arch: str) -> bool:
 
 
 def _unknown_message(name: str) -> str:
-    import difflib
-
     import timm
 
-    candidates = list(dict.fromkeys([*BACKBONES, *timm.list_models()]))
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    close = close_names(name, [*BACKBONES, *timm.list_models()])
     hint = f" Did you mean {join_names(close, last='or')}?" if close else ""
     return (
         f"unknown backbone {name!r}.{hint} Run 'imgcls models' for the named backbones; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _IRREGULAR = {"entry": "entries", "class": "classes", "batch": "batches", "folder": "folders"}
 
@@ -14,6 +14,13 @@ def plural(noun: str) -> str:
 def count(n: int, noun: str) -> str:
     """``count(1, "image")`` -> ``1 image``; ``count(3, "class")`` -> ``3 classes``."""
     return f"{n} {noun if n == 1 else plural(noun)}"
+
+
+def close_names(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates most like ``name`` (a mistyped choice), each once, closest first."""
+    import difflib
+
+    return difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=n, cutoff=0.6)
 
 
 def join_names(names: Sequence[str], limit: int = 5, *, last: str = "and") -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls import __version__
 from imgcls._files import CURVES_FILE, MODEL_CARD_FILE, REPORT_FILE, write_text_atomic
 from imgcls.data.records import TEST, TRAIN, VAL
 from imgcls.evaluation.report import write_report
@@ -105,7 +106,7 @@ def model_card(run_dir: Path, clf: Classifier, featured: FeaturedDataset, metric
     where = str(run_dir)
     return f"""# {clf.backbone} classifier for {featured.scan.name}
 
-Trained by imgcls {_version()} on `{featured.scan.location}` ({featured.scan.format}).
+Trained by imgcls {__version__} on `{featured.scan.location}` ({featured.scan.format}).
 
 ## Data
 
@@ -141,9 +142,3 @@ clf = imgcls.load("{where}")
 print(clf.predict("photo.jpg"))
 ```
 """
-
-
-def _version() -> str:
-    from imgcls import __version__
-
-    return __version__
