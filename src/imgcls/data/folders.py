@@ -136,7 +136,7 @@ def _scan_class_folders(folder: Path, root: Path, scan: DatasetScan, *, folder_s
         if not entry.is_dir():
             scan.ignored.append(f"{_rel(entry, root)} (not inside a class folder)")
             continue
-        if (entry / RUN_CONFIG_FILE).is_file() or (entry / MODEL_SUBDIR / CONFIG_FILE).is_file():
+        if _is_run_dir(entry):
             scan.ignored.append(f"{_rel(entry, root)} (an imgcls run directory, not a class)")
             continue
         images = images_under(entry, root, scan.ignored)

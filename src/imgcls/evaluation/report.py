@@ -184,10 +184,8 @@ def write_gallery_page(
     for heading, cards in sections:
         figures = []
         for card in cards:
-            alt = html.escape(card.lines[0]) if card.lines else ""
-            image = f'<img alt="{alt}" src="data:image/jpeg;base64,{_thumbnail(card.path)}">'
-            caption = "<br>".join(html.escape(line) for line in card.lines)
-            figures.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+            alt = card.lines[0] if card.lines else ""
+            figures.append(_figure(card.path, alt, "<br>".join(html.escape(line) for line in card.lines)))
         parts.append(f'<h2>{html.escape(heading)}</h2><div class="gallery">{"".join(figures)}</div>')
     write_text_atomic(path, _PAGE.format(title=html.escape(title), body="\n".join(parts)))
     return path
@@ -226,13 +224,19 @@ def _cards_html(heading: str, key: str, image_class: str, examples: Sequence[Exa
             html.escape(m.predicted_label),
             html.escape(m.shown),
         )
-        image = f'<img class="{image_class}" alt="{shown}" src="data:image/jpeg;base64,{_thumbnail(m.path)}">'
         verdict = (
             f"<b>{true}</b>" if true == predicted else f"true <b>{true}</b>, predicted <b>{predicted}</b>"
         )
         caption = f"{verdict} ({m.confidence:.2f})<br><small>{shown}</small>"
-        cards.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
+        cards.append(_figure(m.path, m.shown, caption, image_class=image_class))
     return f'<h2>{html.escape(heading)}</h2><div id="{key}" class="gallery">{"".join(cards)}</div>'
+
+
+def _figure(path: Path | None, alt: str, caption_html: str, *, image_class: str = "") -> str:
+    """A thumbnail of ``path`` (a grey square when it is not a readable file) with its caption."""
+    css = f' class="{image_class}"' if image_class else ""
+    image = f'<img{css} alt="{html.escape(alt)}" src="data:image/jpeg;base64,{_thumbnail(path)}">'
+    return f"<figure>{image}<figcaption>{caption_html}</figcaption></figure>"
 
 
 _METRIC_NOTES = """<ul class="notes">
