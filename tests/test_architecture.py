@@ -32,6 +32,7 @@ TORCH_FREE = {
     "config",
     "_files",
     "system.wording",
+    "system.launcher",
     "system.cpu",
     "system.profiling",
     "data.folders",

@@ -88,6 +88,8 @@ class TrainConfig:
     time_limit: float | None = None
     class_weights: str = "none"
     label_smoothing: float = 0.1
+    # Under torchrun: how long a rank waits for the others before the run stops with an error.
+    dist_timeout: float = 1800.0
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)
@@ -126,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"`freeze_epochs` must be >= 0, got {self.freeze_epochs}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise ConfigError(f"`lr` must be in (0, 1), got {self.lr}")
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"`dist_timeout` must be positive seconds, got {self.dist_timeout}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ConfigError(f"`time_limit` must be positive seconds, got {self.time_limit}")
         if not 0 <= self.label_smoothing < 1:

@@ -32,6 +32,10 @@ class ConfigError(ImgclsError):
     """A configuration value or config file is invalid."""
 
 
+class DistributedError(ImgclsError):
+    """A process of a distributed run failed to join, stopped, or stopped answering."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a training run, with what was kept of it.
 

@@ -106,8 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose - args.quiet)
     from imgcls.errors import ImgclsError
+    from imgcls.system.launcher import environment_ranks
+
+    ranks = environment_ranks()
+    rank = ranks[0] if ranks is not None and ranks[1] > 1 else None
+    _configure_logging(args.verbose - args.quiet, rank)
+    if rank is not None and args.command != "train":
+        print(
+            f"imgcls: error: only `imgcls train` runs under torchrun; run `imgcls {args.command}` "
+            "as one process (`--engine ray` spreads predict over a cluster)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     if getattr(args, "profile", False):
         from imgcls.system.profiling import PROFILE
@@ -196,11 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, rank: int | None = None) -> None:
     """0: INFO (progress and notes), -1: WARNING, -2: ERROR, +1: DEBUG; all to stderr. On a
-    terminal, progress is drawn as bars instead of logged (unless -q)."""
+    terminal, progress is drawn as bars instead of logged (unless -q). Under torchrun, rank 0
+    talks as one process would (its warnings hold for all); the others report errors only,
+    marked with their rank."""
     from imgcls.system.progress import BarSafeHandler, show_bars
 
+    if rank is not None and rank > 0:
+        verbosity = min(verbosity, -2)
     show_bars(sys.stderr.isatty() and verbosity >= 0)
     level = {-1: logging.WARNING, 0: logging.INFO}.get(
         verbosity, logging.ERROR if verbosity < 0 else logging.DEBUG
@@ -208,7 +223,7 @@ def _configure_logging(verbosity: int) -> None:
     from imgcls.cli._options import FlagFormatter
 
     handler = BarSafeHandler(sys.stderr)
-    handler.setFormatter(FlagFormatter("%(message)s"))
+    handler.setFormatter(FlagFormatter(f"[rank {rank}] %(message)s" if rank else "%(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
 
 

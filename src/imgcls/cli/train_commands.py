@@ -16,6 +16,7 @@ from imgcls.cli._options import (
     as_flags,
     config_fields,
     config_from_args,
+    duration,
     positive_int,
     print_json,
 )
@@ -51,6 +52,13 @@ def add_train(p: argparse.ArgumentParser) -> None:
         default=None,
         help="fit temperature scaling on the validation split so probabilities mean what they say",
     )
+    p.add_argument(
+        "--dist-timeout",
+        type=duration,
+        metavar="DURATION",
+        help="under torchrun: how long a process waits for the others before the run stops "
+        "with an error (default: 30m)",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -75,6 +83,8 @@ def run_train(args: argparse.Namespace) -> int:
             from imgcls.workflows.train import train
 
             clf = train(args.data, output, config=config, overwrite=args.overwrite)
+    if clf is None:  # a torchrun process other than rank 0: rank 0 reports and writes the run
+        return 0
     if args.json:
         print_json({"run_dir": str(output), "metrics": clf.metrics, "unreadable": clf.config["unreadable"]})
         return 0

@@ -5,7 +5,14 @@ per-epoch seeding (so a resumed run replays the same batches), mixed precision, 
 learning-rate schedule, early stopping on the validation score with the best weights kept,
 a wall-clock deadline checked between batches, an atomic checkpoint after every epoch,
 one progress report for the whole run (a bar with its ETA), a time estimate before the first
-epoch, and the epoch table. Only rank 0 talks (``show_progress``), ready for DDP.
+epoch, and the epoch table.
+
+Under torchrun (``settings.ranks``) the trained module runs under DistributedDataParallel:
+every rank draws the same order of training rows (seeded by seed and epoch) and takes its
+share of it, augments with its own generator (seeded by seed, epoch and rank), and validates
+its share of the validation rows, gathered exactly. Decisions that end an epoch or the run
+(the deadline, early stopping) are the same on every rank. Only rank 0 talks
+(``show_progress``) and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 from torch import nn
 
 from imgcls.errors import ModelFormatError, first_line
+from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress, duration
 from imgcls.system.wording import count
@@ -44,17 +52,30 @@ class Validation:
     n: int  # images scored
 
 
+@dataclass(frozen=True)
+class EpochRandom:
+    """An epoch's randomness: ``order`` (the same on every rank) decides which training rows
+    come in which order; ``augment`` (this rank's own) draws crops, flips and mixing. One
+    process alone draws both from one generator."""
+
+    epoch: int
+    order: torch.Generator
+    augment: torch.Generator
+
+
 class TrainingTask(Protocol):
     """What the loop trains: ``module`` on the batches of ``batches``."""
 
     module: nn.Module
-    batch_size: int
+    batch_size: int  # per rank
 
-    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of (inputs, targets); all randomness drawn from ``generator``."""
+    def batches(self, random: EpochRandom) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of this rank's (inputs, targets); all randomness drawn from ``random``."""
         ...
 
-    def num_batches(self) -> int: ...
+    def num_batches(self) -> int:
+        """Batches per epoch on each rank (the same on every rank)."""
+        ...
 
     def train_mode(self) -> None: ...
 
@@ -85,6 +106,7 @@ class LoopSettings:
     deadline: float | None = None  # time.perf_counter() value by which to stop
     show_progress: bool = True
     checkpoint: Path | None = None
+    ranks: Ranks = SINGLE
 
 
 @dataclass
@@ -130,13 +152,17 @@ class Optimisation:
     scaler: torch.amp.GradScaler | None = None
 
 
-def seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed every generator from (seed, epoch); returns one for the epoch's data order."""
-    value = (seed * 1_000_003 + epoch) % (2**31)
-    random.seed(value)
-    np.random.seed(value)
-    torch.manual_seed(value)
-    return torch.Generator().manual_seed(value)
+def seed_epoch(seed: int, epoch: int, ranks: Ranks = SINGLE) -> EpochRandom:
+    """Seed every generator from (seed, epoch), and for augmentation also from the rank (the
+    global ones too: transforms in the training process draw from them)."""
+    shared = (seed * 1_000_003 + epoch) % (2**31)
+    own = (shared + ranks.rank * 7_919) % (2**31)
+    random.seed(own)
+    np.random.seed(own)
+    torch.manual_seed(own)
+    order = torch.Generator().manual_seed(shared)
+    augment = torch.Generator().manual_seed(own) if ranks.active else order
+    return EpochRandom(epoch, order, augment)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01) -> Callable[[int], float]:
@@ -156,35 +182,40 @@ def run_training(
 ) -> LoopState:
     """Train until the epochs, the patience or the deadline run out; leaves the best weights in
     ``task.module`` and returns the final state (``state.stopped`` says why it stopped)."""
+    talk = settings.show_progress
     if state is None:
         state = LoopState()
         started = time.perf_counter()
         start = task.validate()  # epoch 0: the starting point is a candidate too
-        if settings.show_progress:
+        if talk:
             _log_estimate(task, settings, start, time.perf_counter() - started)
         _record(state, task, EpochRecord(0, None, *_val_fields(start), _lr(opt), 0.0, 0.0), start)
-        _log_header()
-        _log_row(state.history[-1])
+        _log_header(talk)
+        _log_row(state.history[-1], talk)
     else:
-        _log_header()
+        _log_header(talk)
     epoch_seconds: list[float] = [r.seconds for r in state.history if r.epoch > 0]
-    progress = Progress("fine-tuning", unit="batches") if settings.show_progress else None
+    progress = Progress("fine-tuning", unit="batches") if talk else None
     if progress is not None:
         progress.start((state.next_epoch - 1) * task.num_batches(), settings.epochs * task.num_batches())
+    trained = settings.ranks.wrap(task.module, settings.device)
     try:
-        _run_epochs(task, opt, settings, state, progress, epoch_seconds)
+        with settings.ranks.failures("a training step"):
+            _run_epochs(task, trained, opt, settings, state, progress, epoch_seconds)
     finally:
         if progress is not None:
             progress.close()
     state.stopped = state.stopped or "completed"
     if state.best_state is not None:
         task.module.load_state_dict(state.best_state)
-    log.info("training %s; best val at epoch %d", state.stopped, state.best_epoch)
+    if talk:
+        log.info("training %s; best val at epoch %d", state.stopped, state.best_epoch)
     return state
 
 
 def _run_epochs(
     task: TrainingTask,
+    trained: nn.Module,
     opt: Optimisation,
     settings: LoopSettings,
     state: LoopState,
@@ -195,7 +226,7 @@ def _run_epochs(
         if _out_of_time(settings, epoch_seconds):
             state.stopped = "time limit"
             break
-        record = _train_epoch(task, opt, settings, epoch, progress)
+        record = _train_epoch(task, trained, opt, settings, epoch, progress)
         if record is None:
             state.stopped = "time limit"
             break
@@ -203,7 +234,7 @@ def _run_epochs(
             validation = task.validate()
         record.val_loss, record.val_accuracy, record.val_balanced_accuracy = _val_fields(validation)
         _record(state, task, record, validation)
-        _log_row(record)
+        _log_row(record, settings.show_progress)
         epoch_seconds.append(record.seconds)
         state.next_epoch = epoch + 1
         if settings.checkpoint is not None:
@@ -240,22 +271,30 @@ def resume_training(
 
 
 def _train_epoch(
-    task: TrainingTask, opt: Optimisation, settings: LoopSettings, epoch: int, progress: Progress | None
+    task: TrainingTask,
+    trained: nn.Module,
+    opt: Optimisation,
+    settings: LoopSettings,
+    epoch: int,
+    progress: Progress | None,
 ) -> EpochRecord | None:
-    generator = seed_epoch(settings.seed, epoch)
+    """One epoch of training steps on this rank's batches (``trained``: the module, or its DDP
+    wrapper); ``None`` when the deadline passed during it."""
+    random_state = seed_epoch(settings.seed, epoch, settings.ranks)
     task.train_mode()
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
     per_epoch = task.num_batches()
-    for batch, (inputs, targets) in enumerate(_timed(task.batches(generator)), start=1):
-        if settings.deadline is not None and time.perf_counter() > settings.deadline:
+    for batch, (inputs, targets) in enumerate(_timed(task.batches(random_state)), start=1):
+        if _past_deadline(settings):
             log.info("time limit reached during epoch %d; its partial training is discarded", epoch)
             return None
-        loss = _step(task.module, opt, settings, inputs, targets)
+        loss = _step(trained, opt, settings, inputs, targets)
         total_loss += loss * len(inputs)
         seen += len(inputs)
         if progress is not None:
             progress((epoch - 1) * per_epoch + batch, settings.epochs * per_epoch)
+    total_loss, seen = settings.ranks.sums([total_loss, seen], "adding up the epoch's loss")
     seconds = time.perf_counter() - started
     return EpochRecord(epoch, total_loss / max(seen, 1), None, None, None, _lr(opt), seconds, seen / seconds)
 
@@ -298,16 +337,24 @@ def _autocast(settings: LoopSettings) -> contextlib.AbstractContextManager:
     return torch.autocast(settings.device.type, dtype=settings.autocast_dtype)
 
 
+def _past_deadline(settings: LoopSettings) -> bool:
+    """Whether the deadline has passed (on any rank: they stop together)."""
+    if settings.deadline is None:
+        return False
+    return settings.ranks.any(time.perf_counter() > settings.deadline, "agreeing on the time limit")
+
+
 def _out_of_time(settings: LoopSettings, epoch_seconds: list[float]) -> bool:
-    """Stop before an epoch that would end past the deadline (judged by the slowest so far)."""
+    """Stop before an epoch that would end past the deadline (judged by the slowest so far, on
+    any rank)."""
     if settings.deadline is None:
         return False
     remaining = settings.deadline - time.perf_counter()
     expected = max(epoch_seconds) if epoch_seconds else 0.0
-    if remaining <= expected or remaining <= 0:
+    stop = settings.ranks.any(remaining <= expected or remaining <= 0, "agreeing on the time limit")
+    if stop:
         log.info("time limit: %.0f s left, an epoch takes about %.0f s; stopping", remaining, expected)
-        return True
-    return False
+    return stop
 
 
 def _record(state: LoopState, task: TrainingTask, record: EpochRecord, validation: Validation | None) -> None:
@@ -363,11 +410,14 @@ def _log_estimate(
 _COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_bal_acc", "lr", "sec", "img/s")
 
 
-def _log_header() -> None:
-    log.info("".join(f"{c:>12}" for c in _COLUMNS))
+def _log_header(talk: bool) -> None:
+    if talk:
+        log.info("".join(f"{c:>12}" for c in _COLUMNS))
 
 
-def _log_row(r: EpochRecord) -> None:
+def _log_row(r: EpochRecord, talk: bool) -> None:
+    if not talk:
+        return
     values = (r.train_loss, r.val_loss, r.val_accuracy, r.val_balanced_accuracy)
     cells = [f"{r.epoch:>12d}", *(f"{v:>12.4f}" if v is not None else f"{'-':>12}" for v in values)]
     cells += [f"{r.lr:>12.2e}", f"{r.seconds:>12.1f}", f"{r.images_per_s:>12.0f}"]

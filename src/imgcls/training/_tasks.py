@@ -9,6 +9,10 @@ channels respond to oriented patterns, so there is no flip.)
 
 ``ImageTask`` trains a whole network (or its unfrozen part) on augmented images decoded
 on the fly, for GPUs and for architectures that cannot be split.
+
+Under torchrun each rank trains on its share of every epoch's batches (the global batch size
+divided between the ranks) and scores its share of any rows it is asked to score; the
+results are gathered by row (``Ranks.map_rows``), so every rank sees the same scores.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from imgcls.data.images import load_rgb
 from imgcls.data.transforms import augment_preset, mixup
 from imgcls.system.cpu import available_memory
+from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.precision import autocast
-from imgcls.training._loop import Validation
+from imgcls.training._loop import EpochRandom, Validation
 
 log = logging.getLogger(__name__)
 
@@ -82,27 +87,30 @@ class ActivationTask:
         augment: str,
         precision: str = "fp32",
         device: torch.device | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
         self.module, self.maps, self.rows, self.precision = top, maps, rows, precision
         self.device = device or torch.device("cpu")
-        self.num_classes, self.batch_size = num_classes, batch_size
+        self.ranks = ranks
+        self.num_classes, self.batch_size = num_classes, per_rank(batch_size, ranks)
         preset = augment_preset(augment)
         self.crop, self.mixup = preset.map_crop, preset.mixup
 
     def num_batches(self) -> int:
-        return -(-len(self.rows.train) // self.batch_size)
+        return -(-len(self.ranks.take(self.rows.train)) // self.batch_size)
 
     def train_mode(self) -> None:
         train_with_frozen_norms(self.module)
 
-    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.rows.train[torch.randperm(len(self.rows.train), generator=generator)]
+    def batches(self, random: EpochRandom) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.rows.train[torch.randperm(len(self.rows.train), generator=random.order)]
+        order = self.ranks.take(order)
         for start in range(0, len(order), self.batch_size):
             picked = order[start : start + self.batch_size]
-            inputs = self._augment(self.maps[picked].float(), generator)
+            inputs = self._augment(self.maps[picked].float(), random.augment)
             targets = self.rows.labels[picked]
             if self.mixup:
-                inputs, targets = mixup(inputs, targets, self.num_classes, self.mixup, generator)
+                inputs, targets = mixup(inputs, targets, self.num_classes, self.mixup, random.augment)
             yield inputs, targets
 
     def _augment(self, maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -115,8 +123,12 @@ class ActivationTask:
         y, x = (int(v) for v in torch.randint(0, side - crop + 1, (2,), generator=generator))
         return maps[:, :, y : y + crop, x : x + crop]
 
-    @torch.inference_mode()
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """The module's logits of the maps ``rows`` (each rank scores its share)."""
+        return self.ranks.map_rows(len(rows), lambda mine: self._logits(rows[mine]), "gathering scores")
+
+    @torch.inference_mode()
+    def _logits(self, rows: torch.Tensor) -> torch.Tensor:
         self.module.eval()
         parts = []
         with autocast(self.precision, self.device.type):
@@ -129,6 +141,12 @@ class ActivationTask:
         if not len(self.rows.val):
             return None
         return score(self.logits(self.rows.val), self.rows.labels[self.rows.val], self.num_classes)
+
+
+def per_rank(batch_size: int, ranks: Ranks) -> int:
+    """Each rank's part of the global ``batch_size``: gradients averaged over the ranks then
+    match one process's batch, and the plan's learning rate and step count hold."""
+    return max(1, -(-batch_size // ranks.world_size))
 
 
 DECODED_MEMORY_FRACTION = 0.25  # of the memory available, for decoded training images
@@ -204,34 +222,47 @@ class ImageTask:
         min_side: int,
         device: torch.device,
         precision: str = "fp32",
+        ranks: Ranks = SINGLE,
+        seed: int = 0,
     ) -> None:
         self.module, self.num_classes, self.device = model, num_classes, device
-        self.precision = precision
+        self.precision, self.ranks, self.seed = precision, ranks, seed
         self.train_set = _TrainImages(*train, transforms[0], min_side)
         self.val_set = _TrainImages(*val, transforms[1], min_side)
-        self.mixer, self.batch_size, self.workers = mixer, batch_size, workers
+        self.mixer, self.batch_size, self.workers = mixer, per_rank(batch_size, ranks), workers
         self._decoded_once = False
 
     def num_batches(self) -> int:
-        return -(-len(self.train_set) // self.batch_size)
+        return len(self._loader(None))
 
-    def train_mode(self) -> None:
-        train_with_frozen_norms(self.module)
-
-    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if not self._decoded_once:
-            self._decoded_once = True
-            self.train_set.keep_decoded(int(available_memory() * DECODED_MEMORY_FRACTION), self.workers)
-        loader = DataLoader(
+    def _loader(self, random: EpochRandom | None) -> DataLoader:
+        """This rank's training batches: shuffled by ``random.order`` when alone, by a
+        ``DistributedSampler`` seeded alike on every rank (and set to the epoch) under torchrun."""
+        sampler = None
+        if self.ranks.active:
+            sampler = DistributedSampler(
+                self.train_set, self.ranks.world_size, self.ranks.rank, shuffle=True, seed=self.seed
+            )
+            sampler.set_epoch(random.epoch if random is not None else 0)
+        return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=random.augment if random is not None else None,
             num_workers=self.workers,
             drop_last=len(self.train_set) > self.batch_size,  # BatchNorm needs more than one image
             pin_memory=self.device.type == "cuda",
         )
-        for inputs, targets in loader:
+
+    def train_mode(self) -> None:
+        train_with_frozen_norms(self.module)
+
+    def batches(self, random: EpochRandom) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self._decoded_once:
+            self._decoded_once = True
+            self.train_set.keep_decoded(int(available_memory() * DECODED_MEMORY_FRACTION), self.workers)
+        for inputs, targets in self._loader(random):
             yield self.mixer(inputs, targets) if self.mixer is not None else (inputs, targets)
 
     def validate(self) -> Validation | None:
@@ -245,8 +276,16 @@ class ImageTask:
             _TrainImages(paths, [0] * len(paths), self.val_set.transform, self.val_set.min_side)
         )
 
-    @torch.inference_mode()
     def _logits(self, images: Dataset) -> torch.Tensor:
+        """Each rank scores its share of ``images``; every rank gets all the logits."""
+        return self.ranks.map_rows(
+            len(images),  # type: ignore[arg-type]
+            lambda mine: self._local_logits(Subset(images, mine.tolist())),
+            "gathering scores",
+        )
+
+    @torch.inference_mode()
+    def _local_logits(self, images: Dataset) -> torch.Tensor:
         self.module.eval()
         loader = DataLoader(
             images,

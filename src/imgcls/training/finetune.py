@@ -111,18 +111,22 @@ def finetune(
     split = split_network(model, trainable) if trainable is not None else None
     maps = None
     if split is not None:
-        extraction = extract_for(model, scan, plan.features, embed=split.trunk, output=f"trunk-{trainable}")
+        extraction = extract_for(
+            model, scan, plan.features, embed=split.trunk, output=f"trunk-{trainable}", ranks=plan.ranks
+        )
         maps = torch.from_numpy(extraction.features)
         with PROFILE.stage("pool cached maps (probe features)"):
             extraction.features = _pooled(split, maps, plan.features.precision)
     else:
-        extraction = extract_for(model, scan, plan.features)
+        extraction = extract_for(model, scan, plan.features, ranks=plan.ranks)
     featured = featured_dataset(scan, plan, model, info, extraction)
     splits = featured.splits
     check_splits(featured.records, splits, featured.classes)
     balanced = cfg.class_weights == "auto"
     probe = fit_and_score(featured, splits, seed=plan.seed, balanced=balanced, calibrate=False)
     install_head(model, probe.head)
+    # Every rank fitted the same probe; rank 0's is the one all of them start from.
+    plan.ranks.broadcast_module(model, "sharing the probe head")
     rows = _rows(featured, splits)
     _warn_small_splits(rows, len(featured.classes))
     tuning = plan_finetune(cfg, n_train=len(rows.train), device=device, stages=stage_count(model))
@@ -137,7 +141,9 @@ def finetune(
         device=device,
         autocast_dtype=tuning.train_autocast_dtype,
         deadline=deadline,
+        show_progress=plan.ranks.is_main,
         checkpoint=run_dir / CHECKPOINT_FILE if run_dir is not None else None,
+        ranks=plan.ranks,
     )
     if before_training is not None:
         before_training()
@@ -151,7 +157,7 @@ def finetune(
         with PROFILE.stage("score every split"):
             fit = _score(featured, splits, task, probe, calibrate=cfg.calibrate)  # on the training device
     model.cpu()
-    if state.best_epoch == 0 and len(rows.val):
+    if state.best_epoch == 0 and len(rows.val) and plan.ranks.is_main:
         log.warning("no epoch beat the probe on validation; the probe is saved")
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
     return Finetuned(featured, splits, fit, tuning, state, interpolation)
@@ -254,7 +260,8 @@ def _task(
             batch_size=plan.batch_size,
             augment=plan.augment,
             precision=plan.precision,
-            device=torch.device(plan.device),
+            device=run.device,
+            ranks=run.ranks,
         )
     paths = [featured.scan.absolute(r) for r in featured.records]
     labels = featured.labels.tolist()
@@ -269,8 +276,10 @@ def _task(
         batch_size=plan.batch_size,
         workers=run.features.workers if run.features.workers is not None else 1,
         min_side=featured.preprocessing.resize_size,
-        device=torch.device(plan.device),
+        device=run.device,
         precision=plan.precision,
+        ranks=run.ranks,
+        seed=run.seed,
     )
 
 
@@ -288,7 +297,9 @@ def _optimisation(
     from timm.optim import param_groups_layer_decay
 
     frozen = [] if plan.train_depthwise else depthwise_unit_parameters(trained)
-    trained_ids = {id(p) for p in trained.parameters()} - {id(p) for p in frozen}
+    # ``trained`` may hold the frozen trunk (a split network's top reaches the whole model for its
+    # head); ``_task`` has switched the trunk's gradients off.
+    trained_ids = {id(p) for p in trained.parameters() if p.requires_grad} - {id(p) for p in frozen}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in trained_ids)
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()

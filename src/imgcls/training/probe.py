@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from imgcls.models.features import (
 )
 from imgcls.models.heads import fold_temperature, install_classifier
 from imgcls.models.registry import BackboneSpec
+from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
 from imgcls.training.heads import FittedHead, fit_head
@@ -66,7 +68,8 @@ class FeaturedDataset:
 def featurize(scan: DatasetScan, plan: RunPlan) -> FeaturedDataset:
     """Build the planned backbone and extract features for every image in ``scan``."""
     model, info = build_model(plan, num_classes=len(scan.classes))
-    return featured_dataset(scan, plan, model, info, extract_for(model, scan, plan.features))
+    extraction = extract_for(model, scan, plan.features, ranks=plan.ranks)
+    return featured_dataset(scan, plan, model, info, extraction)
 
 
 def featured_dataset(
@@ -125,28 +128,43 @@ def extract_for(
     *,
     embed: nn.Module | None = None,
     output: str = "pooled",
+    ranks: Ranks = SINGLE,
 ) -> Extraction:
-    """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``."""
+    """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``.
+
+    Under torchrun each rank first computes its share of the images into the feature cache;
+    after a barrier every rank reads all of them from there."""
     pre = settings.preprocessing
     space = feature_space(model, pre, output=output, precision=settings.precision)
-    cache = FeatureCache(settings.cache_dir, space)
     paths = [scan.absolute(r) for r in scan.records]
     with PROFILE.stage("fold BatchNorm"):
         if embed is None:
             model = folded_for_inference(model, pre.input_size)
         else:
             embed = folded_for_inference(embed, pre.input_size)
-    extraction = extract_features(
-        model,
-        paths,
-        pre,
-        cache=cache,
-        batch_size=settings.batch_size,
-        workers=resolve_workers(settings.workers, len(paths)),
-        progress=Progress("extracting features" if output == "pooled" else "caching activations"),
-        embed=embed,
-        precision=settings.precision,
-    )
+    what = "extracting features" if output == "pooled" else "caching activations"
+
+    def extract(chosen: list[Path], progress: Progress | None) -> Extraction:
+        return extract_features(
+            model,
+            chosen,
+            pre,
+            cache=FeatureCache(settings.cache_dir, space),
+            batch_size=settings.batch_size,
+            workers=resolve_workers(settings.workers, len(chosen)),
+            progress=progress,
+            embed=embed,
+            precision=settings.precision,
+        )
+
+    if ranks.active:
+        share = extract([paths[i] for i in ranks.shard(len(paths)).tolist()], Progress(f"{what} ({ranks})"))
+        log.info("features: %d computed by %s", share.computed, ranks)
+        ranks.barrier("waiting for every process to finish its share of the features")
+        extraction = extract(paths, None)
+        _warn_if_cache_not_shared(extraction, ranks)
+    else:
+        extraction = extract(paths, Progress(what))
     cached = len(paths) - extraction.computed - len(extraction.failures)
     log.info(
         "features: %d computed, %d from cache, %d unreadable",
@@ -157,6 +175,17 @@ def extract_for(
     for index, reason in sorted(extraction.failures.items()):
         log.warning("skipped unreadable image %s: %s", paths[index], reason)
     return extraction
+
+
+def _warn_if_cache_not_shared(extraction: Extraction, ranks: Ranks) -> None:
+    """A rank that computed images after the barrier did not find the other ranks' features in
+    the cache: it is not on a file system they share (or could not be written)."""
+    again = ranks.any(extraction.computed > 0, "comparing what the feature cache held")
+    if again and ranks.is_main:
+        log.warning(
+            "some processes computed features that others had already computed: give every node "
+            "the same `cache_dir`, on a file system they share"
+        )
 
 
 def resolve_workers(workers: int | None, n_images: int) -> int:

@@ -19,8 +19,10 @@ from imgcls.config import TrainConfig
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.records import TRAIN, DatasetScan
 from imgcls.data.splits import assign_splits
+from imgcls.errors import ConfigError
 from imgcls.models.features import default_cache_dir
 from imgcls.models.registry import BackboneSpec, get_backbone, resolve_preprocessing
+from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.precision import resolve_precision
 from imgcls.training.plan import choose_strategy, resolve_device
 
@@ -47,7 +49,8 @@ class RunPlan:
         spec: the backbone.
         features: how frozen features are computed.
         native_preprocessing: the backbone's pretraining resolution, for training on images.
-        device: where gradient training runs.
+        device: where gradient training runs (this rank's GPU under torchrun).
+        ranks: this process's place among torchrun's processes (``SINGLE`` when alone).
         strategy: ``probe`` or ``finetune`` (``auto`` decided).
         auto: for ``auto``, what it chose and why.
         splits: the split of each image of the scan, in scan order (``train``, ``val``,
@@ -62,6 +65,7 @@ class RunPlan:
     strategy: str
     auto: dict[str, str] | None
     splits: tuple[str, ...]
+    ranks: Ranks = SINGLE
 
     @property
     def weights(self) -> str | None:
@@ -82,10 +86,18 @@ class RunPlan:
         return self.features.preprocessing
 
 
-def plan_run(scan: DatasetScan, cfg: TrainConfig) -> RunPlan:
+def plan_run(scan: DatasetScan, cfg: TrainConfig, ranks: Ranks = SINGLE) -> RunPlan:
     """Resolve ``cfg`` for ``scan`` once: every later step reads its decisions from the result."""
     spec = get_backbone(cfg.backbone)
     device = resolve_device(cfg.device)
+    if ranks.active:
+        if not cfg.use_cache:
+            raise ConfigError(
+                "under torchrun the processes share their features through the feature cache: drop "
+                "`use_cache=False` (several nodes need a `cache_dir` on a file system they share)"
+            )
+        if device.type == "cuda":
+            device = torch.device("cuda", ranks.local_rank)
     splits = tuple(
         assign_splits(
             scan.records, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
@@ -116,4 +128,5 @@ def plan_run(scan: DatasetScan, cfg: TrainConfig) -> RunPlan:
         strategy=strategy,
         auto=auto,
         splits=splits,
+        ranks=ranks,
     )

@@ -11,11 +11,15 @@ from pathlib import Path
 
 from imgcls.data._prefetch import prefetch_folder
 from imgcls.models.registry import preprocessing_without_timm
+from imgcls.system.launcher import environment_ranks
 
 
 def decoding_ahead(
     data: str | Path, *, backbone: str, input_size: int | None
 ) -> contextlib.AbstractContextManager:
     """While the block runs, decode ``data`` for ``backbone``'s features; nothing where its
-    preprocessing needs timm or torch is already imported."""
+    preprocessing needs timm or torch is already imported, nor under torchrun (each process
+    extracts its own share of the images)."""
+    if environment_ranks() is not None:
+        return contextlib.nullcontext()
     return prefetch_folder(data, preprocessing_without_timm(backbone, input_size))

@@ -32,11 +32,13 @@ from imgcls.errors import DataError, ImgclsError, RunInterrupted
 from imgcls.evaluation.duplicates import identical_rows, leaks
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
+from imgcls.system.distributed import Ranks, join
 from imgcls.system.profiling import PROFILE
 from imgcls.system.wording import count
 from imgcls.training._history import write_history
 from imgcls.training.checkpoint import load_checkpoint
 from imgcls.training.finetune import Finetuned, finetune
+from imgcls.training.plan import resolve_device
 from imgcls.training.probe import (
     FeaturedDataset,
     ProbeFit,
@@ -57,7 +59,7 @@ def train(
     config: TrainConfig | None = None,
     overwrite: bool = False,
     **settings: Any,
-) -> Classifier:
+) -> Classifier | None:
     """Train a classifier on labelled images.
 
     Args:
@@ -73,15 +75,19 @@ def train(
             ``strategy="finetune"``, ``epochs=3``, ``seed=1``, ...
 
     Returns:
-        The trained classifier; ``clf.metrics`` holds the validation (and test) metrics.
+        The trained classifier; ``clf.metrics`` holds the validation (and test) metrics. Under
+        torchrun, rank 0 returns it and writes the run; the other processes return ``None``.
     """
     started = time.perf_counter()
     cfg = with_settings(config, settings)
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
+    ranks = join_ranks(cfg)
+    if not ranks.is_main:
+        output = None
     created = output is not None and not Path(output).exists()
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     try:
-        return _train(scan, cfg, run_dir, started=started)
+        return _train(scan, cfg, run_dir, ranks, started=started)
     except KeyboardInterrupt:
         if run_dir is None:
             raise
@@ -94,10 +100,11 @@ def train(
         raise
 
 
-def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
+def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier | None:
     """Continue an interrupted fine-tuning run from its last checkpoint (same settings and seed).
 
-    ``data`` overrides the data folder recorded in the run (if it moved).
+    ``data`` overrides the data folder recorded in the run (if it moved). Under torchrun every
+    process reads the checkpoint; rank 0 writes the run and returns the classifier.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -107,9 +114,14 @@ def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier:
         raise DataError(f"{run_dir} is a probe run; probes are not checkpointed, train it again")
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
     scan = open_source(data or saved["data"], data_format=cfg.data_format, label_set=cfg.label_set)
+    ranks = join_ranks(cfg)
     try:
-        return _train(scan, cfg, run_dir, started=started, resume_from=payload)
+        return _train(
+            scan, cfg, run_dir if ranks.is_main else None, ranks, started=started, resume_from=payload
+        )
     except KeyboardInterrupt:
+        if not ranks.is_main:
+            raise
         raise _interrupted(run_dir, created=False) from None
 
 
@@ -129,17 +141,28 @@ def _interrupted(run_dir: Path, *, created: bool) -> RunInterrupted:
     return RunInterrupted(run_dir, resumable=False, removed=False)
 
 
+def join_ranks(cfg: TrainConfig) -> Ranks:
+    """This process's place under torchrun (``SINGLE`` when started alone)."""
+    return join(resolve_device(cfg.device), cfg.dist_timeout)
+
+
 def _train(
     scan: DatasetScan,
     cfg: TrainConfig,
     run_dir: Path | None,
+    ranks: Ranks,
     *,
     started: float,
     resume_from: dict[str, Any] | None = None,
-) -> Classifier:
-    plan = plan_run(scan, cfg)
+) -> Classifier | None:
+    """The run; ``run_dir`` is ``None`` in memory and on every rank but 0, which alone returns
+    the classifier."""
+    plan = plan_run(scan, cfg, ranks)
     tuned = None
     if plan.strategy == "probe":
+        if not ranks.is_main:
+            featurize(scan, plan)  # this rank's share of the features, for rank 0 to read
+            return None
         featured, fit = _probe(scan, plan)
     else:
         tuned = finetune(
@@ -150,6 +173,8 @@ def _train(
             resume=resume_from,
             before_training=lambda: _write_resume_config(run_dir, scan, cfg),
         )
+        if not ranks.is_main:
+            return None
         featured, fit = tuned.featured, tuned.fit
         fit.metrics["finetune"] = tuned.summary()
     warn_of_copies(featured)
