@@ -19,6 +19,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 STRATEGIES = ("probe", "finetune", "auto")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ENGINES = ("local", "ray")  # where extraction and batch prediction run: here, or on a Ray cluster
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "auto")
 HEADS = ("linear", "mlp", "knn")  # the probe's classification layer; see training.heads
@@ -90,6 +91,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     # Under torchrun: how long a rank waits for the others before the run stops with an error.
     dist_timeout: float = 1800.0
+    # Where probe features are computed: here, or on a Ray cluster (same features, via the cache).
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)
@@ -114,6 +119,9 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _check_choice("head", self.head, HEADS)
+        _check_choice("engine", self.engine, ENGINES)
+        if self.ray_actors is not None and self.ray_actors < 1:
+            raise ConfigError(f"`ray_actors` must be >= 1, got {self.ray_actors}")
         if self.head != "linear" and self.strategy == "finetune":
             raise ConfigError(
                 f"`head={self.head}` is fitted on frozen features: it goes with `strategy=probe` "

@@ -1,8 +1,10 @@
-"""imgcls predict --engine ray on a real local Ray cluster: the plain command's predictions."""
+"""``--engine ray`` on a real local Ray cluster: predict, embed and the probe's extraction give
+what the plain commands give, with the same unreadable-file reports and resume."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 
 import pytest
@@ -10,7 +12,8 @@ import pytest
 import imgcls
 from imgcls.cli.main import main
 from imgcls.config import TrainConfig
-from tests.conftest import TINY_BACKBONE
+from imgcls.data.embedding_files import read_embeddings
+from tests.conftest import TINY_ARGS, TINY_BACKBONE
 
 ray = pytest.importorskip("ray", reason="Ray is the optional ray extra (make test installs it)")
 
@@ -65,3 +68,63 @@ def test_predict_on_a_ray_cluster_matches_the_plain_command(local_cluster, image
 def test_the_ray_engine_reads_files_and_writes_to_a_file(tmp_path, capsys):
     assert main(["predict", "efficientnet_lite0", str(tmp_path), "--engine", "ray"]) == 2
     assert "--engine ray writes to a file" in capsys.readouterr().err
+
+
+@pytest.fixture
+def photos_with_a_corrupt_file(image_folder, tmp_path):
+    photos = shutil.copytree(image_folder, tmp_path / "photos")
+    (photos / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest of a png")
+    return photos
+
+
+def test_embed_on_a_ray_cluster_matches_the_plain_command(
+    local_cluster, photos_with_a_corrupt_file, tmp_path
+):
+    photos = photos_with_a_corrupt_file
+    run = tmp_path / "run"
+    imgcls.train(photos, run, config=TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64))
+    cache = str(tmp_path / "cache")
+    common = ["embed", str(photos), "--model", str(run), "--chunk-rows", "10", "--cache-dir", cache]
+    plain, on_ray = tmp_path / "plain.parquet", tmp_path / "ray.parquet"
+    assert main([*common, "-o", str(plain), "--no-cache"]) == 0
+    assert main([*common, "-o", str(on_ray), "--engine", "ray", "--ray-actors", "2"]) == 0
+    expected, got = read_embeddings(plain), read_embeddings(on_ray)
+    assert got.ids == expected.ids and got.labels == expected.labels  # every row, in order
+    assert got.vectors == pytest.approx(expected.vectors, abs=1e-5)
+    assert got.metadata["unreadable"] == expected.metadata["unreadable"]
+    assert list(got.metadata["unreadable"]) == ["red/corrupt.png"]
+    # The actors wrote what they computed into the cache: a local run forwards nothing.
+    again = imgcls.embed(photos, model=run, cache_dir=tmp_path / "cache")
+    assert again.forwarded == 0 and len(again.table) == len(expected)
+
+
+def test_train_extracts_probe_features_on_a_ray_cluster(
+    local_cluster, photos_with_a_corrupt_file, tmp_path, caplog
+):
+    photos = photos_with_a_corrupt_file
+    cache = str(tmp_path / "cache")
+    caplog.set_level(logging.INFO)
+    args = ["train", str(photos), *TINY_ARGS, "--cache-dir", cache, "--workers", "0"]
+    assert main([*args, "-o", str(tmp_path / "ray"), "--engine", "ray", "--ray-actors", "2"]) == 0
+    assert "features on Ray: 36 computed, 0 found in the cache, 1 unreadable" in caplog.text
+    assert "features: 0 computed, 36 from cache, 1 unreadable" in caplog.text  # the run's own pass
+    on_ray = imgcls.load(tmp_path / "ray")
+    local = imgcls.train(
+        photos,
+        tmp_path / "local",
+        config=TrainConfig(
+            backbone=TINY_BACKBONE, pretrained=False, input_size=64, workers=0, use_cache=False
+        ),
+    )
+    # The same features (up to float rounding between processes), so the same head and scores.
+    assert on_ray.metrics["val"]["accuracy"] == local.metrics["val"]["accuracy"]
+    assert on_ray.metrics["val"]["log_loss"] == pytest.approx(local.metrics["val"]["log_loss"], rel=1e-3)
+    assert list(on_ray.config["unreadable"]) == list(local.config["unreadable"]) == ["red/corrupt.png"]
+
+
+def test_the_ray_engine_refuses_a_fine_tune_and_a_run_without_the_cache(image_folder, tmp_path, capsys):
+    args = ["train", str(image_folder), *TINY_ARGS, "-o", str(tmp_path / "run"), "--engine", "ray"]
+    assert main([*args, "--strategy", "finetune"]) == 2
+    assert "spread it over processes with torchrun" in capsys.readouterr().err
+    assert main([*args, "--no-cache"]) == 2
+    assert "through the feature cache" in capsys.readouterr().err

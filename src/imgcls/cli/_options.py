@@ -51,6 +51,7 @@ def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False
         help=DATA_HELP + (" (with --resume: the run's own)" if data_optional else ""),
     )
     add_source_options(p, from_config=True)
+    add_engine_options(p, "feature extraction (probe)", from_config=True)
     p.add_argument(
         "--weights",
         metavar="FILE",
@@ -150,6 +151,30 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
         "--class-weights",
         choices=CLASS_WEIGHTS,
         help="auto: weight the loss by inverse class frequency (default: none)",
+    )
+
+
+def add_engine_options(p: argparse.ArgumentParser, what: str, *, from_config: bool = False) -> None:
+    """--engine, --ray-address, --ray-actors; ``what`` says what runs on the cluster.
+    ``from_config``: no defaults here, so that a --config file's values hold."""
+    from imgcls.config import ENGINES
+
+    group = p.add_argument_group("Ray cluster")
+    group.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None if from_config else "local",
+        help=f"run {what} here, or on a Ray cluster (pip install 'imgcls[ray]') (default: local)",
+    )
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, or a local one)",
+    )
+    group.add_argument(
+        "--ray-actors",
+        type=positive_int,
+        help="with --engine ray: network copies on the cluster (default: one per 2 CPUs)",
     )
 
 

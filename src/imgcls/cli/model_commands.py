@@ -11,6 +11,7 @@ from typing import Any
 
 from imgcls.cli._options import (
     DATA_HELP,
+    add_engine_options,
     add_inference_options,
     add_runtime_option,
     add_source_options,
@@ -99,22 +100,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help='print [{"path", "predictions": [{"label", "index", "probability"}]}]',
     )
-    p.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="with --output: score here, or on a Ray cluster (pip install 'imgcls[ray]') (default: local)",
-    )
-    p.add_argument(
-        "--ray-address",
-        metavar="ADDRESS",
-        help="with --engine ray: the cluster to join (default: $RAY_ADDRESS, or a local one)",
-    )
-    p.add_argument(
-        "--ray-actors",
-        type=int,
-        help="with --engine ray: model copies on the cluster (default: one per 2 CPUs)",
-    )
+    add_engine_options(p, "scoring (with --output)")
     p.add_argument("--profile", action="store_true", help="print where the time went: decode, forward, I/O")
 
 

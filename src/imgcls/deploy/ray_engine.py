@@ -1,11 +1,14 @@
-"""Batch prediction on a Ray cluster (``imgcls predict --engine ray``).
+"""Batch prediction and feature extraction on a Ray cluster (``--engine ray``).
 
-The file list becomes a Ray Dataset; a pool of actors, each holding the model once, scores
-its blocks with imgcls's own tolerant decoder (a corrupt file gets its reason, not a failed
-task; Ray's ``read_images`` would stop at mixed sizes) and returns every file's class
-probabilities or error. The results stream back in input order, a chunk at a time, into the
-same writer as a local run, so the output's columns, the resume (paths already written are
-not sent) and the unreadable-file report are those of one process.
+The file list becomes a Ray Dataset; a pool of actors, each holding the network once, runs
+its blocks through imgcls's own tolerant decoder (a corrupt file gets its reason, not a
+failed task; Ray's ``read_images`` would stop at mixed sizes) and returns every file's class
+probabilities (``RayScoring``, for ``predict``) or feature vector (``RayEmbedding``, for
+``embed`` and the extraction of ``train``, ``cv`` and ``compare``), or its error. The results
+stream back in input order, a chunk at a time, into the same writers as a local run, so the
+outputs' columns, the resume (finished work is not sent) and the unreadable-file report are
+those of one process. Features also go into the feature cache (when it is on a file system
+the cluster shares), so a later local run finds them there.
 
 ``address`` names a running cluster (``ray://host:10001`` or ``host:6379``; ``RAY_ADDRESS``
 works too); without one, a cluster already started in this process is used, or a local one is
@@ -22,7 +25,9 @@ import numpy as np
 
 from imgcls.config import PREDICT_BATCH_SIZE
 from imgcls.errors import ConfigError
+from imgcls.inference.encoder import Encoder
 from imgcls.inference.predictions import PathScores
+from imgcls.models.features import Extraction
 
 ROWS_PER_TASK = 256  # files an actor scores per call: enough to fill its forward batches
 
@@ -63,33 +68,110 @@ class RayScoring:
 
     def __call__(self, paths: Sequence[Any], chunk: int) -> Iterator[tuple[list[Path], PathScores]]:
         """Score ``paths`` (files) in ``chunk``-sized pieces, in order."""
-        if not all(isinstance(p, Path) for p in paths):
-            raise ConfigError(
-                "`engine=ray` reads image files; this source holds images in memory (CIFAR, shards, a "
-                "Hugging Face data set): write it as files first with imgcls convert"
-            )
         if not paths:
             return
-        ray = connect(self.address)
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
-        # Workers need not share this process's working directory: they get absolute paths.
-        items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
         model = str(Path(self.model).absolute()) if Path(self.model).exists() else self.model
         options = {"model": model, "runtime": self.runtime, "batch_size": self.batch_size}
-        dataset = ray.data.from_items(items).map_batches(
-            _Scorer,
-            fn_constructor_kwargs=options,
-            batch_size=ROWS_PER_TASK,
-            batch_format="numpy",
-            concurrency=self.actors or _default_actors(ray),
-            num_gpus=self.gpus_per_actor,
-        )
-        for batch in dataset.iter_batches(batch_size=chunk, batch_format="numpy"):
+        pool = ActorPool(self.address, self.actors, self.gpus_per_actor)
+        for batch in pool.run(_Scorer, options, paths, chunk):
             errors = [str(e) for e in batch["error"]]
             readable = np.array([not e for e in errors], dtype=bool)
             failures = {i: e for i, e in enumerate(errors) if e}
             scores = PathScores(batch["probs"][readable], readable, failures)
             yield [Path(str(p)) for p in batch["path"]], scores
+
+
+class _Embedder:
+    """A Ray actor's encoder: received once, then called on blocks of file paths."""
+
+    def __init__(self, encoder: list[Any], cache_dir: str | None, batch_size: int) -> None:
+        import ray
+
+        self.encoder = ray.get(encoder[0])  # wrapped: Ray would otherwise resolve it per call
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_size = batch_size
+        self.dim = int(self.encoder.network.num_features)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [Path(str(p)) for p in batch["file"]]
+        extraction = self.encoder.embed_files(paths, cache_dir=self.cache_dir, batch_size=self.batch_size)
+        vectors = np.zeros((len(paths), self.dim), dtype=np.float32)
+        vectors[extraction.readable] = extraction.features.reshape(-1, self.dim)
+        errors = np.array([extraction.failures.get(i, "") for i in range(len(paths))], dtype=object)
+        # How many of the block's images went through the network (the rest came from the cache),
+        # on its first row: rows are all Ray carries back.
+        forwarded = np.zeros(len(paths), dtype=np.int64)
+        forwarded[0] = extraction.computed
+        return {"path": batch["path"], "vector": vectors, "error": errors, "forwarded": forwarded}
+
+
+class RayEmbedding:
+    """``Encoder.embed_files`` for many files, on a Ray cluster: each actor gets the encoder
+    (the driver's network, so features land in the same feature-cache space) and writes what
+    it computes into ``cache_dir``."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        cache_dir: Path | None,
+        address: str | None = None,
+        actors: int | None = None,
+        gpus_per_actor: float = 0.0,
+        batch_size: int = PREDICT_BATCH_SIZE,
+    ) -> None:
+        self.encoder, self.cache_dir, self.batch_size = encoder, cache_dir, batch_size
+        self.pool = ActorPool(address, actors, gpus_per_actor)
+
+    def __call__(self, paths: Sequence[Any], chunk: int) -> Iterator[Extraction]:
+        """The features of ``paths``, ``chunk`` files at a time, in order."""
+        if not paths:
+            return
+        ray = self.pool.connect()
+        options = {
+            "encoder": [ray.put(self.encoder)],
+            "cache_dir": str(self.cache_dir.absolute()) if self.cache_dir is not None else None,
+            "batch_size": self.batch_size,
+        }
+        for batch in self.pool.run(_Embedder, options, paths, chunk):
+            errors = [str(e) for e in batch["error"]]
+            readable = np.array([not e for e in errors], dtype=bool)
+            failures = {i: e for i, e in enumerate(errors) if e}
+            features = np.asarray(batch["vector"], dtype=np.float32)[readable]
+            yield Extraction(features, readable, failures, computed=int(batch["forwarded"].sum()))
+
+
+class ActorPool:
+    """A pool of actors on a Ray cluster that maps blocks of files, results in input order."""
+
+    def __init__(self, address: str | None, actors: int | None, gpus_per_actor: float) -> None:
+        self.address, self.actors, self.gpus_per_actor = address, actors, gpus_per_actor
+
+    def connect(self) -> Any:
+        return connect(self.address)
+
+    def run(
+        self, actor: type, options: dict[str, Any], paths: Sequence[Any], chunk: int
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """``actor(**options)`` on blocks of ``paths`` (files); ``chunk`` rows at a time, in order."""
+        if not all(isinstance(p, Path) for p in paths):
+            raise ConfigError(
+                "`engine=ray` reads image files; this source holds images in memory (CIFAR, shards, a "
+                "Hugging Face data set): write it as files first with imgcls convert"
+            )
+        ray = self.connect()
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        # Workers need not share this process's working directory: they get absolute paths.
+        items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
+        dataset = ray.data.from_items(items).map_batches(
+            actor,
+            fn_constructor_kwargs=options,
+            batch_size=ROWS_PER_TASK,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.actors or _default_actors(ray)),
+            num_gpus=self.gpus_per_actor,
+        )
+        yield from dataset.iter_batches(batch_size=chunk, batch_format="numpy")
 
 
 def connect(address: str | None) -> Any:

@@ -35,8 +35,8 @@ from imgcls.evaluation.report import Example, confident_mistakes, write_report
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.models.backbone import count_parameters
 from imgcls.system.progress import Progress
-from imgcls.training.probe import FeaturedDataset, featurize, fit_and_score
-from imgcls.training.run_plan import plan_run
+from imgcls.training.probe import FeaturedDataset, fit_and_score
+from imgcls.workflows.ray_extraction import featurize_on_engine
 from imgcls.workflows.train import prepare_output_dir, run_config, write_skipped
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def cross_validate(
     started = time.perf_counter()
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
-    featured = featurize(scan, plan_run(scan, cfg))
+    featured = featurize_on_engine(scan, cfg)
     return _cross_validate_features(
         featured, cfg, folds=folds, repeats=repeats, run_dir=run_dir, started=started
     )
@@ -301,7 +301,7 @@ def compare(
     for backbone in backbones:
         started = time.perf_counter()
         cfg = dataclasses.replace(base, backbone=backbone)
-        featured = featurize(scan, plan_run(scan, cfg))
+        featured = featurize_on_engine(scan, cfg)
         for head in heads:
             name = "/".join(
                 part for part, varies in ((backbone, len(backbones) > 1), (head, len(heads) > 1)) if varies

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,9 +38,12 @@ from imgcls.data.images import ImageRef
 from imgcls.data.sources import open_source
 from imgcls.errors import DataError
 from imgcls.inference.encoder import Encoder, open_encoder
-from imgcls.models.features import default_cache_dir
+from imgcls.models.features import Extraction, default_cache_dir
 from imgcls.system.progress import Progress
 from imgcls.training.probe import resolve_workers
+
+if TYPE_CHECKING:
+    from imgcls.deploy.ray_engine import RayEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,9 @@ def embed(
     use_cache: bool = True,
     overwrite: bool = False,
     chunk_rows: int = EMBED_CHUNK_ROWS,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> Embeddings:
     """Embed every image of ``source`` with ``model``'s backbone.
 
@@ -104,6 +110,8 @@ def embed(
         weights, input_size: a local state dict and input size, with a backbone name.
         output_format: ``parquet``, ``npy`` or ``auto`` (from ``output``'s suffix).
         chunk_rows: images per part file (the resume granularity).
+        engine: ``local``, or ``ray`` to embed on a Ray cluster (``ray_address``; ``ray_actors``
+            copies of the network): the same rows, parts and resume.
     """
     if chunk_rows < 1:
         raise DataError(f"`chunk_rows` must be >= 1, got {chunk_rows}")
@@ -114,8 +122,16 @@ def embed(
     encoder = open_encoder(model, weights=weights, input_size=input_size)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
     job = _Job(encoder, rows, cache, batch_size, resolve_workers(workers, len(rows.refs)), chunk_rows)
+    if engine == "ray":
+        from imgcls.deploy.ray_engine import RayEmbedding
+
+        job.ray = RayEmbedding(
+            encoder, cache_dir=cache, address=ray_address, actors=ray_actors, batch_size=batch_size
+        )
+    elif engine != "local":
+        raise DataError(f"unknown `engine` {engine!r}; choose local or ray")
     if target is None:
-        tables = [job.compute(chunk)[0] for chunk in range(job.chunks)]
+        tables = [table for _, table, _ in job.computed_chunks(list(range(job.chunks)))]
         if not job.dim:
             raise DataError(f"no readable image in {rows.source}; nothing to embed")
         table = EmbeddingTable.concatenate(tables, dim=job.dim)
@@ -180,12 +196,25 @@ class _Job:
         self.computed = 0
         self.forwarded = 0
         self.progress = Progress("embedding")
+        self.ray: RayEmbedding | None = None  # set: the chunks are embedded on a Ray cluster
 
     def span(self, chunk: int) -> range:
         return range(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, len(self.rows.refs)))
 
-    def compute(self, chunk: int) -> tuple[EmbeddingTable, dict[str, str]]:
-        """Embed one chunk: the readable rows' table and the unreadable ones' reasons."""
+    def computed_chunks(self, chunks: list[int]) -> Iterator[tuple[int, EmbeddingTable, dict[str, str]]]:
+        """Embed ``chunks`` (ascending): each one's readable rows' table and unreadable rows' reasons."""
+        if self.ray is None:
+            for chunk in chunks:
+                yield chunk, *self._compute(chunk)
+            return
+        # One stream for all of them: the actors load the network once. It comes back in
+        # chunk-sized pieces, and every chunk but the data set's last is full.
+        refs = [self.rows.refs[i] for chunk in chunks for i in self.span(chunk)]
+        for chunk, extraction in zip(chunks, self.ray(refs, self.chunk_rows), strict=True):
+            self.progress(self.span(chunk).stop, len(self.rows.refs))
+            yield chunk, *self._finish(self.span(chunk), extraction)
+
+    def _compute(self, chunk: int) -> tuple[EmbeddingTable, dict[str, str]]:
         span = self.span(chunk)
         total = len(self.rows.refs)
         extraction = self.encoder.embed_files(
@@ -195,6 +224,9 @@ class _Job:
             workers=self.workers,
             progress=lambda done, _: self.progress(span.start + done, total),
         )
+        return self._finish(span, extraction)
+
+    def _finish(self, span: range, extraction: Extraction) -> tuple[EmbeddingTable, dict[str, str]]:
         failures = {self.rows.table.ids[span[i]]: reason for i, reason in extraction.failures.items()}
         for row_id, reason in failures.items():
             log.warning("skipped unreadable image %s: %s", row_id, reason)
@@ -245,9 +277,9 @@ def _embed_to_file(job: _Job, target: Path) -> Embeddings:
     _reuse_or_clear(parts, plan)
     parts.mkdir(exist_ok=True)
     write_json(parts / "plan.json", plan)
-    resumed = 0
+    resumed, missing = 0, []
     for chunk in range(job.chunks):
-        part = parts / f"part-{chunk:06d}.npz"
+        part = _part(parts, chunk)
         if part.is_file():
             try:
                 table, failures = read_part(part)
@@ -257,8 +289,9 @@ def _embed_to_file(job: _Job, target: Path) -> Embeddings:
                 job.note(table, failures)
                 resumed += len(table) + len(failures)
                 continue
-        table, failures = job.compute(chunk)
-        write_part(part, table, unreadable=failures)
+        missing.append(chunk)
+    for chunk, table, failures in job.computed_chunks(missing):
+        write_part(_part(parts, chunk), table, unreadable=failures)
     if not job.dim:
         raise DataError(f"no readable image in {job.rows.source}; nothing to embed")
     if resumed:
@@ -269,9 +302,13 @@ def _embed_to_file(job: _Job, target: Path) -> Embeddings:
     return Embeddings(read_embeddings(target), job.unreadable, job.computed, resumed, job.forwarded, target)
 
 
+def _part(parts: Path, chunk: int) -> Path:
+    return parts / f"part-{chunk:06d}.npz"
+
+
 def _parts(parts: Path, chunks: int) -> Iterator[EmbeddingTable]:
     for chunk in range(chunks):
-        yield read_part(parts / f"part-{chunk:06d}.npz")[0]
+        yield read_part(_part(parts, chunk))[0]
 
 
 def _reuse_or_clear(parts: Path, plan: dict[str, Any]) -> None:

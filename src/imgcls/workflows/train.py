@@ -47,6 +47,7 @@ from imgcls.training.probe import (
     install_head,
 )
 from imgcls.training.run_plan import RunPlan, plan_run
+from imgcls.workflows.ray_extraction import extract_on_ray
 from imgcls.workflows.run_summary import write_model_card, write_train_report
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def _train(
     """The run; ``run_dir`` is ``None`` in memory and on every rank but 0, which alone returns
     the classifier."""
     plan = plan_run(scan, cfg, ranks)
+    if cfg.engine == "ray":
+        extract_on_ray(scan, plan)
     tuned = None
     if plan.strategy == "probe":
         if not ranks.is_main:
