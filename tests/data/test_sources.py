@@ -399,3 +399,36 @@ def test_a_damaged_parquet_file_or_saved_dataset_is_named(tmp_path):
     (saved / "state.json").write_text("{ damaged")
     with pytest.raises(DataError, match=r"cannot read the Hugging Face data set .*saved"):
         open_source(saved)
+
+
+def test_shards_are_read_in_place_and_split_between_processes_by_whole_shards(image_folder, tmp_path):
+    import gzip
+    import shutil
+
+    from imgcls.data.convert import convert
+    from imgcls.data.webdataset import share_by_shard
+    from imgcls.models.features import file_digest
+
+    folder = open_source(image_folder)
+    convert(folder, tmp_path / "shards", to="webdataset", shard_samples=8)  # 36 images, 5 shards
+    shards = open_source(tmp_path / "shards")
+    image = shards.images[shards.records[0].path]
+    assert image.member is not None and image.data is None  # a place in the shard, not its bytes
+    originals = {file_digest(folder.absolute(r)) for r in folder.records}
+    assert {file_digest(shards.absolute(r)) for r in shards.records} == originals  # same cache keys
+
+    shares = [share_by_shard(shards, rank, 2, 1) for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(len(shards.records)))
+    archives = [{shards.images[shards.records[i].path].member.archive for i in s} for s in shares]
+    assert not archives[0] & archives[1] and len(archives[0]) == 3  # whole shards, 3 + 2
+    with pytest.raises(DataError, match=r"5 shards for 2 processes x 3 loader workers"):
+        share_by_shard(shards, 0, 2, 3)
+    assert share_by_shard(folder, 0, 2, 1) is None  # files: shared out image by image
+
+    first = sorted((tmp_path / "shards").glob("*.tar"))[0]
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    with first.open("rb") as plain, gzip.open(packed / first.name, "wb") as compressed:
+        shutil.copyfileobj(plain, compressed)  # a compressed shard: held in memory instead
+    read = open_source(packed, min_classes=1)
+    assert all(read.images[r.path].data is not None for r in read.records)

@@ -128,3 +128,19 @@ def test_the_ray_engine_refuses_a_fine_tune_and_a_run_without_the_cache(image_fo
     assert "spread it over processes with torchrun" in capsys.readouterr().err
     assert main([*args, "--no-cache"]) == 2
     assert "through the feature cache" in capsys.readouterr().err
+
+
+def test_embed_reads_webdataset_shards_on_a_ray_cluster(local_cluster, image_folder, tmp_path):
+    from imgcls.data.convert import convert
+    from imgcls.data.sources import open_source
+
+    run = tmp_path / "run"
+    imgcls.train(
+        image_folder, run, config=TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64)
+    )
+    shards = tmp_path / "shards"
+    convert(open_source(image_folder), shards, to="webdataset", shard_samples=10)
+    plain = imgcls.embed(shards, model=run, use_cache=False)
+    on_ray = imgcls.embed(shards, model=run, use_cache=False, engine="ray", ray_actors=2)
+    assert on_ray.ids == plain.ids and len(on_ray.ids) == 36
+    assert on_ray.vectors == pytest.approx(plain.vectors, abs=1e-5)

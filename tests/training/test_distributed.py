@@ -199,3 +199,22 @@ def test_torchrun_needs_the_feature_cache(monkeypatch):
         plan_run(scan, TrainConfig(use_cache=False), Ranks(0, 2, 0))
     with pytest.raises(ConfigError, match="dist_timeout"):
         TrainConfig(dist_timeout=0)
+
+
+def test_torchrun_reads_webdataset_shards_whole_and_refuses_too_few(data, tmp_path):
+    from imgcls.data.convert import convert
+    from imgcls.data.sources import open_source
+
+    shards = tmp_path / "shards"
+    convert(open_source(data), shards, to="webdataset", shard_samples=20)  # 72 images, 4 shards
+    cache = tmp_path / "cache"
+    _torchrun(*_train_args(shards, tmp_path / "ddp", cache))
+    alone = imgcls.train(shards, tmp_path / "alone", config=_tiny(tmp_path / "fresh"))
+    distributed = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert alone.metrics["val"]["log_loss"] == pytest.approx(distributed["val"]["log_loss"], rel=1e-6)
+
+    args = [*_train_args(shards, tmp_path / "refused", cache)]
+    args[args.index("--workers") + 1] = "3"
+    done = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode != 0
+    assert "4 shards for 2 processes x 3 loader workers: each needs a shard of its own" in done.stderr

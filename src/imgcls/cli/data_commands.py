@@ -9,11 +9,18 @@ from imgcls.system.wording import count
 
 
 def add_convert(p: argparse.ArgumentParser) -> None:
-    from imgcls.data.convert import TARGETS
+    from imgcls.data.convert import SHARD_SAMPLES, TARGETS
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("output", help="the folder (or, for --to manifest, the .csv or .jsonl file) to write")
     p.add_argument("--to", required=True, choices=TARGETS, help="the layout to write")
+    p.add_argument(
+        "--shard-samples",
+        type=positive_int,
+        default=SHARD_SAMPLES,
+        help=f"with --to webdataset: samples per shard (default: {SHARD_SAMPLES}; more, smaller "
+        "shards spread over more processes)",
+    )
     add_source_options(p, from_config=False)
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
 
@@ -23,7 +30,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from imgcls.data.sources import open_source
 
     scan = open_source(args.data, data_format=args.data_format, label_set=args.label_set)
-    done = convert(scan, args.output, to=args.to)
+    done = convert(scan, args.output, to=args.to, shard_samples=args.shard_samples)
     if args.json:
         print_json({"output": str(done.output), "images": done.images, "files": done.files})
         return 0

@@ -59,9 +59,10 @@ def _encoded(scan: DatasetScan, record: ImageRecord) -> tuple[bytes | Path, str]
     image = scan.absolute(record)
     if isinstance(image, Path):
         return image, image.suffix.lower()
-    if image.data is not None:
-        kind = Image.open(io.BytesIO(image.data)).format or "PNG"
-        return image.data, {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(kind, f".{kind.lower()}")
+    data = image.encoded()
+    if data is not None:
+        kind = Image.open(io.BytesIO(data)).format or "PNG"
+        return data, {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(kind, f".{kind.lower()}")
     return _png(image), ".png"
 
 

@@ -49,7 +49,7 @@ def fingerprint(ref: ImageRef) -> Fingerprint:
     if isinstance(ref, MemoryImage) and ref.pixels is not None:
         image = Image.fromarray(ref.pixels)
         return _from_image(ref.digest(), image, image.size, image.mode)
-    data = ref.data if isinstance(ref, MemoryImage) else read_image_file(ref)
+    data = ref.encoded() if isinstance(ref, MemoryImage) else read_image_file(ref)
     assert data is not None
     size, mode = image_header(data, name=str(ref))
     image = decode_rgb(data, name=str(ref), min_side=THUMBNAIL_SIDE)

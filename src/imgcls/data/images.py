@@ -40,36 +40,70 @@ class UnreadableImageError(ImgclsError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class ArchiveMember:
+    """An image file stored uncompressed inside an archive (a WebDataset shard): its bytes are
+    read when the image is, so a data set of shards costs memory per record, not per byte."""
+
+    archive: Path
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with self.archive.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.archive} ends before the image at byte {self.offset} does")
+        return data
+
+
 @dataclass(frozen=True, eq=False)
 class MemoryImage:
-    """An image that is not a file of its own: decoded pixels (a CIFAR batch's row) or the
-    encoded bytes of a file inside an archive. ``name`` is its record id, shown wherever a
-    file's path would be; everything that reads images accepts one in place of a path."""
+    """An image that is not a file of its own: decoded pixels (a CIFAR batch's row), the
+    encoded bytes of a file, or such a file inside an archive (read on demand). ``name`` is
+    its record id, shown wherever a file's path would be; everything that reads images
+    accepts one in place of a path."""
 
     name: str
     pixels: np.ndarray | None = None  # H x W x 3 uint8
     data: bytes | None = None  # an encoded image file
+    member: ArchiveMember | None = None  # an encoded image file inside an archive
 
     def __post_init__(self) -> None:
-        if (self.pixels is None) == (self.data is None):
-            raise ValueError("a MemoryImage holds either pixels or encoded bytes")
+        if sum(x is not None for x in (self.pixels, self.data, self.member)) != 1:
+            raise ValueError("a MemoryImage holds one of pixels, encoded bytes or an archive member")
 
     def __str__(self) -> str:
         return self.name
 
+    def encoded(self) -> bytes | None:
+        """The encoded image file (``None`` for pixels); ``UnreadableImageError`` when the
+        archive holding it cannot be read."""
+        if self.member is None:
+            return self.data
+        try:
+            return self.member.read()
+        except OSError as exc:
+            raise UnreadableImageError(
+                self.name, f"cannot read it from {self.member.archive} ({exc})"
+            ) from exc
+
     def digest(self) -> str:
         """Content digest: of the bytes, as for a file (so a file and its bytes share cache
         entries), or of the pixels and their shape."""
-        if self.data is not None:
-            return hashlib.blake2b(self.data).hexdigest()[:32]
+        data = self.encoded()
+        if data is not None:
+            return hashlib.blake2b(data).hexdigest()[:32]
         pixels = np.ascontiguousarray(self.pixels)
         digest = hashlib.blake2b(f"pixels:{pixels.shape}:{pixels.dtype}".encode())
         digest.update(pixels.tobytes())
         return digest.hexdigest()[:32]
 
     def rgb(self, min_side: int | None = None) -> Image.Image:
-        if self.data is not None:
-            return decode_rgb(self.data, name=self.name, min_side=min_side)
+        data = self.encoded()
+        if data is not None:
+            return decode_rgb(data, name=self.name, min_side=min_side)
         return to_rgb(Image.fromarray(self.pixels))
 
 

@@ -8,9 +8,12 @@ there is one (as ``imgcls convert`` writes it), else by the index itself.
 
 The source is one ``.tar`` file or a folder of them. A shard whose name starts with ``train``,
 ``val`` (``valid``, ``validation``) or ``test`` holds that split, as do the shards that
-``_info.json`` lists under ``splits``. Shards are read with the standard library's tarfile;
-a sample's image stays in memory as its encoded bytes, so its feature-cache key is the same
-as the image file's.
+``_info.json`` lists under ``splits``. Shards are read with the standard library's tarfile.
+A sample's image is not kept in memory: its record points at the bytes inside the shard,
+read when the image is (a compressed shard, which cannot be read from the middle, is held in
+memory instead). Its feature-cache key is the same as the image file's.
+
+Under torchrun each process extracts the images of whole shards (``share_by_shard``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.data.folders import SPLIT_FOLDERS, split_word
-from imgcls.data.images import MemoryImage, is_image_path
+from imgcls.data.images import ArchiveMember, MemoryImage, is_image_path
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError
 
@@ -57,7 +60,8 @@ def read_webdataset(source: str | Path, *, min_classes: int = 2) -> DatasetScan:
             record_id = f"{shard.name}/{key}"
             image, label = _image_and_label(members, shard=shard, key=key, names=names)
             scan.records.append(ImageRecord(record_id, label, split))
-            scan.images[record_id] = MemoryImage(record_id, data=image)
+            stored = {"member": image} if isinstance(image, ArchiveMember) else {"data": image}
+            scan.images[record_id] = MemoryImage(record_id, **stored)
     scan.classes = sorted({r.label for r in scan.records})
     scan.folder_splits = {r.folder_split for r in scan.records if r.folder_split}
     validate_scan(scan, min_classes=min_classes, expected="WebDataset samples (key.jpg + key.cls) in {root}")
@@ -85,10 +89,15 @@ def _shard_splits(info: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {suffix: bytes})`` for each sample of ``shard``, in the shard's order."""
-    samples: dict[str, dict[str, bytes]] = {}
+Member = bytes | ArchiveMember  # a label's bytes, or where an image's bytes are
+
+
+def _samples(shard: Path) -> Iterator[tuple[str, dict[str, Member]]]:
+    """``(key, {suffix: member})`` for each sample of ``shard``, in the shard's order; image
+    members as their place in the shard where it is uncompressed."""
+    samples: dict[str, dict[str, Member]] = {}
     try:
+        seekable = _uncompressed(shard)
         with tarfile.open(shard) as archive:
             for member in archive:
                 if not member.isfile():
@@ -98,10 +107,47 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 if not dot or stem.startswith("_"):
                     continue
                 key = f"{folder}/{stem}" if folder else stem
-                samples.setdefault(key, {})[suffix.lower()] = archive.extractfile(member).read()  # type: ignore[union-attr]
+                suffix = suffix.lower()
+                value: Member
+                if seekable and suffix in IMAGE_SUFFIXES:
+                    value = ArchiveMember(shard, member.offset_data, member.size)
+                else:
+                    value = archive.extractfile(member).read()  # type: ignore[union-attr]
+                samples.setdefault(key, {})[suffix] = value
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read shard {shard}: {exc}") from exc
     yield from samples.items()
+
+
+def _uncompressed(shard: Path) -> bool:
+    """Whether ``shard`` is a plain tar (its members' bytes can be read in place)."""
+    try:
+        with tarfile.open(shard, "r:"):
+            return True
+    except tarfile.ReadError:
+        return False
+
+
+def share_by_shard(scan: DatasetScan, rank: int, world_size: int, workers: int) -> list[int] | None:
+    """Rank ``rank``'s records (indices into ``scan.records``) when ``scan`` comes from shards:
+    those of every ``world_size``-th shard, so that each process reads only its own shards.
+    ``None`` for other sources. Refuses fewer shards than processes x loader workers: some
+    would have no shard to read (with webdataset's own loader, such a worker hangs the run)."""
+    archives: dict[Path, int] = {}
+    of_record: list[int] = []
+    for record in scan.records:
+        image = scan.images.get(record.path)
+        if image is None or image.member is None:
+            return None
+        of_record.append(archives.setdefault(image.member.archive, len(archives)))
+    readers = world_size * max(1, workers)
+    if len(archives) < readers:
+        raise DataError(
+            f"{scan.source} has {len(archives)} shards for {world_size} processes x "
+            f"{max(1, workers)} loader workers: each needs a shard of its own. Write more, smaller "
+            "shards (imgcls convert --to webdataset --shard-samples N), or start fewer processes or workers"
+        )
+    return [i for i, shard in enumerate(of_record) if shard % world_size == rank]
 
 
 def _label_value(data: bytes, suffix: str, *, shard: Path, key: str) -> Any:
@@ -118,15 +164,15 @@ def _label_value(data: bytes, suffix: str, *, shard: Path, key: str) -> Any:
 
 
 def _image_and_label(
-    members: dict[str, bytes], *, shard: Path, key: str, names: list[str]
-) -> tuple[bytes, str]:
+    members: dict[str, Member], *, shard: Path, key: str, names: list[str]
+) -> tuple[Member, str]:
     image = next((members[s] for s in IMAGE_SUFFIXES if s in members), None)
     if image is None:
         raise DataError(f"{shard}: sample {key} has no image ({', '.join('.' + s for s in IMAGE_SUFFIXES)})")
     suffix = next((s for s in LABEL_SUFFIXES if s in members), None)
     if suffix is None:
         raise DataError(f"{shard}: sample {key} has no label ({', '.join('.' + s for s in LABEL_SUFFIXES)})")
-    value = _label_value(members[suffix], suffix, shard=shard, key=key)
+    value = _label_value(members[suffix], suffix, shard=shard, key=key)  # type: ignore[arg-type]
     if suffix == "cls" or isinstance(value, int):
         try:
             index = int(value)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.config import PREDICT_BATCH_SIZE
+from imgcls.data.images import ArchiveMember, ImageRef, MemoryImage
 from imgcls.errors import ConfigError
 from imgcls.inference.encoder import Encoder
 from imgcls.inference.predictions import PathScores
@@ -42,8 +43,8 @@ class _Scorer:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [Path(str(p)) for p in batch["file"]]
-        scores = self.predictor.score_paths(paths, batch_size=self.batch_size)
+        paths = _refs(batch)
+        scores = self.predictor.score_paths(paths, batch_size=self.batch_size)  # type: ignore[arg-type]
         probs = np.zeros((len(paths), len(self.predictor.classes)), dtype=np.float32)
         probs[scores.readable] = scores.probs
         errors = np.array([scores.failures.get(i, "") for i in range(len(paths))], dtype=object)
@@ -93,7 +94,7 @@ class _Embedder:
         self.dim = int(self.encoder.network.num_features)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [Path(str(p)) for p in batch["file"]]
+        paths = _refs(batch)
         extraction = self.encoder.embed_files(paths, cache_dir=self.cache_dir, batch_size=self.batch_size)
         vectors = np.zeros((len(paths), self.dim), dtype=np.float32)
         vectors[extraction.readable] = extraction.features.reshape(-1, self.dim)
@@ -154,15 +155,9 @@ class ActorPool:
         self, actor: type, options: dict[str, Any], paths: Sequence[Any], chunk: int
     ) -> Iterator[dict[str, np.ndarray]]:
         """``actor(**options)`` on blocks of ``paths`` (files); ``chunk`` rows at a time, in order."""
-        if not all(isinstance(p, Path) for p in paths):
-            raise ConfigError(
-                "`engine=ray` reads image files; this source holds images in memory (CIFAR, shards, a "
-                "Hugging Face data set): write it as files first with imgcls convert"
-            )
+        items = [_row(p) for p in paths]
         ray = self.connect()
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        # Workers need not share this process's working directory: they get absolute paths.
-        items = [{"path": str(p), "file": str(p.absolute())} for p in paths]
         dataset = ray.data.from_items(items).map_batches(
             actor,
             fn_constructor_kwargs=options,
@@ -172,6 +167,34 @@ class ActorPool:
             num_gpus=self.gpus_per_actor,
         )
         yield from dataset.iter_batches(batch_size=chunk, batch_format="numpy")
+
+
+def _row(ref: Any) -> dict[str, Any]:
+    """A file, or an image inside a shard, as a Ray row. Workers need not share this process's
+    working directory: they get absolute paths."""
+    if isinstance(ref, Path):
+        return {"path": str(ref), "file": str(ref.absolute()), "offset": -1, "size": -1}
+    if isinstance(ref, MemoryImage) and ref.member is not None:
+        member = ref.member
+        return {"path": ref.name, "file": str(member.archive.absolute()), "offset": member.offset,
+                "size": member.size}  # fmt: skip
+    raise ConfigError(
+        "`engine=ray` reads image files and WebDataset shards; this source holds images in memory "
+        "(CIFAR, a Hugging Face data set): write it as files or shards first with imgcls convert"
+    )
+
+
+def _refs(batch: dict[str, np.ndarray]) -> list[ImageRef]:
+    """The images of a block of ``_row``s, as the worker reads them."""
+    refs: list[ImageRef] = []
+    for name, file, offset, size in zip(
+        batch["path"], batch["file"], batch["offset"], batch["size"], strict=True
+    ):
+        if offset < 0:
+            refs.append(Path(str(file)))
+        else:
+            refs.append(MemoryImage(str(name), member=ArchiveMember(Path(str(file)), int(offset), int(size))))
+    return refs
 
 
 def connect(address: str | None) -> Any:

@@ -306,6 +306,9 @@ def _lookup(
         except OSError as exc:
             digests.append(None)
             failures[index] = f"cannot read file ({exc.strerror})"
+        except UnreadableImageError as exc:  # an image inside an archive that cannot be read
+            digests.append(None)
+            failures[index] = exc.reason
     return digests, cache.lookup([d for d in digests if d is not None])
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord
+from imgcls.data.webdataset import share_by_shard
 from imgcls.errors import DataError
 from imgcls.evaluation.calibration import fit_temperature
 from imgcls.evaluation.metrics import classification_report, expected_calibration_error, softmax
@@ -132,8 +133,8 @@ def extract_for(
 ) -> Extraction:
     """Features (or ``embed``'s activation maps, named ``output``) of every image of ``scan``.
 
-    Under torchrun each rank first computes its share of the images into the feature cache;
-    after a barrier every rank reads all of them from there."""
+    Under torchrun each rank first computes its share of the images (``rank_share``) into
+    the feature cache; after a barrier every rank reads all of them from there."""
     pre = settings.preprocessing
     space = feature_space(model, pre, output=output, precision=settings.precision)
     paths = [scan.absolute(r) for r in scan.records]
@@ -158,7 +159,7 @@ def extract_for(
         )
 
     if ranks.active:
-        share = extract([paths[i] for i in ranks.shard(len(paths)).tolist()], Progress(f"{what} ({ranks})"))
+        share = extract([paths[i] for i in rank_share(scan, ranks, settings)], Progress(f"{what} ({ranks})"))
         log.info("features: %d computed by %s", share.computed, ranks)
         ranks.barrier("waiting for every process to finish its share of the features")
         extraction = extract(paths, None)
@@ -175,6 +176,14 @@ def extract_for(
     for index, reason in sorted(extraction.failures.items()):
         log.warning("skipped unreadable image %s: %s", paths[index], reason)
     return extraction
+
+
+def rank_share(scan: DatasetScan, ranks: Ranks, settings: FeatureSettings) -> list[int]:
+    """The images (indices into ``scan.records``) whose features this rank computes: whole
+    shards of a source of shards, else every ``world_size``-th image."""
+    workers = resolve_workers(settings.workers, len(scan.records) // ranks.world_size)
+    by_shard = share_by_shard(scan, ranks.rank, ranks.world_size, workers)
+    return by_shard if by_shard is not None else ranks.shard(len(scan.records)).tolist()
 
 
 def _warn_if_cache_not_shared(extraction: Extraction, ranks: Ranks) -> None:
