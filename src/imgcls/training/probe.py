@@ -7,6 +7,7 @@ and score a head (linear, MLP or kNN) on any assignment of images to train/val/t
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +160,12 @@ def extract_for(
         )
 
     if ranks.active:
+        started = time.perf_counter()
         share = extract([paths[i] for i in rank_share(scan, ranks, settings)], Progress(f"{what} ({ranks})"))
         log.info("features: %d computed by %s", share.computed, ranks)
         ranks.barrier("waiting for every process to finish its share of the features")
         extraction = extract(paths, None)
+        extraction.seconds = time.perf_counter() - started  # the share, the wait and the reading
         _warn_if_cache_not_shared(extraction, ranks)
     else:
         extraction = extract(paths, Progress(what))
