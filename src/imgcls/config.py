@@ -19,6 +19,7 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 STRATEGIES = ("probe", "finetune", "auto")
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DIST_TIMEOUT_S = 1800.0  # torch's default for a Gloo process group
 ENGINES = ("local", "ray")  # where extraction and batch prediction run: here, or on a Ray cluster
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "auto")
@@ -90,7 +91,7 @@ class TrainConfig:
     class_weights: str = "none"
     label_smoothing: float = 0.1
     # Under torchrun: how long a rank waits for the others before the run stops with an error.
-    dist_timeout: float = 1800.0
+    dist_timeout: float = DIST_TIMEOUT_S
     # Where probe features are computed: here, or on a Ray cluster (same features, via the cache).
     engine: str = "local"
     ray_address: str | None = None

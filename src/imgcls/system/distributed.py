@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgcls.config import DIST_TIMEOUT_S
 from imgcls.errors import ConfigError, DistributedError, first_line
 from imgcls.system.launcher import environment_ranks
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DIST_TIMEOUT_S
 
     @property
     def active(self) -> bool:
@@ -155,7 +154,7 @@ def _from_the_group(exc: RuntimeError) -> bool:
     return any(word in message for word in _TRANSPORT_WORDS)
 
 
-def join(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Ranks:
+def join(device: torch.device, timeout_s: float = DIST_TIMEOUT_S) -> Ranks:
     """This process's ``Ranks``, joining the process group the environment describes (once)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
