@@ -138,6 +138,42 @@ def test_a_stopped_fine_tune_resumes_to_the_uninterrupted_result(uninterrupted, 
     assert not (stopped / CHECKPOINT_FILE).exists()
 
 
+def test_the_cpu_default_fine_tune_resumes_exactly_after_kill_9(tmp_path):
+    """Where users run: the last stages on cached activations, maps cached by a loader process."""
+    data = write_class_folders(tmp_path / "colours", per_class=60)
+    env = {**os.environ, "IMGCLS_NO_REEXEC": "1"}
+
+    def command(run: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "imgcls", "train", str(data), "-o", str(run), "--backbone", TINY_BACKBONE,
+            "--no-pretrained", "--input-size", "128", "--strategy", "finetune", "--workers", "1",
+            "--epochs", "40", "--patience", "40", "--cache-dir", str(tmp_path / "cache"),
+        ]  # fmt: skip
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    subprocess.run(command(straight), check=True, capture_output=True, env=env)
+    plan = json.loads((straight / "metrics.json").read_text())["finetune"]["plan"]
+    assert plan["mode"] == "activations" and plan["trainable_stages"] is not None
+    process = subprocess.Popen(command(stopped), stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not (stopped / CHECKPOINT_FILE).exists():
+        assert process.poll() is None and time.monotonic() < deadline, "run ended before a checkpoint"
+        time.sleep(0.02)
+    process.kill()
+    process.wait(30)
+    assert not (stopped / "metrics.json").exists(), "the run finished before it was killed"
+    assert main(["train", "--resume", str(stopped)]) == 0
+
+    def table(run: Path) -> list[list[str]]:
+        return [line.split(",")[:5] for line in (run / "history.csv").read_text().splitlines()]
+
+    assert table(stopped) == table(straight)
+    assert (
+        json.loads((stopped / "metrics.json").read_text())["val"]
+        == json.loads((straight / "metrics.json").read_text())["val"]
+    )
+
+
 def test_ctrl_c_before_anything_worth_keeping_removes_the_run_and_says_how_to_start_again(
     image_folder, tmp_path, monkeypatch, capsys
 ):

@@ -159,19 +159,23 @@ def images_under(folder: Path, root: Path, ignored: list[str]) -> list[str]:
     for path in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue
-        if path.is_symlink() and not path.exists():  # a link to nothing, or round in a loop
-            if is_image_path(path):
-                images.append(_rel(path, root))  # read like any image, and skipped with the reason
-            else:
-                ignored.append(f"{_rel(path, root)} (a symbolic link to nothing)")
-            continue
-        if not path.is_file():
-            continue
-        if is_image_path(path):
+        if is_listed_image(path):
             images.append(_rel(path, root))
-        else:
+        elif _dangling(path):
+            ignored.append(f"{_rel(path, root)} (a symbolic link to nothing)")
+        elif path.is_file():
             ignored.append(f"{_rel(path, root)} (not an image file extension)")
     return images
+
+
+def is_listed_image(path: Path) -> bool:
+    """An image file, or an image's name on a link that leads nowhere (to a missing file, or
+    round in a loop): such a link is read like any image and reported with the reason."""
+    return is_image_path(path) and (path.is_file() or _dangling(path))
+
+
+def _dangling(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _note_stray_entries(root: Path, split_folders: set[str], scan: DatasetScan) -> None:
@@ -195,14 +199,14 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and is_image_path(p))
+            found.extend(p for p in sorted(path.rglob("*")) if is_listed_image(p))
         elif path.is_file() or path.is_symlink():  # a broken link is reported when it is read
             found.append(path)
         elif glob.has_magic(item):
             matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
             if not matches:
                 raise DataError(f"the pattern {item!r} matches no files")
-            found.extend(p for p in matches if p.is_file() and is_image_path(p))
+            found.extend(p for p in matches if is_listed_image(p))
         else:
             raise DataError(f"{item} does not exist")
     return list(dict.fromkeys(found))
