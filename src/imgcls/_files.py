@@ -7,6 +7,7 @@ accepts either. docs/run-directory.md describes each file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -101,17 +102,25 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a hidden temporary file, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
     # File names that are not valid UTF-8 (surrogate escapes) are written back as their bytes.
-    tmp.write_text(text, encoding="utf-8", errors="surrogateescape", newline="")
-    tmp.replace(path)
+    write_bytes_atomic(path, text.encode("utf-8", errors="surrogateescape"))
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """``write_text_atomic`` for bytes; the file's mode follows the umask, as ``open`` does."""
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """``write_text_atomic`` for bytes; the file's mode follows the umask, as ``open`` does.
+
+    A failed write (a full disk, a read-only folder) leaves no temporary file behind, and its
+    error names ``path`` (a failing ``write`` call names no file of its own)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

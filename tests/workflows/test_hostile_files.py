@@ -3,9 +3,13 @@ path, and nothing that failed looks finished."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import pickle
 import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +73,56 @@ def test_a_full_disk_names_the_path_and_leaves_no_finished_looking_run(
     error = capsys.readouterr().err
     assert f"imgcls: error: {run / 'splits.csv'}: No space left on device" in error
     assert "Traceback" not in error and not (run / "metrics.json").exists()
+
+
+@contextlib.contextmanager
+def _small_filesystem(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``folder`` with ``options`` (e.g. ``size=96k``, ``ro``); the test skips
+    where this machine does not allow mounting (the simulated full disk above still runs)."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("strategy", ["probe", "finetune"])
+def test_a_real_full_filesystem_under_the_output_ends_in_a_message_not_a_finished_run(
+    image_folder, tmp_path, capsys, strategy
+):
+    with _small_filesystem(tmp_path / "small", "size=96k") as small:
+        run = small / "run"
+        args = ["train", str(image_folder), "--output", str(run), *TINY_ARGS, "--strategy", strategy]
+        assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 2
+        error = capsys.readouterr().err
+        assert f"imgcls: error: {run}" in error and "No space left on device" in error
+        assert "Traceback" not in error
+        assert not (run / "metrics.json").exists()  # nothing that failed looks finished
+        assert not list(small.rglob("*.tmp"))
+
+
+def test_a_full_or_read_only_feature_cache_leaves_the_run_whole(image_folder, tmp_path, caplog):
+    for options in ("size=8k", "ro"):
+        with _small_filesystem(tmp_path / options.replace("=", "-"), options) as cache:
+            run = tmp_path / f"run-{cache.name}"
+            args = ["train", str(image_folder), "--output", str(run), *TINY_ARGS, "--cache-dir", str(cache)]
+            assert main(args) == 0
+            assert (run / "metrics.json").is_file()
+    assert caplog.text.count("feature cache not written") == 2
+
+
+def test_a_read_only_output_names_the_path(image_folder, tmp_path, capsys):
+    with _small_filesystem(tmp_path / "read-only", "ro") as read_only:
+        run = read_only / "run"
+        assert main(["train", str(image_folder), "--output", str(run), *TINY_ARGS]) == 2
+        error = capsys.readouterr().err
+        assert f"imgcls: error: {run}" in error and "Read-only file system" in error
+        assert "Traceback" not in error
 
 
 def test_an_unwritable_feature_cache_is_a_warning_not_a_failure(image_folder, tmp_path, caplog):

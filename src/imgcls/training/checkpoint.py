@@ -8,6 +8,7 @@ and renamed, so a ``kill -9`` leaves either the previous checkpoint or the new o
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgcls._files import write_bytes_atomic
 from imgcls.errors import ModelFormatError, first_line
 
 CHECKPOINT_FORMAT = 1
@@ -42,9 +44,11 @@ def _as_tuple(value: Any) -> Any:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    tmp.replace(path)
+    # Serialised in memory first: torch.save reports a full disk as a RuntimeError without the
+    # file's name, the atomic writer as an OSError that names it.
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
