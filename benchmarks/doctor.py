@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATASETS = REPO.parent / "shared" / "datasets"
-DOCS_PAGE = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- doctor:start -->", "<!-- doctor:end -->"
+from _page import DATASETS, put_on_page, stamp
 
 
 def flipped_manifest(data: Path, target: Path, share: float, seed: int) -> set[str]:
@@ -132,21 +124,13 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    header = (
-        f"Command: `python benchmarks/doctor.py`; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    )
-    lines = [header, ""]
+    lines = [stamp("python benchmarks/doctor.py"), ""]
     for name in ("clothing_small", "cifar10_subset"):
         lines += [*label_errors(DATASETS / name, args.share, args.seed), ""]
     lines += cost(DATASETS / "hymenoptera")
     report = "\n".join(lines)
     print(report)
-    page = DOCS_PAGE.read_text()
-    if START in page and END in page:
-        before, rest = page.split(START, 1)
-        after = rest.split(END, 1)[1]
-        DOCS_PAGE.write_text(f"{before}{START}\n{report}\n{END}{after}")
+    put_on_page("doctor", report)
 
 
 if __name__ == "__main__":

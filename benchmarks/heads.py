@@ -15,19 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATASETS = REPO.parent / "shared" / "datasets"
-DOCS_PAGE = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- heads:start -->", "<!-- heads:end -->"
+from _page import DATASETS, put_on_page, stamp
+
 HEADS = ("linear", "mlp", "knn")
 
 
@@ -66,10 +61,8 @@ def measure(dataset: str, work: Path) -> dict:
 
 
 def markdown(results: list[dict], command: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"Command: `{command}`; {stamp}; {platform.processor() or platform.machine()}, "
-        f"python {platform.python_version()}",
+        stamp(command),
         "",
         "| data set | head | cv accuracy (5 folds) | cv head time s | val acc | test acc | "
         "chosen | ONNX max logit diff |",
@@ -121,11 +114,7 @@ def main() -> None:
         results = [measure(name, Path(tmp)) for name in args.datasets.split(",")]
     text = markdown(results, command)
     print(text)
-    page = DOCS_PAGE.read_text()
-    start, end = page.find(START), page.find(END)
-    if start < 0 or end < 0:
-        raise SystemExit(f"{DOCS_PAGE} has no {START} ... {END} markers; results not put there")
-    DOCS_PAGE.write_text(page[: start + len(START)] + "\n" + text + "\n" + page[end:])
+    put_on_page("heads", text)
 
 
 if __name__ == "__main__":

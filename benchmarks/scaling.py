@@ -25,18 +25,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATASETS = REPO.parent / "shared" / "datasets"
-DOCS_PAGE = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- scaling:start -->", "<!-- scaling:end -->"
+from _page import DATASETS, put_on_page, stamp
 
 
 def command(processes: int) -> tuple[list[str], dict[str, str]]:
@@ -91,9 +85,7 @@ def main() -> None:
             rows.append((label, processes, images, seconds, tuned))
     cores = os.cpu_count() or 1
     lines = [
-        f"Command: `python benchmarks/scaling.py`; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"{platform.machine()}, {cores} cores, python {platform.python_version()}; data "
-        f"{args.data.name}, efficientnet_lite0",
+        f"{stamp('python benchmarks/scaling.py')}; data {args.data.name}, efficientnet_lite0",
         "",
         "| run | threads per process | extraction images/s | fine-tune images/s (cached activations) |",
         "| --- | --- | --- | --- |",
@@ -102,11 +94,7 @@ def main() -> None:
         lines.append(f"| {label} | {max(1, cores // processes)} | {images / seconds:.1f} | {tuned:.0f} |")
     report = "\n".join(lines)
     print(report)
-    page = DOCS_PAGE.read_text()
-    if START in page and END in page:
-        before, rest = page.split(START, 1)
-        after = rest.split(END, 1)[1]
-        DOCS_PAGE.write_text(f"{before}{START}\n{report}\n{END}{after}")
+    put_on_page("scaling", report)
 
 
 if __name__ == "__main__":
