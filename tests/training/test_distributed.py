@@ -190,13 +190,15 @@ def test_commands_other_than_train_refuse_to_run_under_torchrun(monkeypatch, ima
     assert "only `imgcls train` runs under torchrun" in capsys.readouterr().err
 
 
-def test_torchrun_needs_the_feature_cache(monkeypatch):
+def test_torchrun_refuses_to_run_without_the_cache_or_beside_ray():
     from imgcls.data.records import DatasetScan
     from imgcls.training.run_plan import plan_run
 
     scan = DatasetScan(root=Path("."), classes=[], records=[], source=".", format="folder")
     with pytest.raises(ConfigError, match="feature cache"):
         plan_run(scan, TrainConfig(use_cache=False), Ranks(0, 2, 0))
+    with pytest.raises(ConfigError, match="each spread the feature extraction"):
+        plan_run(scan, TrainConfig(engine="ray"), Ranks(0, 2, 0))
     with pytest.raises(ConfigError, match="dist_timeout"):
         TrainConfig(dist_timeout=0)
 

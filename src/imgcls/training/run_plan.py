@@ -91,6 +91,11 @@ def plan_run(scan: DatasetScan, cfg: TrainConfig, ranks: Ranks = SINGLE) -> RunP
     spec = get_backbone(cfg.backbone)
     device = resolve_device(cfg.device)
     if ranks.active:
+        if cfg.engine != "local":
+            raise ConfigError(
+                "torchrun and `engine=ray` each spread the feature extraction: start one process "
+                "with `engine=ray`, or torchrun without it"
+            )
         if not cfg.use_cache:
             raise ConfigError(
                 "under torchrun the processes share their features through the feature cache: drop "
