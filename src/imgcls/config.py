@@ -116,7 +116,7 @@ class TrainConfig:
         _check_choice("data_format", self.data_format, DATA_FORMATS)
         _check_choice("label_set", self.label_set, LABEL_SETS)
         _check_choice("augment", self.augment, AUGMENT_PRESETS)
-        _check_choice("device", self.device, DEVICES)
+        parse_device(self.device)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _check_choice("head", self.head, HEADS)
@@ -170,6 +170,14 @@ def with_settings(config: TrainConfig | None, settings: dict[str, Any]) -> Train
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown `{name}` {value!r}; choose one of {', '.join(choices)}")
+
+
+def parse_device(value: str) -> tuple[str, int | None]:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` -> (kind, N or ``None``)."""
+    kind, _, index = value.partition(":")
+    if kind in DEVICES and (not index or (kind == "cuda" and index.isdigit())):
+        return kind, int(index) if index else None
+    raise ConfigError(f"unknown `device` {value!r}; choose one of {', '.join(DEVICES)} or cuda:N")
 
 
 def parse_unfreeze(value: str) -> int | None:

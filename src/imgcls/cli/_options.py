@@ -51,6 +51,7 @@ def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False
         help=DATA_HELP + (" (with --resume: the run's own)" if data_optional else ""),
     )
     add_source_options(p, from_config=True)
+    add_device_option(p, "feature extraction and training", from_config=True)
     add_engine_options(p, "feature extraction (probe)", from_config=True)
     p.add_argument(
         "--weights",
@@ -116,7 +117,7 @@ def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False
 
 
 def add_finetune_options(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import AUGMENT_PRESETS, CLASS_WEIGHTS, DEVICES
+    from imgcls.config import AUGMENT_PRESETS, CLASS_WEIGHTS
 
     group = p.add_argument_group("fine-tuning (--strategy finetune or auto)")
     group.add_argument("--epochs", type=positive_int, help="most epochs to train (default: by data size)")
@@ -135,7 +136,6 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
         "last-3 on a CPU, all on a GPU)",
     )
     group.add_argument("--augment", choices=AUGMENT_PRESETS, help="augmentation preset (default: standard)")
-    group.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
     group.add_argument(
         "--patience",
         type=positive_int,
@@ -248,9 +248,32 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def add_device_option(p: argparse.ArgumentParser, what: str, *, from_config: bool = False) -> None:
+    """--device; ``from_config``: no default here, so that a --config file's value holds."""
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default=None if from_config else "auto",
+        metavar="auto|cpu|cuda|cuda:N|mps",
+        help=f"where {what} runs (default: auto = a CUDA GPU, else MPS, else the CPU)",
+    )
+
+
+def device_name(text: str) -> str:
+    from imgcls.config import parse_device
+    from imgcls.errors import ConfigError
+
+    try:
+        parse_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     from imgcls.config import PREDICT_BATCH_SIZE
 
+    add_device_option(p, "the network")
     p.add_argument(
         "--batch-size",
         type=positive_int,

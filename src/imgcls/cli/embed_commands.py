@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.cli._options import DATA_HELP, add_engine_options, add_source_options, positive_int, print_json
+from imgcls.cli._options import (
+    DATA_HELP,
+    add_device_option,
+    add_engine_options,
+    add_source_options,
+    positive_int,
+    print_json,
+)
 
 
 def add_embed(p: argparse.ArgumentParser) -> None:
@@ -44,6 +51,7 @@ def add_embed(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_device_option(p, "the network")
     add_engine_options(p, "the embedding")
 
 
@@ -68,6 +76,7 @@ def run_embed(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_address=args.ray_address,
         ray_actors=args.ray_actors,
+        device=args.device,
     )
     summary = {
         "output": str(done.output),

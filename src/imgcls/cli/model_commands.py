@@ -11,6 +11,7 @@ from typing import Any
 
 from imgcls.cli._options import (
     DATA_HELP,
+    add_device_option,
     add_engine_options,
     add_inference_options,
     add_runtime_option,
@@ -50,7 +51,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from imgcls.evaluation.metrics import format_report
     from imgcls.inference.classifier import Classifier
 
-    clf = Classifier.load(args.model)
+    clf = Classifier.load(args.model, device=args.device)
     result = clf.evaluate(
         args.data,
         split=args.split,
@@ -116,10 +117,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.engine == "ray" and (not args.output or args.tta):
         raise ConfigError("--engine ray writes to a file: give --output FILE (and no --tta)")
     # Decide the runtime before torch is imported, so decoding can start beside that import.
-    choice = choose_runtime(args.runtime, args.model, tta=args.tta)
+    choice = choose_runtime(args.runtime, args.model, tta=args.tta, device=args.device)
     with decoding_ahead_of_prediction(args.model, args.paths, choice.runtime):
         opened = open_model(
-            args.model, runtime=args.runtime, weights=args.weights, tta=args.tta, choice=choice
+            args.model,
+            runtime=args.runtime,
+            weights=args.weights,
+            tta=args.tta,
+            choice=choice,
+            device=args.device,
         )
         args.runtime = opened.runtime
         return _predict(opened.predictor, args)
@@ -237,6 +243,7 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     add_runtime_option(p)
+    add_device_option(p, "the network")
     limits = ServeLimits()
     upload_mb = limits.max_upload_bytes / 2**20
     p.add_argument(
@@ -308,7 +315,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     from imgcls.inference.loading import open_model
 
-    opened = open_model(args.model, runtime=args.runtime)
+    opened = open_model(args.model, runtime=args.runtime, device=args.device)
     print(
         f"limits: {limits.max_upload_bytes / 2**20:g} MB a file, {limits.max_files} files a request, "
         f"{limits.max_concurrent} requests in flight, {limits.request_timeout_s:g} s a request; "

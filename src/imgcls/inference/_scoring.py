@@ -53,7 +53,9 @@ def score_views(
         pre, flip = view_settings(clf.preprocessing, view)
         # Digesting the weights costs a pass over them: only worth it for the disk cache.
         space = (
-            feature_space(clf.model, pre, flip=flip, precision=clf.precision) if cache_dir is not None else ""
+            feature_space(clf.model, pre, flip=flip, precision=clf.precision, device_type=clf.device.type)
+            if cache_dir is not None
+            else ""
         )
         cache = FeatureCache(cache_dir, space)
         extraction = extract_features(
@@ -65,6 +67,7 @@ def score_views(
             batch_size=batch_size,
             workers=workers,
             precision=clf.precision,
+            device=clf.device,
         )
         with torch.inference_mode():
             features = torch.from_numpy(extraction.features)

@@ -40,6 +40,7 @@ from imgcls.models.features import (
 )
 from imgcls.models.registry import get_backbone, resolve_preprocessing
 from imgcls.system.cpu import cpu_has_native_bf16
+from imgcls.system.devices import CPU, place, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,15 @@ class Classifier:
         preprocessing: Preprocessing,
         config: dict[str, Any],
         directory: Path | None = None,
+        device: torch.device = CPU,
     ) -> None:
         self.model = prepare_for_inference(model)
         self.classes = list(classes)
         self.preprocessing = preprocessing
         self.config = config
         self.directory = directory
-        # The precision the features were computed in when the head was fitted (bf16 only
-        # where this CPU runs it natively; fp32 otherwise).
-        wanted = str(config.get("precision", "fp32"))
-        self.precision = wanted if wanted == "fp32" or cpu_has_native_bf16() else "fp32"
+        self.device = device
+        self.precision = _precision_on(device, str(config.get("precision", "fp32")))
         self._folded: tuple[tuple, nn.Module] | None = None  # (model's state fingerprint, copy)
 
     @property
@@ -98,8 +98,9 @@ class Classifier:
     # -- loading and saving -------------------------------------------------------------------
 
     @classmethod
-    def load(cls, directory: str | Path) -> Classifier:
-        """Load a model saved by ``save`` (``RUN_DIR/model`` or ``RUN_DIR`` itself)."""
+    def load(cls, directory: str | Path, *, device: str = "cpu") -> Classifier:
+        """Load a model saved by ``save`` (``RUN_DIR/model`` or ``RUN_DIR`` itself) to run on
+        ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), whichever it was trained on."""
         saved = read_saved_model(Path(directory))
         return cls(
             saved.model,
@@ -107,10 +108,13 @@ class Classifier:
             preprocessing=saved.preprocessing,
             config=saved.config,
             directory=saved.directory,
+            device=resolve_device(device),
         )
 
     @classmethod
-    def pretrained(cls, backbone: str, *, weights: str | Path | None = None) -> Classifier:
+    def pretrained(
+        cls, backbone: str, *, weights: str | Path | None = None, device: str = "cpu"
+    ) -> Classifier:
         """The backbone with its ImageNet head, predicting the 1,000 ImageNet classes."""
         spec = get_backbone(backbone)
         model, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights)
@@ -124,6 +128,7 @@ class Classifier:
             classes=imagenet_class_names(),
             preprocessing=resolve_preprocessing(spec, for_features=False),
             config=config,
+            device=resolve_device(device),
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -228,7 +233,7 @@ class Classifier:
             "backbone": self.backbone,
             "weights_source": self.config["backbone"].get("weights"),
         }
-        encoder = Encoder(self.model, self.preprocessing, self.precision, origin)
+        encoder = Encoder(self.model, self.preprocessing, self.precision, origin, device=self.device)
         encoder._folded = self.inference_network()
         return encoder
 
@@ -237,12 +242,14 @@ class Classifier:
         ``save`` and ``export``), built again whenever ``model``'s tensors have changed."""
         state = _fingerprint(self.model)
         if self._folded is None or self._folded[0] != state:
-            self._folded = (state, folded_for_inference(self.model, self.preprocessing.input_size))
+            folded = folded_for_inference(self.model, self.preprocessing.input_size)
+            self._folded = (state, place(folded, self.device))
         return self._folded[1]
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         network = self.inference_network()
-        return network.get_classifier()(pooled_features(network, batch, self.precision))
+        features = pooled_features(network, place(batch, self.device), self.precision)
+        return network.get_classifier()(features).cpu()
 
     def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
         return rank_classes(probs, self.classes, paths, k)
@@ -273,6 +280,16 @@ class Classifier:
             data_format=data_format,
             label_set=label_set,
         )
+
+
+def _precision_on(device: torch.device, trained: str) -> str:
+    """The precision to compute features in: the one the head was fitted on where ``device``
+    runs it (bf16 on CPUs with native bf16; bf16 or fp16 on a GPU), fp32 otherwise."""
+    if trained == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        return trained if trained != "bf16" or torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if trained == "bf16" and device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def _views(tta: bool) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from imgcls.models.features import (
     weights_digest,
 )
 from imgcls.models.registry import get_backbone, resolve_preprocessing
+from imgcls.system.devices import CPU, place, resolve_device
 from imgcls.system.precision import resolve_precision
 
 
@@ -47,17 +48,24 @@ class Encoder:
     preprocessing: Preprocessing
     precision: str
     origin: dict[str, Any]
+    device: torch.device = CPU
     _folded: nn.Module | None = field(default=None, repr=False)
 
     def folded(self) -> nn.Module:
-        """The network with its BatchNorms folded (how features are computed everywhere)."""
+        """The network with its BatchNorms folded (how features are computed everywhere), on
+        the encoder's device."""
         if self._folded is None:
-            self._folded = folded_for_inference(self.network, self.preprocessing.input_size)
+            self._folded = place(
+                folded_for_inference(self.network, self.preprocessing.input_size), self.device
+            )
         return self._folded
 
     def space(self) -> str:
-        """The feature-cache space of these features (shared with ``train`` on the same backbone)."""
-        return feature_space(self.network, self.preprocessing, precision=self.precision)
+        """The feature-cache space of these features (shared with ``train`` on the same backbone,
+        precision and kind of device)."""
+        return feature_space(
+            self.network, self.preprocessing, precision=self.precision, device_type=self.device.type
+        )
 
     def describe(self) -> dict[str, Any]:
         """What produced the features: stored with every embedding file."""
@@ -82,7 +90,9 @@ class Encoder:
         outputs = []
         with torch.inference_mode():
             for batch in torch.stack(tensors).split(PREDICT_BATCH_SIZE):
-                outputs.append(pooled_features(self.folded(), batch, self.precision))
+                outputs.append(
+                    pooled_features(self.folded(), place(batch, self.device), self.precision).cpu()
+                )
         return torch.cat(outputs).float().numpy()
 
     def embed_files(
@@ -104,6 +114,7 @@ class Encoder:
             workers=workers,
             progress=progress,
             precision=self.precision,
+            device=self.device,
         )
 
 
@@ -114,10 +125,12 @@ def open_encoder(
     input_size: int | None = None,
     precision: str = "auto",
     pretrained: bool = True,
+    device: str = "cpu",
 ) -> Encoder:
     """The encoder of a saved model (``RUN_DIR`` or ``RUN_DIR/model``: its fitted backbone and
     preprocessing) or of a pretrained backbone by name (its feature preprocessing, as ``train``
-    uses; ``weights`` is a local state dict for it; ``pretrained=False``: random init)."""
+    uses; ``weights`` is a local state dict for it; ``pretrained=False``: random init), run on
+    ``device``."""
     from imgcls.inference.loading import looks_like_model_dir
 
     if looks_like_model_dir(model):
@@ -128,7 +141,7 @@ def open_encoder(
             raise ConfigError(
                 "a saved model has its own `weights` and `input_size`; give them with a backbone"
             )
-        return Classifier.load(model).encoder()
+        return Classifier.load(model, device=device).encoder()
     spec = get_backbone(str(model))
     network, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights, pretrained=pretrained)
     origin = {
@@ -138,9 +151,11 @@ def open_encoder(
         "backbone": spec.name,
         "weights_source": info.to_dict(),
     }
+    placed = resolve_device(device)
     return Encoder(
         prepare_for_inference(network),
         resolve_preprocessing(spec, input_size=input_size),
-        resolve_precision(precision, torch.device("cpu")),
+        resolve_precision(precision, placed),
         origin,
+        device=placed,
     )

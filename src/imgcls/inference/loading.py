@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgcls._files import CONFIG_FILE, model_dir, read_model_config
-from imgcls.config import RUNTIMES
+from imgcls.config import RUNTIMES, parse_device
 from imgcls.data._prefetch import prefetch_paths
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.sources import prediction_inputs
@@ -49,8 +49,10 @@ def open_model(
     weights: str | Path | None = None,
     tta: bool = False,
     choice: RuntimeChoice | None = None,
+    device: str = "auto",
 ) -> OpenedModel:
-    """A saved model (``RUN_DIR`` or ``RUN_DIR/model``) or a backbone name, in ``runtime``.
+    """A saved model (``RUN_DIR`` or ``RUN_DIR/model``) or a backbone name, in ``runtime``, on
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; ONNX Runtime runs on the CPU).
 
     ``runtime`` is ``torch``, ``onnx`` (the directory's ``model.onnx``; no torch import) or
     ``auto`` (whichever is faster here; see ``runtime_choice``). ``weights`` goes with a
@@ -64,7 +66,9 @@ def open_model(
         raise ConfigError("`weights` goes with a backbone name; a model directory has its own weights")
     if runtime == "onnx" and (weights or tta):
         raise ConfigError("`runtime=onnx` runs a saved model's export, without `weights` or `tta`")
-    choice = choice or choose_runtime(runtime, model, tta=tta)
+    if runtime == "onnx" and parse_device(device)[0] not in ("auto", "cpu"):
+        raise ConfigError(f"`runtime=onnx` runs on the CPU; `device={device}` needs `runtime=torch`")
+    choice = choice or choose_runtime(runtime, model, tta=tta, device=device)
     log.debug("runtime: %s (%s)", choice.runtime, choice.reason)
     if choice.runtime == "onnx":
         from imgcls.inference.onnx_runtime import OnnxClassifier
@@ -74,21 +78,22 @@ def open_model(
         from imgcls.inference.classifier import Classifier
 
         if looks_like_model_dir(model):
-            predictor = Classifier.load(model)
+            predictor = Classifier.load(model, device=device)
         else:
-            predictor = Classifier.pretrained(str(model), weights=weights)
+            predictor = Classifier.pretrained(str(model), weights=weights, device=device)
     return OpenedModel(predictor, choice.runtime, choice.reason)
 
 
 def load(
-    model: str | Path, *, runtime: str = "torch", weights: str | Path | None = None
+    model: str | Path, *, runtime: str = "torch", weights: str | Path | None = None, device: str = "cpu"
 ) -> Classifier | OnnxClassifier:
     """Reload a saved model (``RUN_DIR`` or ``RUN_DIR/model``), or a backbone by name.
 
     ``runtime="auto"`` gives what ``imgcls predict`` uses: ONNX Runtime where it is faster here
-    and an up-to-date export exists, else torch.
+    and an up-to-date export exists, else torch. ``device`` runs it there (``auto``: a GPU if
+    there is one); a model trained on any device loads on any other.
     """
-    return open_model(model, runtime=runtime, weights=weights).predictor
+    return open_model(model, runtime=runtime, weights=weights, device=device).predictor
 
 
 def decoding_ahead_of_prediction(

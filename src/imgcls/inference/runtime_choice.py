@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls._files import CONFIG_FILE, model_dir, weights_digest
+from imgcls.config import parse_device
 from imgcls.errors import ImgclsError
 from imgcls.inference.onnx_runtime import OnnxClassifier, find_onnx_file
 from imgcls.system.cpu import cpu_has_native_bf16
@@ -32,10 +33,18 @@ class RuntimeChoice:
     onnx: OnnxClassifier | None = None  # loaded while deciding, ready to use
 
 
-def choose_runtime(requested: str, model: str | Path, *, tta: bool = False) -> RuntimeChoice:
-    """The runtime to predict with, and why (``requested``: ``auto``, ``torch`` or ``onnx``)."""
+def choose_runtime(
+    requested: str, model: str | Path, *, tta: bool = False, device: str = "auto"
+) -> RuntimeChoice:
+    """The runtime to predict with, and why (``requested``: ``auto``, ``torch`` or ``onnx``).
+
+    Decides without importing torch: ``device=auto`` on a machine with an NVIDIA driver, or a
+    GPU asked for by name, means torch (ONNX Runtime runs on the CPU here)."""
     if requested != "auto":
         return RuntimeChoice(requested, f"{requested} was asked for")
+    kind = parse_device(device)[0]
+    if kind in ("cuda", "mps") or (kind == "auto" and Path(NVIDIA_DRIVER).exists()):
+        return RuntimeChoice("torch", "a GPU runs torch")
     directory = Path(model)
     if not (directory.is_dir() and (model_dir(directory) / CONFIG_FILE).is_file()):
         return RuntimeChoice("torch", "not a trained model directory")
@@ -56,6 +65,9 @@ def choose_runtime(requested: str, model: str | Path, *, tta: bool = False) -> R
         )
         return RuntimeChoice("torch", "model.onnx is out of date")
     return RuntimeChoice("onnx", "ONNX Runtime beats torch fp32 on a CPU without native bf16", onnx)
+
+
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # there when an NVIDIA GPU driver is loaded
 
 
 def _saved_precision(directory: Path) -> str:

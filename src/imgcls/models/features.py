@@ -32,6 +32,7 @@ from imgcls.data.images import ImageRef, MemoryImage, UnreadableImageError, load
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.transforms import eval_crop, normalize_batch
 from imgcls.models.weights import classifier_prefix
+from imgcls.system.devices import CPU, pins_memory, place
 from imgcls.system.precision import autocast
 from imgcls.system.profiling import PROFILE
 
@@ -64,8 +65,10 @@ def feature_space(
     flip: bool = False,
     output: str = "pooled",
     precision: str = "fp32",
+    device_type: str = "cpu",
 ) -> str:
-    """Digest of everything that decides a feature vector: backbone tensors + preprocessing.
+    """Digest of everything that decides a feature vector: backbone tensors + preprocessing,
+    and the precision and kind of device that computed it (their kernels round differently).
 
     ``output`` names what is stored: ``pooled`` features, or e.g. ``trunk-5`` (the activation
     maps after the first five stages).
@@ -85,6 +88,8 @@ def feature_space(
         described["output"] = output
     if precision != "fp32":
         described["precision"] = precision
+    if device_type != "cpu":
+        described["device"] = device_type
     digest.update(json.dumps(described, sort_keys=True).encode())
     _hash_backbone(digest, model)
     return digest.hexdigest()
@@ -209,9 +214,9 @@ Embedding = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _storage_dtype(output: torch.Tensor) -> np.ndarray:
-    """float32, also for activation maps: a model scored on cached maps must score exactly as
-    it does on images."""
-    return output.float().contiguous().numpy()
+    """float32 in host memory, also for activation maps: a model scored on cached maps must
+    score exactly as it does on images."""
+    return output.float().cpu().contiguous().numpy()
 
 
 # On a CPU a forward pass over 8 images is faster per image than one over 32: a small batch's
@@ -228,12 +233,13 @@ def in_chunks(forward: Embedding, batch: torch.Tensor) -> torch.Tensor:
 
 
 def pooled_features(model: nn.Module, batch: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """The backbone's pooled, pre-logits features (what the classifier sees), as float32."""
+    """The backbone's pooled, pre-logits features (what the classifier sees), as float32, on
+    the device of ``batch`` (the model's)."""
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
         return model.forward_head(model.forward_features(x), pre_logits=True).float()
 
-    with autocast(precision):
+    with autocast(precision, batch.device.type):
         return in_chunks(pooled, batch.contiguous(memory_format=torch.channels_last))
 
 
@@ -249,23 +255,28 @@ def extract_features(
     progress: Callable[[int, int], None] | None = None,
     embed: Embedding | None = None,
     precision: str = "fp32",
+    device: torch.device = CPU,
 ) -> Extraction:
-    """Features for ``paths`` (model in eval mode): cached where possible, computed otherwise.
+    """Features for ``paths`` (model in eval mode, on ``device``): cached where possible,
+    computed otherwise.
 
     ``embed`` maps an input batch to features (default: the pooled features of ``model``);
-    ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip``, ``embed`` and
-    ``precision`` (``fp32``, or the autocast dtype of the forward pass).
+    ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip``, ``embed``,
+    ``precision`` (``fp32``, or the autocast dtype of the forward pass) and ``device``'s kind.
     """
     started = time.perf_counter()
     failures: dict[int, str] = {}
     with PROFILE.stage("file digests + cache lookup"):
         digests, known = _lookup(paths, cache, failures)
     todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
-    prefetch = active_prefetch(pre) if not flip else None
-    batches = _batches(paths, todo, pre, flip, batch_size=batch_size, workers=workers, prefetch=prefetch)
+    # The decode-ahead child is a CPU trick: it uses the time torch takes to import.
+    prefetch = active_prefetch(pre) if not flip and device.type == "cpu" else None
+    batches = _batches(
+        paths, todo, pre, flip, batch_size=batch_size, workers=workers, prefetch=prefetch, device=device
+    )
     embed = embed or (lambda batch: pooled_features(model, batch))
-    with autocast(precision), _threads_beside(prefetch, embed) as forward:
-        computed = _compute(forward, pre, batches, len(todo), digests, cache, failures, progress)
+    with autocast(precision, device.type), _threads_beside(prefetch, embed) as forward:
+        computed = _compute(forward, pre, batches, len(todo), digests, cache, failures, progress, device)
     known.update(computed)
     extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
     extraction.seconds = time.perf_counter() - started
@@ -321,15 +332,20 @@ def _batches(
     batch_size: int,
     workers: int,
     prefetch: DecodePrefetch | None,
+    device: torch.device,
 ) -> Iterator[_Batch]:
-    """Batches of the ``todo`` images: those the prefetch decoded first, then the loader's."""
+    """Batches of the ``todo`` images: those the prefetch decoded first, then the loader's
+    (in pinned memory for an accelerator)."""
     rest = todo
     if prefetch is not None:
         rest = []
         yield from _prefetched_batches(prefetch, paths, todo, batch_size, rest)
     if rest:
         files = _ImageFiles(paths, rest, pre, flip)
-        yield from DataLoader(files, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+        pin = pins_memory(device)
+        yield from DataLoader(
+            files, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=pin
+        )
 
 
 def _prefetched_batches(
@@ -365,8 +381,10 @@ def _compute(
     cache: FeatureCache,
     failures: dict[int, str],
     progress: Callable[[int, int], None] | None,
+    device: torch.device,
 ) -> dict[str, np.ndarray]:
-    """Run the images the cache lacks through the backbone; add them to the cache in shards."""
+    """Run the images the cache lacks through the backbone on ``device``; add them to the
+    cache in shards."""
     if not total:
         return {}
     computed: dict[str, np.ndarray] = {}
@@ -384,7 +402,7 @@ def _compute(
             failures.update(batch_failures)
             if batch is not None:
                 with PROFILE.stage("normalise batches"):
-                    inputs = normalize_batch(batch, pre)
+                    inputs = normalize_batch(place(batch, device), pre)
                 with PROFILE.stage("forward (features)"):
                     feats = _storage_dtype(in_chunks(embed, inputs))
                 for index, row in zip(indices, feats, strict=True):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from imgcls.errors import ModelFormatError, first_line
+from imgcls.system.devices import place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress, duration
@@ -302,8 +303,8 @@ def _train_epoch(
 def _step(
     module: nn.Module, opt: Optimisation, settings: LoopSettings, inputs: torch.Tensor, targets: torch.Tensor
 ) -> float:
-    inputs = inputs.to(settings.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    targets = targets.to(settings.device, non_blocking=True)
+    inputs = place(inputs, settings.device).contiguous(memory_format=torch.channels_last)
+    targets = place(targets, settings.device)
     with PROFILE.stage("train forward"), _autocast(settings):
         loss = opt.loss(module(inputs).float(), targets)
     opt.optimizer.zero_grad(set_to_none=True)

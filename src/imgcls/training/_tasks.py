@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from imgcls.data.images import load_rgb
 from imgcls.data.transforms import augment_preset, mixup
 from imgcls.system.cpu import available_memory
+from imgcls.system.devices import pins_memory, place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.precision import autocast
 from imgcls.training._loop import EpochRandom, Validation
@@ -133,7 +134,7 @@ class ActivationTask:
         parts = []
         with autocast(self.precision, self.device.type):
             for i in range(0, len(rows), EVAL_BATCH):
-                batch = self.maps[rows[i : i + EVAL_BATCH]].to(self.device)
+                batch = place(self.maps[rows[i : i + EVAL_BATCH]], self.device)
                 parts.append(self.module(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
         return torch.cat(parts)
 
@@ -252,7 +253,7 @@ class ImageTask:
             generator=random.augment if random is not None else None,
             num_workers=self.workers,
             drop_last=len(self.train_set) > self.batch_size,  # BatchNorm needs more than one image
-            pin_memory=self.device.type == "cuda",
+            pin_memory=pins_memory(self.device),
         )
 
     def train_mode(self) -> None:
@@ -295,7 +296,7 @@ class ImageTask:
         )
         logits = []
         for inputs, _ in loader:
-            inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
+            inputs = place(inputs, self.device).contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, self.device.type):
                 logits.append(self.module(inputs).float().cpu())
         return torch.cat(logits)

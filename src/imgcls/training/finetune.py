@@ -32,6 +32,7 @@ from imgcls.errors import DataError
 from imgcls.models._batchnorm_fold import fold_batchnorm
 from imgcls.models._network_split import NetworkSplit, split_network, stage_count
 from imgcls.models.heads import fold_temperature
+from imgcls.system.devices import CPU, place
 from imgcls.system.precision import autocast
 from imgcls.system.profiling import PROFILE
 from imgcls.system.wording import count
@@ -147,7 +148,7 @@ def finetune(
     )
     if before_training is not None:
         before_training()
-    model.to(device)
+    place(model, device)
     start = snapshot(task.module.state_dict())  # the probe: one end of the interpolation
     with training_fast_path(task.module, _example(task, featured, device)) as fast:
         log.debug("training fast path: %s", fast)
@@ -156,7 +157,7 @@ def finetune(
             interpolation = _interpolate_toward_start(task, start, state)
         with PROFILE.stage("score every split"):
             fit = _score(featured, splits, task, probe, calibrate=cfg.calibrate)  # on the training device
-    model.cpu()
+    place(model, CPU)  # saved and scored later from host memory
     if state.best_epoch == 0 and len(rows.val) and plan.ranks.is_main:
         log.warning("no epoch beat the probe on validation; the probe is saved")
     fit.metrics["probe"] = {s: _brief(probe.metrics[s]) for s in (VAL, TEST) if s in probe.metrics}
@@ -231,7 +232,7 @@ def _example(
     else:
         side = featured.preprocessing.input_size
         example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
-    return example.to(device).contiguous(memory_format=torch.channels_last)
+    return place(example, device).contiguous(memory_format=torch.channels_last)
 
 
 def _rows(featured: FeaturedDataset, splits: list[str]) -> LabelledRows:

@@ -67,23 +67,6 @@ def trains_depthwise(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available[name]:
-        raise ConfigError(f"`device={name}` was asked for, but this machine has no {name.upper()} device")
-    return torch.device(name)
-
-
 def resolve_unfreeze(value: str, device: torch.device, stages: int | None) -> int | None:
     """How many stages to train (``None``: all). ``stages`` is ``None`` for networks that cannot be split."""
     count = parse_unfreeze(value)

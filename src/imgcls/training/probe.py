@@ -33,6 +33,7 @@ from imgcls.models.features import (
 )
 from imgcls.models.heads import fold_temperature, install_classifier
 from imgcls.models.registry import BackboneSpec
+from imgcls.system.devices import place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
@@ -136,14 +137,14 @@ def extract_for(
 
     Under torchrun each rank first computes its share of the images (``rank_share``) into
     the feature cache; after a barrier every rank reads all of them from there."""
-    pre = settings.preprocessing
-    space = feature_space(model, pre, output=output, precision=settings.precision)
+    pre, device = settings.preprocessing, settings.device
+    space = feature_space(model, pre, output=output, precision=settings.precision, device_type=device.type)
     paths = [scan.absolute(r) for r in scan.records]
     with PROFILE.stage("fold BatchNorm"):
         if embed is None:
-            model = folded_for_inference(model, pre.input_size)
+            model = place(folded_for_inference(model, pre.input_size), device)
         else:
-            embed = folded_for_inference(embed, pre.input_size)
+            embed = place(folded_for_inference(embed, pre.input_size), device)
     what = "extracting features" if output == "pooled" else "caching activations"
 
     def extract(chosen: list[Path], progress: Progress | None) -> Extraction:
@@ -157,6 +158,7 @@ def extract_for(
             progress=progress,
             embed=embed,
             precision=settings.precision,
+            device=device,
         )
 
     if ranks.active:

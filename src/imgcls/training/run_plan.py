@@ -22,22 +22,24 @@ from imgcls.data.splits import assign_splits
 from imgcls.errors import ConfigError
 from imgcls.models.features import default_cache_dir
 from imgcls.models.registry import BackboneSpec, get_backbone, resolve_preprocessing
+from imgcls.system.devices import ACCELERATOR_BATCH, CPU, resolve_device
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.precision import resolve_precision
-from imgcls.training.plan import choose_strategy, resolve_device
+from imgcls.training.plan import choose_strategy
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """How features are computed: the preprocessing, numeric precision, batching and cache."""
+    """How features are computed: the preprocessing, device, numeric precision, batching and cache."""
 
     preprocessing: Preprocessing
     precision: str
     batch_size: int
     workers: int | None
     cache_dir: Path | None  # None: no disk cache
+    device: torch.device = CPU
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,11 @@ def plan_run(scan: DatasetScan, cfg: TrainConfig, ranks: Ranks = SINGLE) -> RunP
         auto = {"strategy": strategy, "reason": reason}
     features = FeatureSettings(
         preprocessing=resolve_preprocessing(spec, input_size=cfg.input_size),
-        # Features are computed on the CPU, whatever device trains.
-        precision=resolve_precision(cfg.precision, torch.device("cpu")),
-        batch_size=cfg.batch_size,
+        precision=resolve_precision(cfg.precision, device),
+        batch_size=cfg.batch_size if device.type == "cpu" else max(cfg.batch_size, ACCELERATOR_BATCH),
         workers=cfg.workers,
         cache_dir=(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()) if cfg.use_cache else None,
+        device=device,
     )
     return RunPlan(
         config=cfg,

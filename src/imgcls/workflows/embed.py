@@ -99,6 +99,7 @@ def embed(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    device: str = "auto",
 ) -> Embeddings:
     """Embed every image of ``source`` with ``model``'s backbone.
 
@@ -110,6 +111,7 @@ def embed(
         weights, input_size: a local state dict and input size, with a backbone name.
         output_format: ``parquet``, ``npy`` or ``auto`` (from ``output``'s suffix).
         chunk_rows: images per part file (the resume granularity).
+        device: where the network runs (``auto``: a GPU if there is one).
         engine: ``local``, or ``ray`` to embed on a Ray cluster (``ray_address``; ``ray_actors``
             copies of the network): the same rows, parts and resume.
     """
@@ -119,7 +121,7 @@ def embed(
     if target is not None:
         target = _check_output(target, output_format, overwrite=overwrite)
     rows = _read_rows(source, data_format=data_format, label_set=label_set)
-    encoder = open_encoder(model, weights=weights, input_size=input_size)
+    encoder = open_encoder(model, weights=weights, input_size=input_size, device=device)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
     job = _Job(encoder, rows, cache, batch_size, resolve_workers(workers, len(rows.refs)), chunk_rows)
     if engine == "ray":

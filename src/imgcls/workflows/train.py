@@ -32,13 +32,13 @@ from imgcls.errors import DataError, ImgclsError, RunInterrupted
 from imgcls.evaluation.duplicates import identical_rows, leaks
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
+from imgcls.system.devices import resolve_device
 from imgcls.system.distributed import Ranks, join
 from imgcls.system.profiling import PROFILE
 from imgcls.system.wording import count
 from imgcls.training._history import write_history
 from imgcls.training.checkpoint import load_checkpoint
 from imgcls.training.finetune import Finetuned, finetune
-from imgcls.training.plan import resolve_device
 from imgcls.training.probe import (
     FeaturedDataset,
     ProbeFit,

@@ -1,0 +1,79 @@
+"""Which device runs a network, and moving networks and batches there.
+
+``resolve_device`` turns ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` into a device of
+this machine (``auto``: CUDA, then MPS, then the CPU) or a one-line error that says what the
+machine has. Every stage moves its network and its batches with ``place``, and asks
+``pins_memory`` whether its loaders should pin host memory: one place for what differs
+between a CPU and an accelerator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import torch
+
+from imgcls.config import parse_device
+from imgcls.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CPU = torch.device("cpu")
+# Images per forward pass for feature extraction and prediction on an accelerator: a GPU is
+# busy only with hundreds at a time (a CPU runs them eight at a time, see models.features).
+ACCELERATOR_BATCH = 256
+
+Placed = TypeVar("Placed", torch.Tensor, torch.nn.Module)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` asks for, on this machine."""
+    kind, index = parse_device(name)
+    if kind == "auto":
+        chosen = available_devices()[0]
+        # A CPU is the usual case here; an accelerator is worth a line.
+        log.log(logging.DEBUG if chosen.type == "cpu" else logging.INFO, "device auto -> %s", chosen)
+        return chosen
+    if kind == "cpu":
+        return CPU
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"`device=mps` was asked for, but this machine has {_found()}")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"`device={name}` was asked for, but this machine has {_found()}")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise ConfigError(f"`device={name}` was asked for, but this machine has {_found()}")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
+
+
+def available_devices() -> list[torch.device]:
+    """The devices this machine offers, the preferred first (CUDA, then MPS, then the CPU)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = [torch.device("cuda", i) for i in range(gpus)]
+    if torch.backends.mps.is_available():
+        found.append(torch.device("mps"))
+    return [*found, CPU]
+
+
+def _found() -> str:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = "cuda:0" if gpus == 1 else f"cuda:0 to cuda:{gpus - 1}"
+    names = [f"{gpus} CUDA device{'s' if gpus != 1 else ''} ({listed})"] if gpus else []
+    if torch.backends.mps.is_available():
+        names.append("an MPS device")
+    return " and ".join(names) + " and a CPU" if names else "only a CPU (no CUDA or MPS device found)"
+
+
+def place(item: Placed, device: torch.device) -> Placed:
+    """``item`` (a network or a batch) on ``device``; a batch is copied without waiting for it."""
+    if isinstance(item, torch.Tensor):
+        return item.to(device, non_blocking=True)
+    return item.to(device)
+
+
+def pins_memory(device: torch.device) -> bool:
+    """Whether loaders feeding ``device`` should pin host memory (so copies overlap compute)."""
+    return device.type == "cuda"
