@@ -139,11 +139,18 @@ def test_evaluate_report_cli_writes_html_and_json(image_folder, tmp_path):
     assert json.loads((run / "evaluation-all.json").read_text())["n"] == 36
 
 
-def test_cv_refuses_a_strategy_it_does_not_run(image_folder, capsys):
+def test_cv_fine_tunes_each_fold_and_refuses_auto(image_folder, tmp_path, capsys):
     from imgcls.cli.main import main
 
-    assert main(["cv", str(image_folder), "--strategy", "finetune", "--folds", "2"]) != 0
-    assert "probe strategy only" in capsys.readouterr().err
+    args = ["cv", str(image_folder), *TINY_ARGS, "--folds", "2", "--workers", "0"]
+    out = tmp_path / "cv"
+    assert main([*args, "--strategy", "finetune", "--epochs", "1", "-o", str(out)]) == 0
+    result = json.loads((out / "cv.json").read_text())
+    assert result["head"] == "finetuned" and len(result["per_fold"]) == 2
+    assert sum(row["n_val"] for row in result["per_fold"]) == 36  # every image held out once
+    assert result["out_of_fold"]["n"] == 36
+    assert main([*args, "--strategy", "auto"]) == 2
+    assert "the folds must all run the same strategy" in capsys.readouterr().err
 
 
 def test_exact_mcnemar_agrees_with_the_binomial_test():

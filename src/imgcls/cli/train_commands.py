@@ -132,6 +132,7 @@ def add_cv(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="directory for cv.json, cv_splits.csv and report.html")
     p.add_argument("--backbone", help="backbone name (default: efficientnet_lite0)")
     add_fold_options(p)
+    add_finetune_options(p)  # with --strategy finetune: each fold is fine-tuned
 
 
 def run_cv(args: argparse.Namespace) -> int:

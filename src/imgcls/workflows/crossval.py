@@ -1,8 +1,10 @@
-"""Cross-validation and comparison (of backbones, heads, or both) for the probe strategy.
+"""Cross-validation and comparison (of backbones, heads, or both).
 
 Features are extracted once per backbone and reused by every head, fold and repeat; each fold
 runs the same ``fit_and_score`` step as ``train`` (including the inner choice of the
 regulariser on that fold's training images only), so there is no second implementation.
+With ``strategy=finetune`` each fold runs ``train``'s fine-tune instead, from the pretrained
+network, on the other folds' images (sensible on a GPU: it costs a fine-tune per fold).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,9 @@ from imgcls.evaluation.report import Example, confident_mistakes, write_report
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.models.backbone import count_parameters
 from imgcls.system.progress import Progress
-from imgcls.training.probe import FeaturedDataset, fit_and_score
+from imgcls.training.finetune import finetune
+from imgcls.training.probe import FeaturedDataset, ProbeFit, fit_and_score
+from imgcls.training.run_plan import plan_run
 from imgcls.workflows.ray_extraction import featurize_on_engine
 from imgcls.workflows.train import prepare_output_dir, run_config, write_skipped
 
@@ -135,10 +140,10 @@ def _cv_config(config: TrainConfig | None, *, folds: int, repeats: int) -> Train
     if folds < 2 or repeats < 1:
         raise ConfigError(f"need `folds` >= 2 and `repeats` >= 1, got {folds} and {repeats}")
     cfg = config or TrainConfig()
-    if cfg.strategy != "probe":
+    if cfg.strategy not in ("probe", "finetune"):
         raise ConfigError(
-            f"cross-validation runs the probe strategy only (got `strategy={cfg.strategy}`); "
-            "fine-tuning each fold is not built yet"
+            f"cross-validation runs `strategy=probe` or `strategy=finetune` (each fold fine-tuned), "
+            f"not {cfg.strategy!r}: the folds must all run the same strategy"
         )
     if cfg.calibrate:
         # The held-out fold would both fit and judge the temperature.
@@ -159,7 +164,8 @@ def _run_folds(
     folds_by_repeat: list[list[int]] = []
     out_of_fold = np.zeros((len(featured.records), len(featured.classes)))
     fit_started = time.perf_counter()
-    progress = Progress(f"cross-validating {featured.spec.name} ({cfg.head} head)", unit="folds")
+    fit_fold, method = _fold_fitter(featured, cfg)
+    progress = Progress(f"cross-validating {featured.spec.name} ({method})", unit="folds")
     progress.start(0, folds * repeats)
     for repeat in range(repeats):
         assignment = assign_folds(pool_records, folds=folds, seed=cfg.seed + repeat)
@@ -168,14 +174,7 @@ def _run_folds(
             splits = [EXCLUDED] * len(featured.records)
             for i, f in zip(pool, assignment, strict=True):
                 splits[i] = VAL if f == fold else TRAIN
-            fit = fit_and_score(
-                featured,
-                splits,
-                seed=cfg.seed,
-                balanced=cfg.class_weights == "auto",
-                calibrate=False,
-                head=cfg.head,
-            )
+            fit = fit_fold(splits)
             if repeat == 0:
                 out_of_fold[fit.rows[VAL]] = fit.probs[VAL]
             row = {
@@ -190,7 +189,7 @@ def _run_folds(
             progress(len(per_fold), folds * repeats)
     result = CrossValidation(
         backbone=featured.spec.name,
-        head=cfg.head,
+        head=cfg.head if cfg.strategy == "probe" else "finetuned",
         folds=folds,
         repeats=repeats,
         n_images=len(pool),
@@ -205,6 +204,29 @@ def _run_folds(
     )
     _add_out_of_fold(result, featured, pool, out_of_fold[pool])
     return result, folds_by_repeat
+
+
+def _fold_fitter(featured: FeaturedDataset, cfg: TrainConfig) -> tuple[Callable[[list[str]], ProbeFit], str]:
+    """How one fold is fitted (given every readable image's split) and its name."""
+    if cfg.strategy == "finetune":
+        return (lambda splits: _finetuned_fold(featured, cfg, splits)), "fine-tuned per fold"
+
+    def probe(splits: list[str]) -> ProbeFit:
+        balanced = cfg.class_weights == "auto"
+        return fit_and_score(
+            featured, splits, seed=cfg.seed, balanced=balanced, calibrate=False, head=cfg.head
+        )
+
+    return probe, f"{cfg.head} head"
+
+
+def _finetuned_fold(featured: FeaturedDataset, cfg: TrainConfig, splits: list[str]) -> ProbeFit:
+    """``train``'s fine-tune on the fold's training images, scored on its held-out ones."""
+    scan = featured.scan
+    by_record = {r.path: split for r, split in zip(featured.records, splits, strict=True)}
+    plan = plan_run(scan, cfg)
+    plan = dataclasses.replace(plan, splits=tuple(by_record.get(r.path, EXCLUDED) for r in scan.records))
+    return finetune(scan, plan, run_dir=None, deadline=None).fit
 
 
 def _add_out_of_fold(
