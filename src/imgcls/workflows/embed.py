@@ -128,7 +128,12 @@ def embed(
         from imgcls.deploy.ray_engine import RayEmbedding
 
         job.ray = RayEmbedding(
-            encoder, cache_dir=cache, address=ray_address, actors=ray_actors, batch_size=batch_size
+            encoder,
+            cache_dir=cache,
+            address=ray_address,
+            actors=ray_actors,
+            gpus_per_actor=1.0 if encoder.device.type == "cuda" else 0.0,  # one GPU each, as here
+            batch_size=batch_size,
         )
     elif engine != "local":
         raise DataError(f"unknown `engine` {engine!r}; choose local or ray")

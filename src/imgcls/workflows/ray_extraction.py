@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from imgcls.config import TrainConfig
 from imgcls.data.records import DatasetScan
 from imgcls.deploy.ray_engine import RayEmbedding
@@ -47,15 +49,23 @@ def extract_on_ray(scan: DatasetScan, plan: RunPlan) -> None:
     cfg = plan.config
     model, _ = build_model(plan, num_classes=len(scan.classes))
     origin = {"model": plan.spec.name, "weights": cfg.weights, "input_size": cfg.input_size}
+    # The actors compute on the kind of device the run would (their features share its cache
+    # space); Ray gives each GPU actor a GPU of its own, seen as its first.
+    kind = plan.features.device.type
     encoder = Encoder(
-        model, plan.preprocessing, plan.features.precision, {**origin, "backbone": plan.spec.name}
+        model,
+        plan.preprocessing,
+        plan.features.precision,
+        {**origin, "backbone": plan.spec.name},
+        device=torch.device(kind),
     )
     engine = RayEmbedding(
         encoder,
         cache_dir=plan.features.cache_dir,
         address=cfg.ray_address,
         actors=cfg.ray_actors,
-        batch_size=cfg.batch_size,
+        gpus_per_actor=1.0 if kind == "cuda" else 0.0,
+        batch_size=plan.features.batch_size,
     )
     paths = [scan.absolute(r) for r in scan.records]
     progress = Progress("extracting features on Ray")
