@@ -73,7 +73,7 @@ class Ranks:
         """Whether ``flag`` holds on any rank, so that every rank takes the same branch."""
         if not self.active:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device=_collective_device())
         with self.failures(why):
             torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return bool(value.item())
@@ -82,7 +82,7 @@ class Ranks:
         """Each of ``values`` summed over the ranks."""
         if not self.active:
             return values
-        total = torch.tensor(values, dtype=torch.float64)
+        total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
         with self.failures(why):
             torch.distributed.all_reduce(total)
         return total.tolist()
@@ -110,9 +110,12 @@ class Ranks:
         """Make every rank's parameters and buffers rank 0's."""
         if not self.active:
             return
+        device = _collective_device()
         with self.failures(why), torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
-                torch.distributed.broadcast(tensor.data, src=0)
+                sent = tensor.data.to(device)
+                torch.distributed.broadcast(sent, src=0)
+                tensor.data.copy_(sent)
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` for training steps: under DistributedDataParallel when there are several
@@ -144,6 +147,13 @@ SINGLE = Ranks()
 
 # What the backends' transport errors say (a DDP step reports Gloo's as a plain RuntimeError).
 _TRANSPORT_WORDS = ("gloo", "nccl", "timed out", "connection closed", "connection reset")
+
+
+def _collective_device() -> torch.device:
+    """Where tensors of a collective must be: NCCL reduces GPU tensors only, Gloo host ones."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _from_the_group(exc: RuntimeError) -> bool:
