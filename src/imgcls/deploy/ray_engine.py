@@ -47,8 +47,7 @@ class _Scorer:
         scores = self.predictor.score_paths(paths, batch_size=self.batch_size)  # type: ignore[arg-type]
         probs = np.zeros((len(paths), len(self.predictor.classes)), dtype=np.float32)
         probs[scores.readable] = scores.probs
-        errors = np.array([scores.failures.get(i, "") for i in range(len(paths))], dtype=object)
-        return {"path": batch["path"], "probs": probs, "error": errors}
+        return {"path": batch["path"], "probs": probs, "error": _error_column(scores.failures, len(paths))}
 
 
 class RayScoring:
@@ -64,8 +63,8 @@ class RayScoring:
         gpus_per_actor: float = 0.0,
         batch_size: int = PREDICT_BATCH_SIZE,
     ) -> None:
-        self.model, self.runtime, self.address = str(model), runtime, address
-        self.actors, self.gpus_per_actor, self.batch_size = actors, gpus_per_actor, batch_size
+        self.model, self.runtime, self.batch_size = str(model), runtime, batch_size
+        self.pool = ActorPool(address, actors, gpus_per_actor)
 
     def __call__(self, paths: Sequence[Any], chunk: int) -> Iterator[tuple[list[Path], PathScores]]:
         """Score ``paths`` (files) in ``chunk``-sized pieces, in order."""
@@ -73,11 +72,8 @@ class RayScoring:
             return
         model = str(Path(self.model).absolute()) if Path(self.model).exists() else self.model
         options = {"model": model, "runtime": self.runtime, "batch_size": self.batch_size}
-        pool = ActorPool(self.address, self.actors, self.gpus_per_actor)
-        for batch in pool.run(_Scorer, options, paths, chunk):
-            errors = [str(e) for e in batch["error"]]
-            readable = np.array([not e for e in errors], dtype=bool)
-            failures = {i: e for i, e in enumerate(errors) if e}
+        for batch in self.pool.run(_Scorer, options, paths, chunk):
+            readable, failures = _outcomes(batch)
             scores = PathScores(batch["probs"][readable], readable, failures)
             yield [Path(str(p)) for p in batch["path"]], scores
 
@@ -98,7 +94,7 @@ class _Embedder:
         extraction = self.encoder.embed_files(paths, cache_dir=self.cache_dir, batch_size=self.batch_size)
         vectors = np.zeros((len(paths), self.dim), dtype=np.float32)
         vectors[extraction.readable] = extraction.features.reshape(-1, self.dim)
-        errors = np.array([extraction.failures.get(i, "") for i in range(len(paths))], dtype=object)
+        errors = _error_column(extraction.failures, len(paths))
         # How many of the block's images went through the network (the rest came from the cache),
         # on its first row: rows are all Ray carries back.
         forwarded = np.zeros(len(paths), dtype=np.int64)
@@ -109,7 +105,8 @@ class _Embedder:
 class RayEmbedding:
     """``Encoder.embed_files`` for many files, on a Ray cluster: each actor gets the encoder
     (the driver's network, so features land in the same feature-cache space) and writes what
-    it computes into ``cache_dir``."""
+    it computes into ``cache_dir``. An encoder on a GPU asks Ray for a GPU per actor (seen
+    there as its first)."""
 
     def __init__(
         self,
@@ -118,11 +115,10 @@ class RayEmbedding:
         cache_dir: Path | None,
         address: str | None = None,
         actors: int | None = None,
-        gpus_per_actor: float = 0.0,
         batch_size: int = PREDICT_BATCH_SIZE,
     ) -> None:
         self.encoder, self.cache_dir, self.batch_size = encoder, cache_dir, batch_size
-        self.pool = ActorPool(address, actors, gpus_per_actor)
+        self.pool = ActorPool(address, actors, gpus_per_actor=1.0 if encoder.device.type == "cuda" else 0.0)
 
     def __call__(self, paths: Sequence[Any], chunk: int) -> Iterator[Extraction]:
         """The features of ``paths``, ``chunk`` files at a time, in order."""
@@ -135,9 +131,7 @@ class RayEmbedding:
             "batch_size": self.batch_size,
         }
         for batch in self.pool.run(_Embedder, options, paths, chunk):
-            errors = [str(e) for e in batch["error"]]
-            readable = np.array([not e for e in errors], dtype=bool)
-            failures = {i: e for i, e in enumerate(errors) if e}
+            readable, failures = _outcomes(batch)
             features = np.asarray(batch["vector"], dtype=np.float32)[readable]
             yield Extraction(features, readable, failures, computed=int(batch["forwarded"].sum()))
 
@@ -167,6 +161,17 @@ class ActorPool:
             num_gpus=self.gpus_per_actor,
         )
         yield from dataset.iter_batches(batch_size=chunk, batch_format="numpy")
+
+
+def _error_column(failures: dict[int, str], n: int) -> np.ndarray:
+    """An actor's ``error`` column: each row's unreadable-file reason, empty where it was read."""
+    return np.array([failures.get(i, "") for i in range(n)], dtype=object)
+
+
+def _outcomes(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[int, str]]:
+    """Which rows of a returned block were read, and the others' reasons (``_error_column``)."""
+    errors = [str(e) for e in batch["error"]]
+    return np.array([not e for e in errors], dtype=bool), {i: e for i, e in enumerate(errors) if e}
 
 
 def _row(ref: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from imgcls.config import DIST_TIMEOUT_S
 from imgcls.errors import ConfigError, DistributedError, first_line
+from imgcls.system.devices import resolve_device
 from imgcls.system.launcher import environment_ranks
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,9 @@ def _from_the_group(exc: RuntimeError) -> bool:
     return any(word in message for word in _TRANSPORT_WORDS)
 
 
-def join(device: torch.device, timeout_s: float = DIST_TIMEOUT_S) -> Ranks:
-    """This process's ``Ranks``, joining the process group the environment describes (once)."""
+def join(device_name: str, timeout_s: float = DIST_TIMEOUT_S) -> Ranks:
+    """This process's ``Ranks``, joining the process group the environment describes (once);
+    ``device_name`` (as ``--device`` takes it) decides the backend, and is resolved only then."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
@@ -175,6 +177,7 @@ def join(device: torch.device, timeout_s: float = DIST_TIMEOUT_S) -> Ranks:
         return SINGLE
     rank, world, local = found
     ranks = Ranks(rank, world, local, timeout_s)
+    device = resolve_device(device_name)
     if device.type == "mps":
         raise ConfigError("distributed training runs on CUDA (NCCL) or on CPUs (Gloo), not on MPS")
     if "MASTER_ADDR" not in os.environ:

@@ -132,7 +132,6 @@ def embed(
             cache_dir=cache,
             address=ray_address,
             actors=ray_actors,
-            gpus_per_actor=1.0 if encoder.device.type == "cuda" else 0.0,  # one GPU each, as here
             batch_size=batch_size,
         )
     elif engine != "local":

@@ -51,20 +51,18 @@ def extract_on_ray(scan: DatasetScan, plan: RunPlan) -> None:
     origin = {"model": plan.spec.name, "weights": cfg.weights, "input_size": cfg.input_size}
     # The actors compute on the kind of device the run would (their features share its cache
     # space); Ray gives each GPU actor a GPU of its own, seen as its first.
-    kind = plan.features.device.type
     encoder = Encoder(
         model,
         plan.preprocessing,
         plan.features.precision,
         {**origin, "backbone": plan.spec.name},
-        device=torch.device(kind),
+        device=torch.device(plan.features.device.type),
     )
     engine = RayEmbedding(
         encoder,
         cache_dir=plan.features.cache_dir,
         address=cfg.ray_address,
         actors=cfg.ray_actors,
-        gpus_per_actor=1.0 if kind == "cuda" else 0.0,
         batch_size=plan.features.batch_size,
     )
     paths = [scan.absolute(r) for r in scan.records]

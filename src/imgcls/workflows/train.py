@@ -32,7 +32,6 @@ from imgcls.errors import DataError, ImgclsError, RunInterrupted
 from imgcls.evaluation.duplicates import identical_rows, leaks
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
-from imgcls.system.devices import resolve_device
 from imgcls.system.distributed import Ranks, join
 from imgcls.system.profiling import PROFILE
 from imgcls.system.wording import count
@@ -144,7 +143,7 @@ def _interrupted(run_dir: Path, *, created: bool) -> RunInterrupted:
 
 def join_ranks(cfg: TrainConfig) -> Ranks:
     """This process's place under torchrun (``SINGLE`` when started alone)."""
-    return join(resolve_device(cfg.device), cfg.dist_timeout)
+    return join(cfg.device, cfg.dist_timeout)
 
 
 def _train(
