@@ -78,3 +78,30 @@ def test_c_has_the_best_cv_accuracy_and_ties_go_to_the_lower_log_loss():
     }
     assert choose_c(scores) == 0.1  # 0.03 and 0.1 tie on accuracy; 0.1 predicts better probabilities
     assert choose_c({0.1: CScore(float("nan"), float("nan"))}) == 0.1  # too small to cross-validate
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_the_accelerators_loss_is_the_cpus_loss(n_classes, monkeypatch):
+    """On a GPU the solver's loss runs in torch where the features are; here, on the CPU's
+    tensors, it must give the numpy loss's value and gradient, and the same fitted head."""
+    import torch
+
+    import imgcls.training.head as head
+
+    x, y = _blobs(n_classes, seed=3)
+    x = StandardScaler().fit_transform(x)
+    free = n_classes if n_classes > 2 else 1
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    args = (x, np.eye(n_classes)[y], weights, 0.3, free)
+    params = np.random.default_rng(1).normal(0, 0.1, free * (x.shape[1] + 1))
+    value, grad = head._LogisticLoss(*args)(params)
+    on_device = head._DeviceLogisticLoss(*args, torch.device("cpu"))(params)
+    assert on_device[0] == pytest.approx(value, rel=1e-9)
+    np.testing.assert_allclose(on_device[1], grad, rtol=1e-5, atol=1e-9)
+    cpu = fit_linear_head(x, y, num_classes=n_classes, seed=0)
+    # The whole fit as an accelerator runs it (its loss, on the CPU's tensors).
+    device_loss = head._DeviceLogisticLoss
+    monkeypatch.setattr(head, "_LogisticLoss", lambda *a: device_loss(*a, torch.device("cpu")))
+    accelerated = fit_linear_head(x, y, num_classes=n_classes, seed=0)
+    assert accelerated.c == cpu.c
+    np.testing.assert_allclose(accelerated.weight, cpu.weight, atol=1e-4)

@@ -20,7 +20,7 @@ from PIL import Image
 import imgcls
 from imgcls.config import TrainConfig
 from imgcls.data.embedding_files import read_embeddings
-from imgcls.errors import DataError
+from imgcls.errors import ConfigError, DataError
 from imgcls.inference.similarity import nearest
 from tests.conftest import run_cli, write_class_folders
 
@@ -92,6 +92,9 @@ def test_an_existing_output_is_kept_unless_overwrite(tiny_run, tmp_path):
     with pytest.raises(DataError, match="already exists"):
         imgcls.embed(data, tmp_path / "e.parquet", model=run)
     assert (tmp_path / "e.parquet").read_bytes() == b"precious"
+    with pytest.raises(ConfigError, match="unknown `engine` 'spark'; choose one of local, ray"):
+        imgcls.embed(data, tmp_path / "new.parquet", model=run, engine="spark")
+    assert not (tmp_path / "new.parquet").exists()
 
 
 def test_a_killed_run_resumes_without_recomputing_finished_parts(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.cli._options import DATA_HELP, add_source_options, positive_int, print_json
+from imgcls.cli._options import DATA_HELP, add_device_option, add_source_options, positive_int, print_json
 from imgcls.system.wording import count
 
 
@@ -55,6 +55,7 @@ def add_doctor(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weights", metavar="FILE", help="local state dict for --backbone")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init (for tests)")
+    add_device_option(p, "feature extraction and the mislabel check's heads")
     p.add_argument(
         "--input-size", type=positive_int, help="network input size in pixels (default: the backbone's)"
     )
@@ -111,6 +112,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         use_cache=args.use_cache,
         data_format=args.data_format,
         label_set=args.label_set,
+        device=args.device,
     )
     diagnosis = doctor(
         args.data,

@@ -13,6 +13,7 @@ import torch
 
 from imgcls.data.transforms import TTA_VIEWS, view_settings
 from imgcls.models.features import FeatureCache, extract_features, feature_space
+from imgcls.system.devices import loader_workers
 
 if TYPE_CHECKING:
     from imgcls.inference.classifier import Classifier
@@ -44,10 +45,11 @@ def score_views(
     tta: bool,
     cache_dir: Path | None,
     batch_size: int,
-    workers: int,
+    workers: int | None,
 ) -> Scores:
     """Class probabilities of each readable image under each view; features come from
-    (and go to) the disk cache when ``cache_dir`` is given, else a throw-away one."""
+    (and go to) the disk cache when ``cache_dir`` is given, else a throw-away one.
+    ``workers``: decoding processes (``None``: as many as the device wants)."""
     scores = Scores(views=list(views_for(tta)))
     for view in scores.views:
         pre, flip = view_settings(clf.preprocessing, view)
@@ -65,7 +67,7 @@ def score_views(
             cache=cache,
             flip=flip,
             batch_size=batch_size,
-            workers=workers,
+            workers=loader_workers(workers, len(paths), clf.device),
             precision=clf.precision,
             device=clf.device,
         )

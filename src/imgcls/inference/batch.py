@@ -36,7 +36,7 @@ class PathScorer(Protocol):
         paths: Sequence[Path],
         *,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
         tta: bool = False,
     ) -> PathScores: ...
 
@@ -61,7 +61,7 @@ def predict_to_file(
     *,
     top_k: int = TOP_K,
     batch_size: int = PREDICT_BATCH_SIZE,
-    workers: int = 0,
+    workers: int | None = None,
     tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
     engine: ChunkScoring | None = None,

@@ -178,7 +178,7 @@ class Classifier:
         top_k: int = TOP_K,
         tta: bool = False,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
     ) -> PredictionRun:
         """Classify files, folders (recursively), glob patterns and the images of data sources
         (``data.sources.prediction_inputs``); unreadable files are listed."""
@@ -205,7 +205,7 @@ class Classifier:
         paths: Sequence[Path],
         *,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
         tta: bool = False,
     ) -> PathScores:
         """Class probabilities of the readable files among ``paths`` (no feature cache)."""
@@ -263,7 +263,7 @@ class Classifier:
         split: str = "val",
         tta: bool = False,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
         cache_dir: Path | None = None,
         data_format: str = "auto",
         label_set: str = "fine",

@@ -55,7 +55,7 @@ def evaluate(
     split: str = "val",
     tta: bool = False,
     batch_size: int = PREDICT_BATCH_SIZE,
-    workers: int = 0,
+    workers: int | None = None,
     cache_dir: Path | None = None,
     data_format: str = "auto",
     label_set: str = "fine",

@@ -108,15 +108,16 @@ class OnnxClassifier:
         paths: Sequence[Path],
         *,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
         tta: bool = False,
     ) -> PathScores:
-        """Decode (``workers`` threads) and score files in batches; unreadable ones are listed."""
+        """Decode (``workers`` threads, default one) and score files in batches; unreadable ones
+        are listed."""
         if tta:
             raise ConfigError("test-time augmentation is not available with the ONNX runtime")
         failures: dict[int, str] = {}
         probs: list[np.ndarray] = []
-        with ThreadPoolExecutor(max(workers, 1)) as pool:
+        with ThreadPoolExecutor(max(workers or 0, 1)) as pool:
             for start in range(0, len(paths), batch_size):
                 chunk = list(range(start, min(start + batch_size, len(paths))))
                 decoded = list(pool.map(lambda i: self._decode(paths[i]), chunk))
@@ -140,7 +141,7 @@ class OnnxClassifier:
         *,
         top_k: int = TOP_K,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
     ) -> PredictionRun:
         paths = prediction_inputs(inputs)
         if not paths:

@@ -10,12 +10,14 @@ between a CPU and an accelerator.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TypeVar
 
 import torch
 
 from imgcls.config import parse_device
 from imgcls.errors import ConfigError
+from imgcls.system.launcher import processes_on_this_machine
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,8 @@ CPU = torch.device("cpu")
 # Images per forward pass for feature extraction and prediction on an accelerator: a GPU is
 # busy only with hundreds at a time (a CPU runs them eight at a time, see models.features).
 ACCELERATOR_BATCH = 256
+# Below this many images, starting a decoding process costs more than decoding inline.
+INLINE_DECODE_BELOW = 256
 
 Placed = TypeVar("Placed", torch.Tensor, torch.nn.Module)
 
@@ -77,3 +81,26 @@ def place(item: Placed, device: torch.device) -> Placed:
 def pins_memory(device: torch.device) -> bool:
     """Whether loaders feeding ``device`` should pin host memory (so copies overlap compute)."""
     return device.type == "cuda"
+
+
+def loader_workers(
+    workers: int | None, n_images: int, device: torch.device, *, inline_below: int = INLINE_DECODE_BELOW
+) -> int:
+    """Image-decoding processes for ``n_images`` feeding ``device``: ``workers`` when given.
+    Otherwise none below ``inline_below`` images; else, on a CPU one (the cores run the
+    network), and on an accelerator this process's share of the CPU cores, less the core it
+    runs on (an accelerator is fed only as fast as the images are decoded)."""
+    if workers is not None:
+        return workers
+    if n_images < inline_below:
+        return 0
+    if device.type == "cpu":
+        return 1
+    return max(1, usable_cores() // processes_on_this_machine() - 1)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -21,3 +21,14 @@ def environment_ranks() -> tuple[int, int, int] | None:
     except ValueError as exc:
         raise ConfigError(f"cannot read the rank from the environment: {exc}") from None
     return None
+
+
+def processes_on_this_machine() -> int:
+    """How many processes of this run share this machine (torchrun's ``LOCAL_WORLD_SIZE``,
+    SLURM's ``SLURM_NTASKS_PER_NODE`` such as ``4`` or ``4(x2)``); 1 when launched alone."""
+    env = os.environ
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = env.get(name, "").split("(", 1)[0].split(",", 1)[0]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from imgcls.errors import DataError
+from imgcls.system.devices import CPU, place
 from imgcls.training._inner_cv import CV_FOLDS, class_weights, fold_score, inner_folds
 
 log = logging.getLogger(__name__)
@@ -50,16 +52,17 @@ def fit_linear_head(
     seed: int,
     c_grid: tuple[float, ...] = C_GRID,
     balanced: bool = False,
+    device: torch.device = CPU,
 ) -> LinearHead:
     """Fit the head; ``labels`` are class indices in ``range(num_classes)``.
 
     ``balanced`` weights every class equally (inverse class frequency) and picks C by
-    balanced accuracy.
+    balanced accuracy. The solver's products with the features run on ``device``.
     """
     mean = features.mean(axis=0)
     scale = features.std(axis=0) + 1e-6
     standardised = (features - mean) / scale
-    scores = _search(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced)
+    scores = _search(standardised, labels, c_grid=c_grid, seed=seed, balanced=balanced, device=device)
     best_c = choose_c(scores)
     log.info(
         "logistic head: C=%s chosen by %d-fold CV on train (%saccuracy %.3f, log loss %.3f)",
@@ -69,7 +72,9 @@ def fit_linear_head(
         scores[best_c].accuracy,
         scores[best_c].log_loss,
     )
-    weight, bias = _fit(standardised, labels, c=best_c, num_classes=num_classes, balanced=balanced)
+    weight, bias = _fit(
+        standardised, labels, c=best_c, num_classes=num_classes, balanced=balanced, device=device
+    )
     # Fold the standardisation into the layer: w' = w / s, b' = b - w' . mean
     weight = weight / scale
     bias = bias - weight @ mean
@@ -92,18 +97,24 @@ class CScore:
 
 
 def _search(
-    x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    c_grid: tuple[float, ...],
+    seed: int,
+    balanced: bool,
+    device: torch.device,
 ) -> dict[float, CScore]:
     """CV scores over ``c_grid``, extended along ``C_LADDER`` while the chosen C is the
     grid's smallest or largest value: a choice on the edge says the best may lie beyond it."""
     if len(c_grid) == 1:
         return {c_grid[0]: CScore(float("nan"), float("nan"))}
-    scores = _cross_validate(x, y, c_grid=c_grid, seed=seed, balanced=balanced)
+    scores = _cross_validate(x, y, c_grid=c_grid, seed=seed, balanced=balanced, device=device)
     while not _unmeasured(scores):
         beyond = _beyond_edge(scores, choose_c(scores))
         if beyond is None:
             break
-        scores.update(_cross_validate(x, y, c_grid=(beyond,), seed=seed, balanced=balanced))
+        scores.update(_cross_validate(x, y, c_grid=(beyond,), seed=seed, balanced=balanced, device=device))
     return dict(sorted(scores.items()))
 
 
@@ -148,7 +159,13 @@ def choose_c(scores: dict[float, CScore]) -> float:
 
 
 def _cross_validate(
-    x: np.ndarray, y: np.ndarray, *, c_grid: tuple[float, ...], seed: int, balanced: bool
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    c_grid: tuple[float, ...],
+    seed: int,
+    balanced: bool,
+    device: torch.device,
 ) -> dict[float, CScore]:
     fold_of = inner_folds(y, seed=seed)
     if fold_of is None:
@@ -162,7 +179,9 @@ def _cross_validate(
         # warm_start does): far fewer iterations for the same fold accuracies.
         params = None
         for c in sorted(c_grid):
-            weight, bias, params = _minimise(x[train], y[train], c, num_classes, balanced, start=params)
+            weight, bias, params = _minimise(
+                x[train], y[train], c, num_classes, balanced, start=params, device=device
+            )
             logits[c][held_out] = x[held_out] @ weight.T + bias
     weight = class_weights(y, num_classes)[y] if balanced else np.ones(len(y))
     return {
@@ -181,14 +200,14 @@ def _log_loss(logits: np.ndarray, labels: np.ndarray, weight: np.ndarray) -> flo
 
 
 def _fit(
-    x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int, balanced: bool
+    x: np.ndarray, y: np.ndarray, *, c: float, num_classes: int, balanced: bool, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     present = np.unique(y)
     if len(present) != num_classes:
         raise DataError(
             f"every class needs readable training images; {len(present)} of {num_classes} have some"
         )
-    weight, bias, _ = _minimise(x, y, c, num_classes, balanced)
+    weight, bias, _ = _minimise(x, y, c, num_classes, balanced, device=device)
     return weight, bias
 
 
@@ -201,6 +220,7 @@ def _minimise(
     *,
     start: np.ndarray | None = None,
     gtol: float = 1e-4,
+    device: torch.device = CPU,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Multinomial logistic regression, L2 on the weights (not the bias): the weights, the
     bias and the raw parameter vector (a warm start for the next C). ``gtol``: stop when no
@@ -212,12 +232,15 @@ def _minimise(
     the other fixed at zero, since softmax([0, z]) is sigmoid(z).
     """
     free = num_classes if num_classes > 2 else 1
-    dim = x.shape[1]
     onehot = np.eye(num_classes)[y]
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
     sample_weight = len(y) / (num_classes * counts[y]) if balanced else np.ones(len(y))
-    problem = _LogisticLoss(x, onehot, sample_weight, c, free)
-    x0 = start if start is not None else np.zeros(free * (dim + 1))
+    problem = (
+        _LogisticLoss(x, onehot, sample_weight, c, free)
+        if device.type == "cpu"
+        else _DeviceLogisticLoss(x, onehot, sample_weight, c, free, device)
+    )
+    x0 = start if start is not None else np.zeros(free * (x.shape[1] + 1))
     params = _lbfgs(problem, x0, max_iter=MAX_ITER, gtol=gtol, ftol=64 * np.finfo(float).eps)
     weight, bias = problem.unpack(params)
     return weight, bias, params
@@ -320,3 +343,38 @@ class _LogisticLoss:
         residual = ((exp / total - self.onehot) * self.sample_weight[:, None])[:, -self.free :]
         grad_weight = (residual.T.astype(np.float32) @ self.x).astype(np.float64) + self.l2 * free_weight
         return loss, np.concatenate([grad_weight.ravel(), residual.sum(axis=0)])
+
+
+class _DeviceLogisticLoss(_LogisticLoss):
+    """The same loss and gradient computed with torch on an accelerator, where the features
+    stay: only the parameters and the gradient cross to and from the host. (On a CPU, numpy's
+    products on these skinny matrices are faster than torch's.)"""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        onehot: np.ndarray,
+        sample_weight: np.ndarray,
+        c: float,
+        free: int,
+        device: torch.device,
+    ) -> None:
+        super().__init__(x, onehot, sample_weight, c, free)
+        self.device = device
+        self.on_device = place(torch.from_numpy(self.x), device)
+        self.onehot_on_device = place(torch.from_numpy(onehot), device)
+        self.weight_on_device = place(torch.from_numpy(self.sample_weight), device)
+
+    def __call__(self, params: np.ndarray) -> tuple[float, np.ndarray]:
+        weight, bias = self.unpack(params)
+        w = place(torch.from_numpy(weight.astype(np.float32)), self.device)
+        logits = (self.on_device @ w.T).double() + place(torch.from_numpy(bias), self.device)
+        log_probs = torch.log_softmax(logits, dim=1)
+        free_weight = weight[-self.free :]
+        loss = -float(self.weight_on_device @ (self.onehot_on_device * log_probs).sum(dim=1))
+        loss += 0.5 * self.l2 * float((free_weight * free_weight).sum())
+        residual = ((log_probs.exp_() - self.onehot_on_device) * self.weight_on_device[:, None])[
+            :, -self.free :
+        ]
+        grad_weight = (residual.T.float() @ self.on_device).double().cpu().numpy() + self.l2 * free_weight
+        return loss, np.concatenate([grad_weight.ravel(), residual.sum(dim=0).cpu().numpy()])

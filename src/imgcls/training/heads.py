@@ -17,6 +17,7 @@ from torch import nn
 from imgcls.config import HEADS
 from imgcls.errors import ConfigError, DataError
 from imgcls.models.heads import linear_layer
+from imgcls.system.devices import CPU
 from imgcls.training.head import fit_linear_head
 from imgcls.training.knn_head import fit_knn_head
 from imgcls.training.mlp_head import fit_mlp_head
@@ -41,16 +42,25 @@ class FittedHead:
 
 
 def fit_head(
-    kind: str, features: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, balanced: bool
+    kind: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    seed: int,
+    balanced: bool,
+    device: torch.device = CPU,
 ) -> FittedHead:
-    """Fit a ``kind`` head (one of ``config.HEADS``); ``labels`` are class indices."""
+    """Fit a ``kind`` head (one of ``config.HEADS``) on ``device``; ``labels`` are class
+    indices. The fitted layer is on the CPU."""
+    fit = {"num_classes": num_classes, "seed": seed, "balanced": balanced, "device": device}
     if kind not in HEADS:
         raise ConfigError(f"unknown `head` {kind!r}; choose one of {', '.join(HEADS)}")
     present = len(np.unique(labels))
     if present != num_classes:
         raise DataError(f"every class needs readable training images; {present} of {num_classes} have some")
     if kind == "mlp":
-        mlp = fit_mlp_head(features, labels, num_classes=num_classes, seed=seed, balanced=balanced)
+        mlp = fit_mlp_head(features, labels, **fit)
         summary = {
             "type": "mlp",
             "hidden": mlp.settings.hidden,
@@ -60,7 +70,7 @@ def fit_head(
         }
         return FittedHead(kind, mlp.layer, summary)
     if kind == "knn":
-        knn = fit_knn_head(features, labels, num_classes=num_classes, seed=seed, balanced=balanced)
+        knn = fit_knn_head(features, labels, **fit)
         summary = {
             "type": "knn",
             "k": knn.layer.k,
@@ -68,7 +78,7 @@ def fit_head(
             "cv_accuracy": {str(k): v for k, v in knn.cv_accuracy.items()},
         }
         return FittedHead(kind, knn.layer, summary)
-    linear = fit_linear_head(features, labels, num_classes=num_classes, seed=seed, balanced=balanced)
+    linear = fit_linear_head(features, labels, **fit)
     layer = linear_layer(torch.from_numpy(linear.weight), torch.from_numpy(linear.bias))
     summary = {
         "type": "logistic_regression",

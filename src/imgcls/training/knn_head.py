@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from imgcls.models.heads import KNNHead
+from imgcls.system.devices import CPU, place
 from imgcls.training._inner_cv import CV_FOLDS, class_weights, fold_score, inner_folds
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,22 @@ class KNNFit:
 
 
 def fit_knn_head(
-    features: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, balanced: bool
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    seed: int,
+    balanced: bool,
+    device: torch.device = CPU,
 ) -> KNNFit:
-    """The kNN head over all of ``features``, with k chosen by inner cross-validation."""
+    """The kNN head over all of ``features``, with k chosen by inner cross-validation whose
+    neighbour searches run on ``device``; the head comes back on the CPU."""
     fold_of = inner_folds(labels, seed=seed)
     scores: dict[int, float] = {}
     if fold_of is not None:
-        scores = _cross_validate(features, labels, fold_of, num_classes=num_classes, balanced=balanced)
+        scores = _cross_validate(
+            features, labels, fold_of, num_classes=num_classes, balanced=balanced, device=device
+        )
     k = _choose_k(scores, n_train=len(labels))
     log.info(
         "kNN head: k=%d chosen by %d-fold CV on train (%saccuracy %s)",
@@ -55,7 +65,13 @@ def _head(features: np.ndarray, labels: np.ndarray, num_classes: int, k: int, ba
 
 
 def _cross_validate(
-    features: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, *, num_classes: int, balanced: bool
+    features: np.ndarray,
+    labels: np.ndarray,
+    fold_of: np.ndarray,
+    *,
+    num_classes: int,
+    balanced: bool,
+    device: torch.device,
 ) -> dict[int, float]:
     """Each k's inner-CV score: neighbours are found once per fold, at the largest k."""
     smallest_bank = min(int((fold_of != f).sum()) for f in np.unique(fold_of))
@@ -63,14 +79,15 @@ def _cross_validate(
     predicted = {k: np.empty_like(labels) for k in grid}
     for fold in np.unique(fold_of):
         train, held_out = fold_of != fold, fold_of == fold
-        head = _head(features[train], labels[train], num_classes, max(grid), balanced)
+        head = place(_head(features[train], labels[train], num_classes, max(grid), balanced), device)
         rows = np.flatnonzero(held_out)
         with torch.inference_mode():
             for start in range(0, len(rows), QUERY_CHUNK):
                 chunk = rows[start : start + QUERY_CHUNK]
-                similarity, index = head.neighbours(torch.from_numpy(features[chunk]), max(grid))
+                query = place(torch.from_numpy(features[chunk]), device)
+                similarity, index = head.neighbours(query, max(grid))
                 for k in grid:
-                    predicted[k][chunk] = head.vote(similarity[:, :k], index[:, :k]).argmax(-1).numpy()
+                    predicted[k][chunk] = head.vote(similarity[:, :k], index[:, :k]).argmax(-1).cpu().numpy()
     return {
         k: fold_score(labels, p, num_classes=num_classes, balanced=balanced) for k, p in predicted.items()
     }

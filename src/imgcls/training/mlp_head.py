@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from imgcls.data.splits import stratified_folds
 from imgcls.models.heads import MLPHead
+from imgcls.system.devices import CPU, place
 from imgcls.training._inner_cv import class_weights, fold_score
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,21 @@ class MLPFit:
 
 
 def fit_mlp_head(
-    features: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int, balanced: bool
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    seed: int,
+    balanced: bool,
+    device: torch.device = CPU,
 ) -> MLPFit:
-    """The MLP head fitted on all of ``features`` with the settings its holdout chose."""
+    """The MLP head fitted on all of ``features`` with the settings its holdout chose; it
+    trains on ``device`` and comes back on the CPU."""
     mean = features.mean(axis=0)
     scale = features.std(axis=0) + 1e-6
-    x = torch.from_numpy(((features - mean) / scale).astype(np.float32))
-    y = torch.from_numpy(labels)
-    weight = torch.from_numpy(class_weights(labels, num_classes)).float() if balanced else None
+    x = place(torch.from_numpy(((features - mean) / scale).astype(np.float32)), device)
+    y = place(torch.from_numpy(labels), device)
+    weight = place(torch.from_numpy(class_weights(labels, num_classes)).float(), device) if balanced else None
     holdout = _holdout(labels, seed)
     scores: dict[str, float] = {}
     settings = MLPSettings(WIDTHS[-1], DROPOUTS[-1], _step_budget(len(labels)) // 2)
@@ -71,6 +79,7 @@ def fit_mlp_head(
         "20% of train held out" if holdout is not None else "defaults: a class is too small to hold out",
     )
     layer, _ = _train(x, y, settings, num_classes=num_classes, seed=seed, weight=weight)
+    layer = place(layer, CPU)
     _fold_standardisation(layer, mean, scale)
     return MLPFit(layer.eval(), settings, scores)
 
@@ -97,7 +106,7 @@ def _choose(
 ) -> tuple[MLPSettings, dict[str, float]]:
     """Train every candidate on the rest of train; the (candidate, step count) best on the
     holdout. Ties go to the earlier candidate (narrower, less dropout) and the fewer steps."""
-    held, kept = torch.from_numpy(holdout), torch.from_numpy(~holdout)
+    held, kept = place(torch.from_numpy(holdout), x.device), place(torch.from_numpy(~holdout), x.device)
     budget = _step_budget(int(kept.sum()))
     every = max(1, budget // CHECKS)
     best: tuple[float, MLPSettings] | None = None
@@ -139,7 +148,7 @@ def _train(
     balanced = weight is not None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layer = MLPHead(x.shape[1], settings.hidden, num_classes, settings.dropout)
+        layer = place(MLPHead(x.shape[1], settings.hidden, num_classes, settings.dropout), x.device)
         optimiser = torch.optim.AdamW(layer.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
         curve: list[float] = []
         layer.train()
@@ -150,9 +159,9 @@ def _train(
             if judge is not None and step % judge[2] == 0:
                 layer.eval()
                 with torch.inference_mode():
-                    predicted = layer(judge[0]).argmax(-1).numpy()
+                    predicted = layer(judge[0]).argmax(-1).cpu().numpy()
                 curve.append(
-                    fold_score(judge[1].numpy(), predicted, num_classes=num_classes, balanced=balanced)
+                    fold_score(judge[1].cpu().numpy(), predicted, num_classes=num_classes, balanced=balanced)
                 )
                 layer.train()
     return layer, curve

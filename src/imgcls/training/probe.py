@@ -33,7 +33,7 @@ from imgcls.models.features import (
 )
 from imgcls.models.heads import fold_temperature, install_classifier
 from imgcls.models.registry import BackboneSpec
-from imgcls.system.devices import place
+from imgcls.system.devices import loader_workers, place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
@@ -62,6 +62,7 @@ class FeaturedDataset:
     splits: list[str]
     unreadable: dict[str, str]
     extract_seconds: float
+    device: torch.device  # where the run computes: heads are fitted there too
 
     @property
     def classes(self) -> list[str]:
@@ -96,6 +97,7 @@ def featured_dataset(
         splits,
         unreadable,
         extraction.seconds,
+        plan.device,
     )
 
 
@@ -154,7 +156,7 @@ def extract_for(
             pre,
             cache=FeatureCache(settings.cache_dir, space),
             batch_size=settings.batch_size,
-            workers=resolve_workers(settings.workers, len(chosen)),
+            workers=loader_workers(settings.workers, len(chosen), device),
             progress=progress,
             embed=embed,
             precision=settings.precision,
@@ -186,7 +188,7 @@ def extract_for(
 def rank_share(scan: DatasetScan, ranks: Ranks, settings: FeatureSettings) -> list[int]:
     """The images (indices into ``scan.records``) whose features this rank computes: whole
     shards of a source of shards, else every ``world_size``-th image."""
-    workers = resolve_workers(settings.workers, len(scan.records) // ranks.world_size)
+    workers = loader_workers(settings.workers, len(scan.records) // ranks.world_size, settings.device)
     by_shard = share_by_shard(scan, ranks.rank, ranks.world_size, workers)
     return by_shard if by_shard is not None else ranks.shard(len(scan.records)).tolist()
 
@@ -200,13 +202,6 @@ def _warn_if_cache_not_shared(extraction: Extraction, ranks: Ranks) -> None:
             "some processes computed features that others had already computed: give every node "
             "the same `cache_dir`, on a file system they share"
         )
-
-
-def resolve_workers(workers: int | None, n_images: int) -> int:
-    """Decode in one background process for larger jobs; inline for small ones."""
-    if workers is not None:
-        return workers
-    return 1 if n_images >= 256 else 0
 
 
 @dataclass
@@ -243,6 +238,7 @@ def fit_and_score(
             num_classes=len(data.classes),
             seed=seed,
             balanced=balanced,
+            device=data.device,
         )
     logits = {split: fitted.logits(data.features[mask]) for split, mask in rows.items() if mask.any()}
     labels = {split: data.labels[rows[split]] for split in logits}

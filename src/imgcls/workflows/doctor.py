@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from imgcls.config import FOLDS, TrainConfig, with_settings
 from imgcls.data.fingerprints import fingerprints
@@ -32,6 +33,7 @@ from imgcls.evaluation.outliers import find_outliers
 from imgcls.inference.encoder import Encoder, open_encoder
 from imgcls.inference.similarity import nearest, normalised
 from imgcls.models.features import default_cache_dir
+from imgcls.system.devices import CPU
 from imgcls.system.progress import Progress
 from imgcls.training.heads import fit_head
 from imgcls.workflows.doctor_copies import calibrate, duplicate_findings, duplicate_groups
@@ -74,7 +76,11 @@ def doctor(
     cfg = with_settings(config, settings)
     scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set, min_classes=1)
     encoder = open_encoder(
-        model or cfg.backbone, weights=cfg.weights, input_size=cfg.input_size, pretrained=cfg.pretrained
+        model or cfg.backbone,
+        weights=cfg.weights,
+        input_size=cfg.input_size,
+        pretrained=cfg.pretrained,
+        device=cfg.device,
     )
     images, findings = _read(scan, encoder, cfg)
     timing = {"read_s": round(time.perf_counter() - started, 2)}
@@ -82,7 +88,7 @@ def doctor(
     calibration = calibrate(encoder, images, sims, idx, cfg.seed)
     groups = duplicate_groups(images, sims, idx, calibration)
     findings += duplicate_findings(images, groups)
-    issues, label_check, probs = _label_issues(images, folds=folds, seed=cfg.seed)
+    issues, label_check, probs = _label_issues(images, folds=folds, seed=cfg.seed, device=encoder.device)
     if issues is not None:
         findings += _mislabel_findings(images, issues)
     findings += _outlier_findings(images, sims)
@@ -144,7 +150,7 @@ def _read(scan: DatasetScan, encoder: Encoder, cfg: TrainConfig) -> tuple[Doctor
 
 
 def _label_issues(
-    images: DoctorImages, *, folds: int, seed: int
+    images: DoctorImages, *, folds: int, seed: int, device: torch.device
 ) -> tuple[LabelIssues | None, dict[str, Any], np.ndarray | None]:
     """Confident learning on out-of-fold probabilities of the linear probe."""
     counts = Counter(r.label for r in images.records)
@@ -154,7 +160,9 @@ def _label_issues(
         log.warning("mislabel check skipped: it %s", reason)
         return None, {"skipped": reason}, None
     folds = min(folds, smallest)
-    probs = out_of_fold_probabilities(images.features, images.labels, images.records, folds=folds, seed=seed)
+    probs = out_of_fold_probabilities(
+        images.features, images.labels, images.records, folds=folds, seed=seed, device=device
+    )
     issues = find_label_issues(images.labels, probs)
     return issues, _label_check(images, issues, probs, folds), probs
 
@@ -171,10 +179,16 @@ def _label_check(images: DoctorImages, issues: LabelIssues, probs: np.ndarray, f
 
 
 def out_of_fold_probabilities(
-    features: np.ndarray, labels: np.ndarray, records: list[ImageRecord], *, folds: int, seed: int
+    features: np.ndarray,
+    labels: np.ndarray,
+    records: list[ImageRecord],
+    *,
+    folds: int,
+    seed: int,
+    device: torch.device = CPU,
 ) -> np.ndarray:
-    """Class probabilities of every image from a linear probe that did not train on it, on the
-    stratified seeded folds ``imgcls cv`` deals."""
+    """Class probabilities of every image from a linear probe that did not train on it (fitted
+    on ``device``), on the stratified seeded folds ``imgcls cv`` deals."""
     assignment = np.array(assign_folds(records, folds=folds, seed=seed))
     num_classes = int(labels.max()) + 1
     probs = np.zeros((len(labels), num_classes))
@@ -183,7 +197,13 @@ def out_of_fold_probabilities(
     for fold in range(folds):
         held = assignment == fold
         head = fit_head(
-            "linear", features[~held], labels[~held], num_classes=num_classes, seed=seed, balanced=False
+            "linear",
+            features[~held],
+            labels[~held],
+            num_classes=num_classes,
+            seed=seed,
+            balanced=False,
+            device=device,
         )
         probs[held] = softmax(head.logits(features[held]))
         progress(fold + 1, folds)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcls._files import write_json
-from imgcls.config import DEFAULT_BACKBONE, EMBED_CHUNK_ROWS, PREDICT_BATCH_SIZE
+from imgcls.config import DEFAULT_BACKBONE, EMBED_CHUNK_ROWS, ENGINES, PREDICT_BATCH_SIZE
 from imgcls.data.embedding_files import (
     EmbeddingTable,
     format_of,
@@ -36,11 +36,11 @@ from imgcls.data.embedding_files import (
 from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageRef
 from imgcls.data.sources import open_source
-from imgcls.errors import DataError
+from imgcls.errors import ConfigError, DataError
 from imgcls.inference.encoder import Encoder, open_encoder
 from imgcls.models.features import Extraction, default_cache_dir
+from imgcls.system.devices import loader_workers
 from imgcls.system.progress import Progress
-from imgcls.training.probe import resolve_workers
 
 if TYPE_CHECKING:
     from imgcls.deploy.ray_engine import RayEmbedding
@@ -117,13 +117,17 @@ def embed(
     """
     if chunk_rows < 1:
         raise DataError(f"`chunk_rows` must be >= 1, got {chunk_rows}")
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown `engine` {engine!r}; choose one of {', '.join(ENGINES)}")
     target = Path(output) if output is not None else None
     if target is not None:
         target = _check_output(target, output_format, overwrite=overwrite)
     rows = _read_rows(source, data_format=data_format, label_set=label_set)
     encoder = open_encoder(model, weights=weights, input_size=input_size, device=device)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
-    job = _Job(encoder, rows, cache, batch_size, resolve_workers(workers, len(rows.refs)), chunk_rows)
+    job = _Job(
+        encoder, rows, cache, batch_size, loader_workers(workers, len(rows.refs), encoder.device), chunk_rows
+    )
     if engine == "ray":
         from imgcls.deploy.ray_engine import RayEmbedding
 
@@ -134,8 +138,6 @@ def embed(
             actors=ray_actors,
             batch_size=batch_size,
         )
-    elif engine != "local":
-        raise DataError(f"unknown `engine` {engine!r}; choose local or ray")
     if target is None:
         tables = [table for _, table, _ in job.computed_chunks(list(range(job.chunks)))]
         if not job.dim:
