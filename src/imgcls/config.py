@@ -96,6 +96,8 @@ class TrainConfig:
     engine: str = "local"
     ray_address: str | None = None
     ray_actors: int | None = None
+    # Fine-tuning: compile the training step with torch.compile (pays back on long runs).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)
@@ -123,6 +125,11 @@ class TrainConfig:
         _check_choice("engine", self.engine, ENGINES)
         if self.ray_actors is not None and self.ray_actors < 1:
             raise ConfigError(f"`ray_actors` must be >= 1, got {self.ray_actors}")
+        if self.compile and self.strategy == "probe":
+            raise ConfigError(
+                "`compile=True` compiles the fine-tune's training step; `strategy=probe` trains no "
+                "network (use strategy=finetune or auto)"
+            )
         if self.head != "linear" and self.strategy == "finetune":
             raise ConfigError(
                 f"`head={self.head}` is fitted on frozen features: it goes with `strategy=probe` "

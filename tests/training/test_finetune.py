@@ -328,6 +328,8 @@ def test_finetune_settings_are_validated(image_folder, capsys):
     with pytest.raises(SystemExit):
         main(["train", str(image_folder), *TINY_ARGS, "--time-limit", "soon"])
     assert "duration" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="`strategy=probe` trains no network"):
+        TrainConfig(compile=True)
     cfg = TINY_FT.with_overrides({"unfreeze": "last-1", "backbone": "test_vit"})
     with pytest.raises(ConfigError, match="`unfreeze=all`"):
         imgcls.train(image_folder, config=cfg.with_overrides({"input_size": None}))
@@ -455,3 +457,26 @@ def test_a_fine_tune_estimates_its_time_warns_of_small_splits_and_says_when_the_
     assert "training has only" in logged and "images per class" in logged
     assert clf.config["head"]["best_epoch"] == 0
     assert "no epoch beat the probe on validation; the probe is saved" in logged
+
+
+@pytest.mark.slow  # inductor compiles the network's C++ kernels: tens of seconds
+def test_compile_trains_through_a_compiled_graph_to_the_eager_result(image_folder, tmp_path):
+    from torch._dynamo.utils import counters
+
+    cfg = TINY_FT.with_overrides({"unfreeze": "all", "epochs": 2})
+    eager = imgcls.train(image_folder, tmp_path / "eager", config=cfg)
+    counters.clear()
+    tuned = imgcls.train(image_folder, tmp_path / "compiled", config=cfg.with_overrides({"compile": True}))
+    assert counters["stats"]["unique_graphs"] >= 1  # the training steps went through dynamo
+    assert not counters["recompiles"]  # the epoch's smaller last batch reused the graph
+    assert json.loads((tmp_path / "compiled" / "run_config.json").read_text())["train"]["compile"] is True
+    losses = [
+        [
+            float(r["train_loss"])
+            for r in csv.DictReader((tmp_path / run / "history.csv").open())
+            if r["epoch"] != "0"
+        ]
+        for run in ("eager", "compiled")
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    assert tuned.metrics["val"]["accuracy"] == pytest.approx(eager.metrics["val"]["accuracy"], abs=0.05)

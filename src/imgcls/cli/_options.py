@@ -148,6 +148,13 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
         help="stop gracefully by this wall time (e.g. 90s, 10m, 1h) and keep the best model",
     )
     group.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile the training step with torch.compile: minutes of compiling first, then faster "
+        "steps on a GPU (a C++ compiler on a CPU); for long runs",
+    )
+    group.add_argument(
         "--class-weights",
         choices=CLASS_WEIGHTS,
         help="auto: weight the loss by inverse class frequency (default: none)",
@@ -281,7 +288,10 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         help=f"images per forward pass (default: {PREDICT_BATCH_SIZE})",
     )
     p.add_argument(
-        "--workers", type=non_negative_int, default=0, help="image-decoding processes (default: 0)"
+        "--workers",
+        type=non_negative_int,
+        help="image-decoding processes (default: automatic: none for a few images, one on a CPU, "
+        "the CPU's cores for a GPU)",
     )
     p.add_argument("--tta", action="store_true", help="average over centre, whole and mirrored views")
 

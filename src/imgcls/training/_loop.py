@@ -37,6 +37,7 @@ from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress, duration
 from imgcls.system.wording import count
+from imgcls.training._compile import compile_failures, compiled, dynamic_batch
 from imgcls.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class LoopSettings:
     show_progress: bool = True
     checkpoint: Path | None = None
     ranks: Ranks = SINGLE
+    compile: bool = False  # run the training steps through torch.compile
 
 
 @dataclass
@@ -200,8 +202,10 @@ def run_training(
     if progress is not None:
         progress.start((state.next_epoch - 1) * task.num_batches(), settings.epochs * task.num_batches())
     trained = settings.ranks.wrap(task.module, settings.device)
+    if settings.compile:
+        trained = compiled(trained, settings.device)
     try:
-        with settings.ranks.failures("a training step"):
+        with settings.ranks.failures("a training step"), compile_failures(settings.compile):
             _run_epochs(task, trained, opt, settings, state, progress, epoch_seconds)
     finally:
         if progress is not None:
@@ -305,6 +309,8 @@ def _step(
 ) -> float:
     inputs = place(inputs, settings.device).contiguous(memory_format=torch.channels_last)
     targets = place(targets, settings.device)
+    if settings.compile:
+        dynamic_batch(inputs, targets)
     with PROFILE.stage("train forward"), _autocast(settings):
         loss = opt.loss(module(inputs).float(), targets)
     opt.optimizer.zero_grad(set_to_none=True)

@@ -32,7 +32,7 @@ from imgcls.errors import DataError
 from imgcls.models._batchnorm_fold import fold_batchnorm
 from imgcls.models._network_split import NetworkSplit, split_network, stage_count
 from imgcls.models.heads import fold_temperature
-from imgcls.system.devices import CPU, place
+from imgcls.system.devices import CPU, loader_workers, place
 from imgcls.system.precision import autocast
 from imgcls.system.profiling import PROFILE
 from imgcls.system.wording import count
@@ -145,6 +145,7 @@ def finetune(
         show_progress=plan.ranks.is_main,
         checkpoint=run_dir / CHECKPOINT_FILE if run_dir is not None else None,
         ranks=plan.ranks,
+        compile=cfg.compile,
     )
     if before_training is not None:
         before_training()
@@ -275,7 +276,7 @@ def _task(
         mixer=batch_mixer(plan.augment, num_classes),
         num_classes=num_classes,
         batch_size=plan.batch_size,
-        workers=run.features.workers if run.features.workers is not None else 1,
+        workers=loader_workers(run.features.workers, len(rows.train), run.device, inline_below=0),
         min_side=featured.preprocessing.resize_size,
         device=run.device,
         precision=plan.precision,

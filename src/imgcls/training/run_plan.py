@@ -118,6 +118,8 @@ def plan_run(scan: DatasetScan, cfg: TrainConfig, ranks: Ranks = SINGLE) -> RunP
             strategy, reason = "probe", f"the {cfg.head} head is fitted on frozen features"
         log.info("strategy auto -> %s: %s", strategy, reason)
         auto = {"strategy": strategy, "reason": reason}
+        if cfg.compile and strategy == "probe":
+            log.warning("compile: not used, the probe trains no network")
     features = FeatureSettings(
         preprocessing=resolve_preprocessing(spec, input_size=cfg.input_size),
         precision=resolve_precision(cfg.precision, device),
