@@ -14,6 +14,7 @@ from PIL import Image
 import imgcls
 from imgcls.config import TrainConfig
 from imgcls.deploy.export import ExportError, export_model
+from imgcls.errors import ConfigError
 
 # fp32: exports are fp32, so exact parity is with the fp32 torch path (bf16 models differ ~1e-3).
 TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32")
@@ -154,3 +155,22 @@ def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(
     save_file({k: v + 1.0 if k.endswith("bias") else v for k, v in load_file(weights).items()}, weights)
     stale = choose_runtime("auto", trained)
     assert stale.runtime == "torch" and stale.reason == "model.onnx is out of date"
+
+
+def test_the_parity_check_runs_where_it_was_asked_and_onnx_says_what_it_cannot_run_on(
+    trained, real_images, monkeypatch, capsys
+):
+    from imgcls.cli.main import main
+
+    report = export_model(trained, format="torchscript", check_images=real_images, device="cpu")
+    assert report.device == "cpu" and report.max_abs_logit_diff <= 1e-4
+    if not torch.cuda.is_available():
+        assert main(["export", str(trained), "--format", "torchscript", "--device", "cuda"]) == 2
+        assert "--device cuda was asked for, but this machine has only a CPU" in capsys.readouterr().err
+    # With a GPU but an ONNX Runtime without its CUDA provider (the CPU package): auto checks on
+    # the CPU, an explicit GPU is an error that says what to do, before anything is written.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert export_model(trained, format="onnx", check_images=real_images).device == "cpu"
+    with pytest.raises(ConfigError, match="needs onnxruntime-gpu"):
+        export_model(trained, format="onnx", check_images=real_images, device="cuda:0")

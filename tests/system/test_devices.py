@@ -6,6 +6,7 @@ moved: ``place`` records where each stage asked for them to go."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,13 +84,16 @@ def recorded(monkeypatch) -> list[tuple[str, torch.device]]:
     import imgcls.training._loop as loop
     import imgcls.training._tasks as tasks
     import imgcls.training.finetune as finetune
+    import imgcls.training.head as head
+    import imgcls.training.knn_head as knn_head
+    import imgcls.training.mlp_head as mlp_head
     import imgcls.training.probe as probe
 
     _report(monkeypatch, gpus=1)
     # The optimiser asks the accelerator whether it is capturing a CUDA graph; there is none.
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
     calls: list[tuple[str, torch.device]] = []
-    for module in (classifier, encoder, features, loop, tasks, finetune, probe):
+    for module in (classifier, encoder, features, loop, tasks, finetune, probe, head, mlp_head, knn_head):
 
         def place(item, device, _name=module.__name__):
             calls.append((_name.rsplit(".", 1)[1], torch.device(device)))
@@ -114,7 +118,14 @@ def test_every_stage_gets_the_gpu_that_auto_picks(recorded, image_folder, tmp_pa
     probe = imgcls.train(image_folder, tmp_path / "probe", config=config, cache_dir=str(tmp_path / "cache"))
     assert _stages(recorded)["probe"] == {"cuda"}  # extraction ran its network on the GPU
     assert _stages(recorded)["features"] == {"cuda"}  # and sent its batches there
+    assert _stages(recorded)["head"] == {"cuda"}  # the head's solver ran there too
     assert probe.config["precision"] == "bf16"  # resolved for the GPU, not the CPU
+    for kind in ("mlp", "knn"):
+        recorded.clear()
+        imgcls.train(
+            image_folder, tmp_path / kind, config=config, head=kind, cache_dir=str(tmp_path / "cache")
+        )
+        assert _stages(recorded)[f"{kind}_head"] >= {"cuda"}
 
     recorded.clear()
     tuned = imgcls.train(
@@ -155,3 +166,52 @@ def test_the_cache_never_mixes_features_of_different_kinds_of_device():
     cpu = feature_space(network, pre, precision="bf16")
     gpu = feature_space(network, pre, precision="bf16", device_type="cuda")
     assert cpu != gpu and cpu == feature_space(network, pre, precision="bf16", device_type="cpu")
+
+
+def test_loaders_decode_inline_for_a_few_images_in_one_process_on_a_cpu_and_on_every_core_for_a_gpu(
+    monkeypatch,
+):
+    from imgcls.system.devices import loader_workers
+
+    cpu = torch.device("cpu")
+    assert loader_workers(None, 100, cpu) == 0 and loader_workers(None, 1000, cpu) == 1
+    assert loader_workers(3, 10, cpu) == 3  # asked for: as asked
+    monkeypatch.setattr(devices, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    assert loader_workers(None, 1000, CUDA) == 15  # one core runs this process
+    assert loader_workers(None, 10, CUDA, inline_below=0) == 15  # training always uses loaders
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four processes of a run share the cores
+    assert loader_workers(None, 1000, CUDA) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8(x2)")
+    assert loader_workers(None, 1000, CUDA) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> str:
+    from tests.conftest import write_class_folders
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = write_class_folders(root / "data", per_class=8)
+    config = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64, workers=0, report=False)
+    imgcls.train(data, root / "run", config=config)
+    return str(root / "run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+@pytest.mark.parametrize("command", ["predict", "evaluate", "embed", "export", "serve", "doctor"])
+def test_every_command_that_runs_a_network_refuses_a_gpu_it_does_not_have(command, tiny_run, capsys):
+    data = str(Path(tiny_run).parent / "data")
+    args = {
+        "predict": ["predict", tiny_run, data],
+        "evaluate": ["evaluate", tiny_run, data],
+        "embed": ["embed", data, "--model", tiny_run, "-o", str(Path(tiny_run).parent / "vectors.npy")],
+        "export": ["export", tiny_run],
+        "serve": ["serve", tiny_run],
+        "doctor": ["doctor", data, "--backbone", TINY_BACKBONE, "--no-pretrained", "--input-size", "64"],
+    }[command]
+    assert main([*args, "--device", "cuda"]) == 2
+    error = capsys.readouterr().err
+    assert "imgcls: error: --device cuda was asked for, but this machine has only a CPU" in error
+    assert "Traceback" not in error

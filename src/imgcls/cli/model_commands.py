@@ -170,6 +170,7 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
             runtime=args.runtime,
             address=args.ray_address,
             actors=args.ray_actors,
+            device=args.device,
             batch_size=args.batch_size,
         )
     summary = predict_to_file(
@@ -212,6 +213,7 @@ def add_export(p: argparse.ArgumentParser) -> None:
         default=EXPORT_TOLERANCE,
         help=f"max |logit difference| allowed (default: {EXPORT_TOLERANCE:g})",
     )
+    add_device_option(p, "the parity check (the network and its export)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
 
@@ -224,6 +226,7 @@ def run_export(args: argparse.Namespace) -> int:
         output=args.output,
         check_images=args.check_images,
         tolerance=args.tolerance,
+        device=args.device,
     )
     if args.json:
         print_json(report.to_dict())
@@ -231,7 +234,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exported {report.format} to {report.path}")
     print(
         f"parity on {report.images} images: max |logit diff| {report.max_abs_logit_diff:.2e}, "
-        f"top-1 agreement {report.top1_agreement:.4f}"
+        f"top-1 agreement {report.top1_agreement:.4f} (on {report.device})"
     )
     return 0
 

@@ -2,9 +2,9 @@
 
 The export takes the preprocessed image batch (N x 3 x H x W, dynamic N) and returns logits;
 class names, preprocessing and backbone travel in its metadata. After writing, the exported
-model and the PyTorch model run on the same real images; the maximum absolute logit
-difference and the top-1 agreement are reported, and an export that disagrees is deleted and
-reported as an error.
+model and the PyTorch model run on the same real images, both on the device asked for (an
+export that cannot run there fails the check); the maximum absolute logit difference and the
+top-1 agreement are reported, and an export that disagrees is deleted and reported as an error.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from imgcls.data.splits import read_manifest
 from imgcls.errors import ConfigError, DataError, ImgclsError
 from imgcls.inference.classifier import Classifier
 from imgcls.inference.onnx_runtime import METADATA_KEY
+from imgcls.system.devices import CPU, place, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class ExportReport:
     images: int
     max_abs_logit_diff: float
     top1_agreement: float
+    device: str  # where the parity check ran
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
@@ -70,10 +72,12 @@ def export_model(
     output: str | Path | None = None,
     check_images: Sequence[str | Path] = (),
     tolerance: float = EXPORT_TOLERANCE,
+    device: str = "auto",
 ) -> ExportReport:
-    """Export ``model_dir`` and run the parity check; see the module docstring."""
+    """Export ``model_dir`` and run the parity check on ``device``; see the module docstring."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    checked_on = _check_device(format, device)
     clf = Classifier.load(model_dir)
     model = clf.model.to(memory_format=torch.contiguous_format).eval()
     path = Path(output) if output else clf.directory / DEFAULT_NAMES[format]  # type: ignore[operator]
@@ -88,18 +92,46 @@ def export_model(
             _export_onnx(model, example, tmp, metadata)
         else:
             _export_torchscript(model, example, tmp, metadata)
-        report = _parity(model, format, tmp, batch, tolerance)
+        report = _parity(model, format, tmp, batch, tolerance, checked_on)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     report = dataclasses.replace(report, path=path)
     log.info(
-        "exported %s: max |logit diff| %.2e, top-1 agreement %.4f",
+        "exported %s: max |logit diff| %.2e, top-1 agreement %.4f (on %s)",
         path,
         report.max_abs_logit_diff,
         report.top1_agreement,
+        report.device,
     )
     return report
+
+
+def _check_device(format: str, device: str) -> torch.device:
+    """Where the parity check runs: ``device``, resolved. An ONNX export is checked by ONNX
+    Runtime, on a CUDA GPU only where it has the CUDA provider (``auto`` then checks on the CPU)."""
+    resolved = resolve_device(device)
+    if format != "onnx" or resolved.type == "cpu" or _onnx_cuda(resolved):
+        return resolved
+    if device == "auto":
+        log.info("ONNX Runtime here cannot run on %s: the parity check runs on the CPU", resolved)
+        return CPU
+    raise ConfigError(
+        f"`device={device}`: ONNX Runtime here runs on the CPU only (a CUDA GPU needs "
+        "onnxruntime-gpu); check the export with --device cpu, or export --format torchscript"
+    )
+
+
+def _onnx_cuda(device: torch.device) -> bool:
+    import onnxruntime as ort
+
+    return device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _onnx_providers(device: torch.device) -> list[Any]:
+    if device.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0})]
+    return ["CPUExecutionProvider"]
 
 
 def _metadata(clf: Classifier) -> dict[str, Any]:
@@ -181,13 +213,16 @@ def _run_images(clf: Classifier) -> list[ImageRef]:
     return [scan.absolute(by_id[path]) for path, _ in rows if path in by_id][:MAX_CHECK_IMAGES]
 
 
-def _parity(model: nn.Module, format: str, path: Path, batch: np.ndarray, tolerance: float) -> ExportReport:
+def _parity(
+    model: nn.Module, format: str, path: Path, batch: np.ndarray, tolerance: float, device: torch.device
+) -> ExportReport:
     with torch.inference_mode():
-        expected = model(torch.from_numpy(batch)).float().numpy()
-    actual = _run_export(format, path, batch)
+        expected = place(model, device)(place(torch.from_numpy(batch), device)).float().cpu().numpy()
+    place(model, CPU)
+    actual = _run_export(format, path, batch, device)
     diff = float(np.abs(actual - expected).max())
     agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
-    report = ExportReport(path, format, len(batch), diff, agreement)
+    report = ExportReport(path, format, len(batch), diff, agreement, str(device))
     if diff > tolerance or agreement < 1.0:
         raise ExportError(
             f"the {format} export does not reproduce the PyTorch model on {len(batch)} images: "
@@ -197,12 +232,12 @@ def _parity(model: nn.Module, format: str, path: Path, batch: np.ndarray, tolera
     return report
 
 
-def _run_export(format: str, path: Path, batch: np.ndarray) -> np.ndarray:
+def _run_export(format: str, path: Path, batch: np.ndarray, device: torch.device) -> np.ndarray:
     if format == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), providers=_onnx_providers(device))
         return session.run(None, {session.get_inputs()[0].name: batch})[0]
-    loaded = torch.jit.load(str(path))
+    loaded = torch.jit.load(str(path), map_location=device)
     with torch.inference_mode():
-        return loaded(torch.from_numpy(batch)).float().numpy()
+        return loaded(place(torch.from_numpy(batch), device)).float().cpu().numpy()

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.config import PREDICT_BATCH_SIZE
+from imgcls.config import PREDICT_BATCH_SIZE, parse_device
 from imgcls.data.images import ArchiveMember, ImageRef, MemoryImage
 from imgcls.errors import ConfigError
 from imgcls.inference.encoder import Encoder
@@ -36,10 +36,10 @@ ROWS_PER_TASK = 256  # files an actor scores per call: enough to fill its forwar
 class _Scorer:
     """A Ray actor's model: loaded once, then called on blocks of file paths."""
 
-    def __init__(self, model: str, runtime: str, batch_size: int) -> None:
+    def __init__(self, model: str, runtime: str, device: str, batch_size: int) -> None:
         from imgcls.inference.loading import open_model
 
-        self.predictor = open_model(model, runtime=runtime).predictor
+        self.predictor = open_model(model, runtime=runtime, device=device).predictor
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -51,7 +51,9 @@ class _Scorer:
 
 
 class RayScoring:
-    """``predict_to_file``'s chunk scoring, on a Ray cluster."""
+    """``predict_to_file``'s chunk scoring, on a Ray cluster. ``device``: where each actor runs
+    its model; ``cuda`` asks Ray for a GPU per actor, ``auto`` does where the cluster has GPUs
+    (an actor sees its GPU as its first, whatever its index on the machine)."""
 
     def __init__(
         self,
@@ -60,18 +62,27 @@ class RayScoring:
         runtime: str = "torch",
         address: str | None = None,
         actors: int | None = None,
-        gpus_per_actor: float = 0.0,
+        device: str = "auto",
         batch_size: int = PREDICT_BATCH_SIZE,
     ) -> None:
         self.model, self.runtime, self.batch_size = str(model), runtime, batch_size
-        self.pool = ActorPool(address, actors, gpus_per_actor)
+        kind, _ = parse_device(device)
+        self.device = kind  # what an actor asks for on its own machine
+        self.pool = ActorPool(
+            address, actors, gpus_per_actor=1.0 if kind == "cuda" else None if kind == "auto" else 0.0
+        )
 
     def __call__(self, paths: Sequence[Any], chunk: int) -> Iterator[tuple[list[Path], PathScores]]:
         """Score ``paths`` (files) in ``chunk``-sized pieces, in order."""
         if not paths:
             return
         model = str(Path(self.model).absolute()) if Path(self.model).exists() else self.model
-        options = {"model": model, "runtime": self.runtime, "batch_size": self.batch_size}
+        options = {
+            "model": model,
+            "runtime": self.runtime,
+            "device": self.device,
+            "batch_size": self.batch_size,
+        }
         for batch in self.pool.run(_Scorer, options, paths, chunk):
             readable, failures = _outcomes(batch)
             scores = PathScores(batch["probs"][readable], readable, failures)
@@ -137,9 +148,10 @@ class RayEmbedding:
 
 
 class ActorPool:
-    """A pool of actors on a Ray cluster that maps blocks of files, results in input order."""
+    """A pool of actors on a Ray cluster that maps blocks of files, results in input order.
+    ``gpus_per_actor``: what each actor asks Ray for; ``None``: one where the cluster has GPUs."""
 
-    def __init__(self, address: str | None, actors: int | None, gpus_per_actor: float) -> None:
+    def __init__(self, address: str | None, actors: int | None, gpus_per_actor: float | None) -> None:
         self.address, self.actors, self.gpus_per_actor = address, actors, gpus_per_actor
 
     def connect(self) -> Any:
@@ -158,9 +170,14 @@ class ActorPool:
             batch_size=ROWS_PER_TASK,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.actors or _default_actors(ray)),
-            num_gpus=self.gpus_per_actor,
+            num_gpus=self._gpus(ray),
         )
         yield from dataset.iter_batches(batch_size=chunk, batch_format="numpy")
+
+    def _gpus(self, ray: Any) -> float:
+        if self.gpus_per_actor is not None:
+            return self.gpus_per_actor
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def _error_column(failures: dict[int, str], n: int) -> np.ndarray:
