@@ -14,7 +14,7 @@ b. Extraction images/s end to end, decoding included (JPEG files -> features, lo
 c. Pure inference images/s at batch 256 in bf16 and fp16 (tensors already on the GPU), and
    timm's benchmark-style forward pass of the same network, batch and precision beside it.
 d. A whole-network fine-tune of clothing_small on images with the default recipe: seconds
-   per epoch, total seconds and test accuracy.
+   per epoch, total seconds and test accuracy; then the same with ``--compile``.
 
 Prints a markdown table with the GPU's name and puts it on ``docs/benchmarks.md`` between the
 page's ``<!-- gpu:start -->`` and ``<!-- gpu:end -->`` markers. Nothing here is asserted by tests.
@@ -44,19 +44,21 @@ def agreement(tmp: Path) -> tuple[float, float]:
     imgcls.train(data, run, device="cuda")
     files = sorted((data / "val").rglob("*.jpg"))
     cpu, gpu = imgcls.load(run, device="cpu"), imgcls.load(run, device="cuda")
-    on_cpu = cpu.score_paths(files, batch_size=64, workers=4)
-    on_gpu = gpu.score_paths(files, batch_size=BATCH, workers=4)
+    on_cpu = cpu.score_paths(files, batch_size=64)
+    on_gpu = gpu.score_paths(files, batch_size=BATCH)
     same = float((on_cpu.probs.argmax(1) == on_gpu.probs.argmax(1)).mean())
     return same, float(np.abs(on_cpu.probs - on_gpu.probs).max())
 
 
 def extraction(files: list[Path]) -> float:
     from imgcls.inference.encoder import open_encoder
+    from imgcls.system.devices import loader_workers
 
     encoder = open_encoder("efficientnet_lite0", device="cuda")
-    encoder.embed_files(files[:BATCH], cache_dir=None, batch_size=BATCH, workers=8)  # warm-up
+    workers = loader_workers(None, len(files), encoder.device)  # what imgcls chooses by default
+    encoder.embed_files(files[:BATCH], cache_dir=None, batch_size=BATCH, workers=workers)  # warm-up
     started = time.perf_counter()
-    done = encoder.embed_files(files, cache_dir=None, batch_size=BATCH, workers=8)
+    done = encoder.embed_files(files, cache_dir=None, batch_size=BATCH, workers=workers)
     return len(done.features) / (time.perf_counter() - started)
 
 
@@ -112,13 +114,13 @@ def _rate(step, repeats: int) -> float:
     return repeats * BATCH / (time.perf_counter() - started)
 
 
-def finetune(tmp: Path) -> tuple[float, float, float]:
+def finetune(tmp: Path, compile: bool) -> tuple[float, float, float]:
     """(seconds per epoch, total seconds, test accuracy) of the default GPU fine-tune."""
     import imgcls
 
-    run = tmp / "clothing"
+    run = tmp / f"clothing-compile-{compile}"
     started = time.perf_counter()
-    clf = imgcls.train(DATASETS / "clothing_small", run, strategy="finetune", device="cuda")
+    clf = imgcls.train(DATASETS / "clothing_small", run, strategy="finetune", device="cuda", compile=compile)
     total = time.perf_counter() - started
     epochs = [float(r["seconds"]) for r in csv.DictReader((run / "history.csv").open()) if r["epoch"] != "0"]
     return sum(epochs) / max(len(epochs), 1), total, clf.metrics["test"]["accuracy"]
@@ -156,13 +158,15 @@ def main() -> None:
                     f"{ours:.0f} / {reference:.0f}",
                 )
             )
-        per_epoch, total, accuracy = finetune(tmp)
-        rows.append(
-            (
-                "d. fine-tune clothing_small: s per epoch, total s, test accuracy",
-                f"{per_epoch:.1f}, {total:.0f}, {accuracy:.4f}",
+        for compile in (False, True):
+            per_epoch, total, accuracy = finetune(tmp, compile)
+            rows.append(
+                (
+                    f"d. fine-tune clothing_small{' --compile' if compile else ''}: s per epoch, total s, "
+                    "test accuracy",
+                    f"{per_epoch:.1f}, {total:.0f}, {accuracy:.4f}",
+                )
             )
-        )
     lines = [
         f"{stamp('python benchmarks/gpu.py')}; GPU: {name}",
         "",
