@@ -480,3 +480,18 @@ def test_compile_trains_through_a_compiled_graph_to_the_eager_result(image_folde
     ]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
     assert tuned.metrics["val"]["accuracy"] == pytest.approx(eager.metrics["val"]["accuracy"], abs=0.05)
+
+
+@pytest.mark.slow  # dynamo traces the network before the compiler is looked for
+def test_a_compile_that_fails_is_one_line_that_says_to_train_without_it(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, str(tmp_path / "no-such-c++")))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled yet
+    args = ["train", str(image_folder), "-o", str(tmp_path / "run"), *TINY_ARGS, "--workers", "0"]
+    assert main([*args, "--strategy", "finetune", "--unfreeze", "all", "--epochs", "1", "--compile"]) == 2
+    error = capsys.readouterr().err
+    assert "torch.compile could not compile the network" in error and "train without --compile" in error
+    assert "Traceback" not in error
