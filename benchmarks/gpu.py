@@ -52,13 +52,12 @@ def agreement(tmp: Path) -> tuple[float, float]:
 
 def extraction(files: list[Path]) -> float:
     from imgcls.inference.encoder import open_encoder
-    from imgcls.system.devices import loader_workers
 
     encoder = open_encoder("efficientnet_lite0", device="cuda")
-    workers = loader_workers(None, len(files), encoder.device)  # what imgcls chooses by default
-    encoder.embed_files(files[:BATCH], cache_dir=None, batch_size=BATCH, workers=workers)  # warm-up
+    # workers: imgcls's default for the device (a loader process per core)
+    encoder.embed_files(files[:BATCH], cache_dir=None, batch_size=BATCH)  # warm-up
     started = time.perf_counter()
-    done = encoder.embed_files(files, cache_dir=None, batch_size=BATCH, workers=workers)
+    done = encoder.embed_files(files, cache_dir=None, batch_size=BATCH)
     return len(done.features) / (time.perf_counter() - started)
 
 

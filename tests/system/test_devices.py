@@ -215,3 +215,23 @@ def test_every_command_that_runs_a_network_refuses_a_gpu_it_does_not_have(comman
     error = capsys.readouterr().err
     assert "imgcls: error: --device cuda was asked for, but this machine has only a CPU" in error
     assert "Traceback" not in error
+
+
+def test_extraction_sizes_its_loaders_by_the_images_the_cache_lacks(monkeypatch, image_folder, tmp_path):
+    import imgcls.models.features as features
+
+    asked: list[int] = []
+    sized = features.loader_workers
+
+    def recording(workers, n_images, device, **options):
+        asked.append(n_images)
+        return sized(workers, n_images, device, **options)
+
+    monkeypatch.setattr(features, "loader_workers", recording)
+    config = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64, report=False)
+    cache = str(tmp_path / "cache")
+    imgcls.train(image_folder, tmp_path / "first", config=config, cache_dir=cache)
+    assert asked and asked[0] > 0  # every image to compute
+    asked.clear()
+    imgcls.train(image_folder, tmp_path / "again", config=config, cache_dir=cache)
+    assert asked == [0]  # all cached: no loader process to start

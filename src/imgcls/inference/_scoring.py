@@ -13,7 +13,6 @@ import torch
 
 from imgcls.data.transforms import TTA_VIEWS, view_settings
 from imgcls.models.features import FeatureCache, extract_features, feature_space
-from imgcls.system.devices import loader_workers
 
 if TYPE_CHECKING:
     from imgcls.inference.classifier import Classifier
@@ -67,7 +66,7 @@ def score_views(
             cache=cache,
             flip=flip,
             batch_size=batch_size,
-            workers=loader_workers(workers, len(paths), clf.device),
+            workers=workers,
             precision=clf.precision,
             device=clf.device,
         )

@@ -101,7 +101,7 @@ class Encoder:
         *,
         cache_dir: Path | None,
         batch_size: int = PREDICT_BATCH_SIZE,
-        workers: int = 0,
+        workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Extraction:
         """Features of the readable files among ``paths`` (from and to the cache in ``cache_dir``)."""

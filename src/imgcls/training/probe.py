@@ -156,7 +156,7 @@ def extract_for(
             pre,
             cache=FeatureCache(settings.cache_dir, space),
             batch_size=settings.batch_size,
-            workers=loader_workers(settings.workers, len(chosen), device),
+            workers=settings.workers,
             progress=progress,
             embed=embed,
             precision=settings.precision,

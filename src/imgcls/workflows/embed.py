@@ -39,7 +39,6 @@ from imgcls.data.sources import open_source
 from imgcls.errors import ConfigError, DataError
 from imgcls.inference.encoder import Encoder, open_encoder
 from imgcls.models.features import Extraction, default_cache_dir
-from imgcls.system.devices import loader_workers
 from imgcls.system.progress import Progress
 
 if TYPE_CHECKING:
@@ -125,9 +124,7 @@ def embed(
     rows = _read_rows(source, data_format=data_format, label_set=label_set)
     encoder = open_encoder(model, weights=weights, input_size=input_size, device=device)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
-    job = _Job(
-        encoder, rows, cache, batch_size, loader_workers(workers, len(rows.refs), encoder.device), chunk_rows
-    )
+    job = _Job(encoder, rows, cache, batch_size, workers, chunk_rows)
     if engine == "ray":
         from imgcls.deploy.ray_engine import RayEmbedding
 
@@ -193,7 +190,7 @@ class _Job:
         rows: _Rows,
         cache: Path | None,
         batch_size: int,
-        workers: int,
+        workers: int | None,
         chunk_rows: int,
     ) -> None:
         self.encoder, self.rows, self.cache = encoder, rows, cache
