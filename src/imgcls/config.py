@@ -34,7 +34,10 @@ RUNTIMES = ("auto", "torch", "onnx")  # for prediction: see inference.runtime_ch
 FOLDS = 5
 REPEATS = 1
 TOP_K = 5  # classes listed per predicted image
-PREDICT_BATCH_SIZE = 32  # images per forward pass when predicting or evaluating
+PREDICT_BATCH_SIZE = 32  # images per forward pass when predicting or evaluating on a CPU
+# ... and on an accelerator: a GPU is busy only with hundreds at a time (a CPU runs them eight
+# at a time, see models.features).
+ACCELERATOR_BATCH = 256
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| between an export and PyTorch
 NEIGHBOURS = 10  # nearest neighbours listed per query by `similar`
 SEARCH_ENGINES = ("auto", "numpy", "faiss")  # see inference.similarity

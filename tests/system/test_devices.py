@@ -168,12 +168,14 @@ def test_the_cache_never_mixes_features_of_different_kinds_of_device():
     assert cpu != gpu and cpu == feature_space(network, pre, precision="bf16", device_type="cpu")
 
 
-def test_loaders_decode_inline_for_a_few_images_in_one_process_on_a_cpu_and_on_every_core_for_a_gpu(
+def test_forward_batches_and_loaders_are_sized_for_the_device(
     monkeypatch,
 ):
-    from imgcls.system.devices import loader_workers
+    from imgcls.system.devices import forward_batch, loader_workers
 
     cpu = torch.device("cpu")
+    assert forward_batch(None, cpu) == 32 and forward_batch(None, CUDA) == 256  # a GPU wants hundreds
+    assert forward_batch(8, CUDA) == 8
     assert loader_workers(None, 100, cpu) == 0 and loader_workers(None, 1000, cpu) == 1
     assert loader_workers(3, 10, cpu) == 3  # asked for: as asked
     monkeypatch.setattr(devices, "usable_cores", lambda: 16)

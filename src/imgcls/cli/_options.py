@@ -277,16 +277,20 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_inference_options(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import PREDICT_BATCH_SIZE
+def add_forward_batch_option(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import ACCELERATOR_BATCH, PREDICT_BATCH_SIZE
 
-    add_device_option(p, "the network")
     p.add_argument(
         "--batch-size",
         type=positive_int,
-        default=PREDICT_BATCH_SIZE,
-        help=f"images per forward pass (default: {PREDICT_BATCH_SIZE})",
+        help=f"images per forward pass (default: {PREDICT_BATCH_SIZE} on a CPU, "
+        f"{ACCELERATOR_BATCH} on a GPU)",
     )
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    add_device_option(p, "the network")
+    add_forward_batch_option(p)
     p.add_argument(
         "--workers",
         type=non_negative_int,

@@ -8,6 +8,7 @@ from imgcls.cli._options import (
     DATA_HELP,
     add_device_option,
     add_engine_options,
+    add_forward_batch_option,
     add_source_options,
     positive_int,
     print_json,
@@ -34,9 +35,7 @@ def add_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="with a backbone name: a local state dict for it")
     p.add_argument("--input-size", type=positive_int, help="with a backbone name: input size in pixels")
     add_source_options(p, from_config=False)
-    p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)"
-    )
+    add_forward_batch_option(p)
     p.add_argument("--workers", type=int, help="image-decoding processes (default: automatic)")
     p.add_argument(
         "--cache-dir", help="feature cache location (default: $IMGCLS_CACHE_DIR or ~/.cache/imgcls)"

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.config import PREDICT_BATCH_SIZE, parse_device
+from imgcls.config import parse_device
 from imgcls.data.images import ArchiveMember, ImageRef, MemoryImage
 from imgcls.errors import ConfigError
 from imgcls.inference.encoder import Encoder
@@ -36,7 +36,7 @@ ROWS_PER_TASK = 256  # files an actor scores per call: enough to fill its forwar
 class _Scorer:
     """A Ray actor's model: loaded once, then called on blocks of file paths."""
 
-    def __init__(self, model: str, runtime: str, device: str, batch_size: int) -> None:
+    def __init__(self, model: str, runtime: str, device: str, batch_size: int | None) -> None:
         from imgcls.inference.loading import open_model
 
         self.predictor = open_model(model, runtime=runtime, device=device).predictor
@@ -63,7 +63,7 @@ class RayScoring:
         address: str | None = None,
         actors: int | None = None,
         device: str = "auto",
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> None:
         self.model, self.runtime, self.batch_size = str(model), runtime, batch_size
         kind, _ = parse_device(device)
@@ -92,7 +92,7 @@ class RayScoring:
 class _Embedder:
     """A Ray actor's encoder: received once, then called on blocks of file paths."""
 
-    def __init__(self, encoder: list[Any], cache_dir: str | None, batch_size: int) -> None:
+    def __init__(self, encoder: list[Any], cache_dir: str | None, batch_size: int | None) -> None:
         import ray
 
         self.encoder = ray.get(encoder[0])  # wrapped: Ray would otherwise resolve it per call
@@ -126,7 +126,7 @@ class RayEmbedding:
         cache_dir: Path | None,
         address: str | None = None,
         actors: int | None = None,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> None:
         self.encoder, self.cache_dir, self.batch_size = encoder, cache_dir, batch_size
         self.pool = ActorPool(address, actors, gpus_per_actor=1.0 if encoder.device.type == "cuda" else 0.0)

@@ -43,7 +43,7 @@ def score_views(
     *,
     tta: bool,
     cache_dir: Path | None,
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
 ) -> Scores:
     """Class probabilities of each readable image under each view; features come from

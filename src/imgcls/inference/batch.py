@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
+from imgcls.config import TOP_K
 from imgcls.errors import ConfigError
 from imgcls.inference.predictions import PathScores, rank_classes
 
@@ -35,7 +35,7 @@ class PathScorer(Protocol):
         self,
         paths: Sequence[Path],
         *,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         tta: bool = False,
     ) -> PathScores: ...
@@ -60,7 +60,7 @@ def predict_to_file(
     output: Path,
     *,
     top_k: int = TOP_K,
-    batch_size: int = PREDICT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     tta: bool = False,
     progress: Callable[[int, int], None] | None = None,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
+from imgcls.config import TOP_K
 from imgcls.data.images import ImageInput, as_rgb_image, to_rgb
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.sources import prediction_inputs
@@ -177,7 +177,7 @@ class Classifier:
         *,
         top_k: int = TOP_K,
         tta: bool = False,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
     ) -> PredictionRun:
         """Classify files, folders (recursively), glob patterns and the images of data sources
@@ -204,7 +204,7 @@ class Classifier:
         self,
         paths: Sequence[Path],
         *,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         tta: bool = False,
     ) -> PathScores:
@@ -262,7 +262,7 @@ class Classifier:
         *,
         split: str = "val",
         tta: bool = False,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         cache_dir: Path | None = None,
         data_format: str = "auto",

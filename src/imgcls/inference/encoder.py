@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.config import PREDICT_BATCH_SIZE
 from imgcls.data.images import ImageInput, ImageRef, as_rgb_image
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.transforms import eval_transform
@@ -32,7 +31,7 @@ from imgcls.models.features import (
     weights_digest,
 )
 from imgcls.models.registry import get_backbone, resolve_preprocessing
-from imgcls.system.devices import CPU, place, resolve_device
+from imgcls.system.devices import CPU, forward_batch, place, resolve_device
 from imgcls.system.precision import resolve_precision
 
 
@@ -89,7 +88,7 @@ class Encoder:
             return np.zeros((0, 0), dtype=np.float32)
         outputs = []
         with torch.inference_mode():
-            for batch in torch.stack(tensors).split(PREDICT_BATCH_SIZE):
+            for batch in torch.stack(tensors).split(forward_batch(None, self.device)):
                 outputs.append(
                     pooled_features(self.folded(), place(batch, self.device), self.precision).cpu()
                 )
@@ -100,7 +99,7 @@ class Encoder:
         paths: Sequence[ImageRef],
         *,
         cache_dir: Path | None,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Extraction:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcls._files import SPLITS_FILE, write_json
-from imgcls.config import PREDICT_BATCH_SIZE
 from imgcls.data.imagenet import SYNSET_ID
 from imgcls.data.records import DatasetScan, ImageRecord
 from imgcls.data.sources import open_source
@@ -54,7 +53,7 @@ def evaluate(
     *,
     split: str = "val",
     tta: bool = False,
-    batch_size: int = PREDICT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     cache_dir: Path | None = None,
     data_format: str = "auto",

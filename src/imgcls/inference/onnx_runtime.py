@@ -107,12 +107,13 @@ class OnnxClassifier:
         self,
         paths: Sequence[Path],
         *,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
         tta: bool = False,
     ) -> PathScores:
-        """Decode (``workers`` threads, default one) and score files in batches; unreadable ones
-        are listed."""
+        """Decode (``workers`` threads, default one) and score files in batches of ``batch_size``
+        (default ``PREDICT_BATCH_SIZE``); unreadable ones are listed."""
+        batch_size = batch_size or PREDICT_BATCH_SIZE
         if tta:
             raise ConfigError("test-time augmentation is not available with the ONNX runtime")
         failures: dict[int, str] = {}
@@ -140,7 +141,7 @@ class OnnxClassifier:
         inputs: Sequence[str | Path],
         *,
         top_k: int = TOP_K,
-        batch_size: int = PREDICT_BATCH_SIZE,
+        batch_size: int | None = None,
         workers: int | None = None,
     ) -> PredictionRun:
         paths = prediction_inputs(inputs)

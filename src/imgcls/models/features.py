@@ -32,7 +32,7 @@ from imgcls.data.images import ImageRef, MemoryImage, UnreadableImageError, load
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.transforms import eval_crop, normalize_batch
 from imgcls.models.weights import classifier_prefix
-from imgcls.system.devices import CPU, loader_workers, pins_memory, place
+from imgcls.system.devices import CPU, forward_batch, loader_workers, pins_memory, place
 from imgcls.system.precision import autocast
 from imgcls.system.profiling import PROFILE
 
@@ -250,7 +250,7 @@ def extract_features(
     *,
     cache: FeatureCache,
     flip: bool = False,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     embed: Embedding | None = None,
@@ -264,7 +264,7 @@ def extract_features(
     ``cache`` must belong to the feature space of ``model``, ``pre``, ``flip``, ``embed``,
     ``precision`` (``fp32``, or the autocast dtype of the forward pass) and ``device``'s kind.
     ``workers``: decoding processes (``None``: as many as ``device`` wants for the images the
-    cache lacks).
+    cache lacks); ``batch_size``: images per forward pass (``None``: as many as ``device`` wants).
     """
     started = time.perf_counter()
     failures: dict[int, str] = {}
@@ -272,6 +272,7 @@ def extract_features(
         digests, known = _lookup(paths, cache, failures)
     todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
     workers = loader_workers(workers, len(todo), device)
+    batch_size = forward_batch(batch_size, device)
     # The decode-ahead child is a CPU trick: it uses the time torch takes to import.
     prefetch = active_prefetch(pre) if not flip and device.type == "cpu" else None
     batches = _batches(

@@ -15,16 +15,13 @@ from typing import TypeVar
 
 import torch
 
-from imgcls.config import parse_device
+from imgcls.config import ACCELERATOR_BATCH, PREDICT_BATCH_SIZE, parse_device
 from imgcls.errors import ConfigError
 from imgcls.system.launcher import processes_on_this_machine
 
 log = logging.getLogger(__name__)
 
 CPU = torch.device("cpu")
-# Images per forward pass for feature extraction and prediction on an accelerator: a GPU is
-# busy only with hundreds at a time (a CPU runs them eight at a time, see models.features).
-ACCELERATOR_BATCH = 256
 # Below this many images, starting a decoding process costs more than decoding inline.
 INLINE_DECODE_BELOW = 256
 
@@ -81,6 +78,14 @@ def place(item: Placed, device: torch.device) -> Placed:
 def pins_memory(device: torch.device) -> bool:
     """Whether loaders feeding ``device`` should pin host memory (so copies overlap compute)."""
     return device.type == "cuda"
+
+
+def forward_batch(batch_size: int | None, device: torch.device) -> int:
+    """Images per forward pass when extracting or predicting: ``batch_size`` when given, else
+    ``PREDICT_BATCH_SIZE`` on a CPU and ``ACCELERATOR_BATCH`` on an accelerator."""
+    if batch_size is not None:
+        return batch_size
+    return PREDICT_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH
 
 
 def loader_workers(

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from imgcls.config import TrainConfig
+from imgcls.config import ACCELERATOR_BATCH, TrainConfig
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.records import TRAIN, DatasetScan
 from imgcls.data.splits import assign_splits
 from imgcls.errors import ConfigError
 from imgcls.models.features import default_cache_dir
 from imgcls.models.registry import BackboneSpec, get_backbone, resolve_preprocessing
-from imgcls.system.devices import ACCELERATOR_BATCH, CPU, resolve_device
+from imgcls.system.devices import CPU, resolve_device
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.precision import resolve_precision
 from imgcls.training.plan import choose_strategy

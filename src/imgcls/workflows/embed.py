@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcls._files import write_json
-from imgcls.config import DEFAULT_BACKBONE, EMBED_CHUNK_ROWS, ENGINES, PREDICT_BATCH_SIZE
+from imgcls.config import DEFAULT_BACKBONE, EMBED_CHUNK_ROWS, ENGINES
 from imgcls.data.embedding_files import (
     EmbeddingTable,
     format_of,
@@ -89,7 +89,7 @@ def embed(
     output_format: str = "auto",
     data_format: str = "auto",
     label_set: str = "fine",
-    batch_size: int = PREDICT_BATCH_SIZE,
+    batch_size: int | None = None,
     workers: int | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
@@ -189,7 +189,7 @@ class _Job:
         encoder: Encoder,
         rows: _Rows,
         cache: Path | None,
-        batch_size: int,
+        batch_size: int | None,
         workers: int | None,
         chunk_rows: int,
     ) -> None:
