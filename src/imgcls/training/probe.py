@@ -33,7 +33,7 @@ from imgcls.models.features import (
 )
 from imgcls.models.heads import fold_temperature, install_classifier
 from imgcls.models.registry import BackboneSpec
-from imgcls.system.devices import loader_workers, place
+from imgcls.system.devices import place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
@@ -187,9 +187,11 @@ def extract_for(
 
 def rank_share(scan: DatasetScan, ranks: Ranks, settings: FeatureSettings) -> list[int]:
     """The images (indices into ``scan.records``) whose features this rank computes: whole
-    shards of a source of shards, else every ``world_size``-th image."""
-    workers = loader_workers(settings.workers, len(scan.records) // ranks.world_size, settings.device)
-    by_shard = share_by_shard(scan, ranks.rank, ranks.world_size, workers)
+    shards of a source of shards, else every ``world_size``-th image. Only loader workers
+    the user asked for must each find a shard: the automatic count, which grows with a GPU
+    machine's cores, is not a reason to refuse the shards (imgcls's loader reads records, so
+    a worker beside a busy shard waits for nothing)."""
+    by_shard = share_by_shard(scan, ranks.rank, ranks.world_size, settings.workers or 0)
     return by_shard if by_shard is not None else ranks.shard(len(scan.records)).tolist()
 
 
