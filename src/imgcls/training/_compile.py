@@ -26,8 +26,8 @@ def compiled(module: nn.Module, device: torch.device) -> nn.Module:
         # The eager CPU path has its own fast path (training._fast_path) that the compiled
         # kernels do not match: a CPU run gains nothing for the compile time.
         log.warning(
-            "compile: on a CPU the compiled training step is not faster than imgcls's own CPU "
-            "path (see the benchmarks page); it is meant for GPU runs"
+            "compile: on a CPU the compiled training step is slower than imgcls's own CPU fast "
+            "path, which the compiler does not reproduce; --compile is meant for GPU runs"
         )
     log.info("compile: the first training step compiles the network (this takes a while)")
     return torch.compile(module)
@@ -40,11 +40,9 @@ def dynamic_batch(*batches: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
-def compile_failures(active: bool) -> Iterator[None]:
-    """A failed compilation as a one-line error that says how to go on without it."""
-    if not active:
-        yield
-        return
+def compile_failures() -> Iterator[None]:
+    """A failed compilation (only a compiled step can fail so) as a one-line error that says
+    how to go on without it."""
     try:
         yield
     except torch._dynamo.exc.BackendCompilerFailed as exc:

@@ -205,7 +205,7 @@ def run_training(
     if settings.compile:
         trained = compiled(trained, settings.device)
     try:
-        with settings.ranks.failures("a training step"), compile_failures(settings.compile):
+        with settings.ranks.failures("a training step"), compile_failures():
             _run_epochs(task, trained, opt, settings, state, progress, epoch_seconds)
     finally:
         if progress is not None:
