@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import skimage.data
 import torch
 from PIL import Image
+from torch import nn
 
 import imgcls
 from imgcls.config import TrainConfig
@@ -42,7 +45,12 @@ def test_onnx_and_torchscript_exports_match_pytorch_on_real_images(trained, real
     script_report = export_model(trained, format="torchscript", check_images=real_images)
     for report in (onnx_report, script_report):
         assert report.images == 4
-        assert report.max_abs_logit_diff <= 1e-4
+        # float32 rounding in other kernels: far below the limit, a thousandth of the spread.
+        assert (
+            report.max_abs_logit_diff
+            <= report.allowed_logit_diff
+            == pytest.approx(1e-3 * max(report.logit_spread, 1.0))
+        )
         assert report.top1_agreement == 1.0
     assert onnx_report.path == trained / "model" / "model.onnx"
     extra = {"imgcls.json": ""}
@@ -76,9 +84,58 @@ def test_onnx_model_predicts_in_a_process_that_never_imports_torch(trained, real
 def test_failed_parity_keeps_the_previous_export(trained, real_images):
     good = export_model(trained, format="onnx", check_images=real_images).path.read_bytes()
     with pytest.raises(ExportError, match="does not reproduce"):
-        export_model(trained, format="onnx", check_images=real_images, tolerance=-1.0)  # impossible tolerance
+        export_model(trained, format="onnx", check_images=real_images, tolerance=-1.0)  # impossible limit
     assert (trained / "model" / "model.onnx").read_bytes() == good
     assert not list((trained / "model").glob(".*.tmp"))
+
+
+class _Renormalised(nn.Module):
+    """The network behind another normalisation: inputs made for mean/std 0.5 read as ImageNet's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x * 0.5 + 0.5 - self.mean) / self.std)
+
+
+def _one_weight_perturbed(model: nn.Module) -> nn.Module:
+    broken = copy.deepcopy(model)
+    weight = next(p for name, p in broken.named_parameters() if p.dim() == 4)  # the first convolution
+    with torch.no_grad():
+        weight[0] += 0.05 * weight.std()  # one output channel's filter moved by a twentieth
+    return broken
+
+
+@pytest.mark.parametrize("fault", [_Renormalised, _one_weight_perturbed], ids=["normalisation", "weight"])
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_a_wrong_export_fails_the_parity_check_and_says_what_to_do(
+    trained, real_images, monkeypatch, format, fault
+):
+    from imgcls.deploy import export
+
+    writer = getattr(export, f"_export_{format}")
+    monkeypatch.setattr(export, f"_export_{format}", lambda model, *rest: writer(fault(model), *rest))
+    with pytest.raises(ExportError, match=r"does not reproduce.*allowed.*logit spread.*--tolerance"):
+        export_model(trained, format=format, check_images=real_images)
+    assert not list((trained / "model").glob("*.onnx")) and not list((trained / "model").glob("*.pt"))
+
+
+def test_parity_forgives_a_near_tie_but_not_a_decisive_flip():
+    from imgcls.deploy.export import ParityVerdict
+
+    expected = np.array([[5.0, 5.0 + 1e-6, -5.0], [8.0, 0.0, -2.0]])
+    near_tie = expected + np.array([[2e-6, 0.0, 0.0], [0.0, 0.0, 0.0]])  # rounding reorders a tie
+    verdict = ParityVerdict.judge(expected, near_tie, None)
+    assert verdict.passed and verdict.agreement == 0.5 and verdict.allowed == pytest.approx(1e-2)
+    swapped = expected[:, [1, 0, 2]].copy()
+    swapped[1] = [0.0, 8.0, -2.0]  # the second image's answer changed: wrong at any tolerance
+    assert not ParityVerdict.judge(expected, swapped, tolerance=100.0).passed
+    assert not ParityVerdict.judge(expected, expected + 0.02, None).passed  # beyond 1e-3 of spread 10
+    assert ParityVerdict.judge(expected, expected + 0.02, tolerance=0.05).passed  # the user's own limit
 
 
 def test_export_cli_uses_the_runs_validation_images(trained):
@@ -93,7 +150,6 @@ def test_export_cli_uses_the_runs_validation_images(trained):
 
 
 def test_onnx_classifier_takes_the_same_inputs_as_the_torch_one(trained, real_images):
-    import numpy as np
 
     from imgcls.errors import ConfigError
     from imgcls.inference.onnx_runtime import OnnxClassifier
@@ -163,7 +219,7 @@ def test_the_parity_check_runs_where_it_was_asked_and_onnx_says_what_it_cannot_r
     from imgcls.cli.main import main
 
     report = export_model(trained, format="torchscript", check_images=real_images, device="cpu")
-    assert report.device == "cpu" and report.max_abs_logit_diff <= 1e-4
+    assert report.device == "cpu" and report.max_abs_logit_diff <= report.allowed_logit_diff
     if not torch.cuda.is_available():
         assert main(["export", str(trained), "--format", "torchscript", "--device", "cuda"]) == 2
         assert "--device cuda was asked for, but this machine has only a CPU" in capsys.readouterr().err

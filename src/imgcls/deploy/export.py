@@ -5,6 +5,17 @@ class names, preprocessing and backbone travel in its metadata. After writing, t
 model and the PyTorch model run on the same real images, both on the device asked for (an
 export that cannot run there fails the check); the maximum absolute logit difference and the
 top-1 agreement are reported, and an export that disagrees is deleted and reported as an error.
+
+What "disagrees" means. The export runs other kernels than PyTorch (ONNX Runtime's, or the
+traced graph's fusions), and oneDNN picks its kernels by CPU, so the same float32 network sums
+in another order: each layer's rounding error is about float32's epsilon (1.2e-7) times the root
+of the terms it sums, compounding over the layers, and it grows with the logits' size. Those
+differences stay orders of magnitude below a thousandth of the logits' spread (largest minus
+smallest logit of an image), while a real fault (a perturbed weight, another normalisation, a
+dropped op) moves the logits by a sizeable share of it. So the default limit is
+``EXPORT_RELATIVE_TOLERANCE`` times that spread (at least 1), an absolute ``tolerance`` replaces
+it for users who want another, and a top-1 flip fails the check unless the image's two leading
+logits lie within that noise of each other (a near tie that rounding may legitimately reorder).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from imgcls._files import (
     read_run_config,
     weights_digest,
 )
-from imgcls.config import EXPORT_TOLERANCE
+from imgcls.config import EXPORT_RELATIVE_TOLERANCE
 from imgcls.data._pixels import to_input_array
 from imgcls.data.images import ImageRef, UnreadableImageError, load_rgb
 from imgcls.data.records import VAL
@@ -60,6 +71,8 @@ class ExportReport:
     max_abs_logit_diff: float
     top1_agreement: float
     device: str  # where the parity check ran
+    allowed_logit_diff: float  # the limit the check applied (see the module docstring)
+    logit_spread: float  # largest minus smallest logit, the most of any check image
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
@@ -71,10 +84,14 @@ def export_model(
     format: str,
     output: str | Path | None = None,
     check_images: Sequence[str | Path] = (),
-    tolerance: float = EXPORT_TOLERANCE,
+    tolerance: float | None = None,
     device: str = "auto",
 ) -> ExportReport:
-    """Export ``model_dir`` and run the parity check on ``device``; see the module docstring."""
+    """Export ``model_dir`` and run the parity check on ``device``; see the module docstring.
+
+    ``tolerance``: the largest |logit difference| allowed, absolute; ``None`` scales it to the
+    logits (``EXPORT_RELATIVE_TOLERANCE`` of their spread).
+    """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     checked_on = _check_device(format, device)
@@ -214,22 +231,75 @@ def _run_images(clf: Classifier) -> list[ImageRef]:
 
 
 def _parity(
-    model: nn.Module, format: str, path: Path, batch: np.ndarray, tolerance: float, device: torch.device
+    model: nn.Module,
+    format: str,
+    path: Path,
+    batch: np.ndarray,
+    tolerance: float | None,
+    device: torch.device,
 ) -> ExportReport:
     with torch.inference_mode():
         expected = place(model, device)(place(torch.from_numpy(batch), device)).float().cpu().numpy()
     place(model, CPU)
     actual = _run_export(format, path, batch, device)
-    diff = float(np.abs(actual - expected).max())
-    agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
-    report = ExportReport(path, format, len(batch), diff, agreement, str(device))
-    if diff > tolerance or agreement < 1.0:
+    verdict = ParityVerdict.judge(expected, actual, tolerance)
+    report = ExportReport(
+        path,
+        format,
+        len(batch),
+        verdict.max_diff,
+        verdict.agreement,
+        str(device),
+        verdict.allowed,
+        verdict.spread,
+    )
+    if not verdict.passed:
         raise ExportError(
             f"the {format} export does not reproduce the PyTorch model on {len(batch)} images: "
-            f"max |logit diff| {diff:.3e} (tolerance {tolerance:.1e}), top-1 agreement {agreement:.4f}; "
-            f"nothing was written"
+            f"{verdict.describe()}; nothing was written. A faithful export differs from PyTorch by "
+            "float32 rounding only, so an operator of this network is exported differently; "
+            "to accept larger differences anyway, pass an absolute limit with --tolerance"
         )
     return report
+
+
+@dataclass(frozen=True)
+class ParityVerdict:
+    """The export's logits judged against PyTorch's (see the module docstring)."""
+
+    max_diff: float
+    allowed: float
+    spread: float
+    agreement: float
+    decisive_flips: int  # top-1 changes on images whose leading logits were not a near tie
+
+    @classmethod
+    def judge(cls, expected: np.ndarray, actual: np.ndarray, tolerance: float | None) -> ParityVerdict:
+        spread = float((expected.max(1) - expected.min(1)).max())
+        noise = EXPORT_RELATIVE_TOLERANCE * max(spread, 1.0)
+        allowed = noise if tolerance is None else tolerance
+        rows = np.arange(len(expected))
+        top, flipped_to = expected.argmax(1), actual.argmax(1)
+        margin = expected[rows, top] - expected[rows, flipped_to]
+        # Two logits each within ``noise`` of the truth can swap only if they were within 2 x noise.
+        decisive = int(((top != flipped_to) & (margin > 2 * noise)).sum())
+        return cls(
+            max_diff=float(np.abs(actual - expected).max()),
+            allowed=allowed,
+            spread=spread,
+            agreement=float((top == flipped_to).mean()),
+            decisive_flips=decisive,
+        )
+
+    @property
+    def passed(self) -> bool:
+        return self.max_diff <= self.allowed and self.decisive_flips == 0
+
+    def describe(self) -> str:
+        return (
+            f"max |logit diff| {self.max_diff:.3e} (allowed {self.allowed:.1e}, logit spread "
+            f"{self.spread:.3g}), top-1 agreement {self.agreement:.4f}"
+        )
 
 
 def _run_export(format: str, path: Path, batch: np.ndarray, device: torch.device) -> np.ndarray:
