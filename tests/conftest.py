@@ -41,6 +41,21 @@ def make_image(colour: tuple[int, int, int], seed: int, size: int = 32) -> Image
     return Image.fromarray(pixels.astype(np.uint8))
 
 
+# Floats that two code paths compute with kernels that may differ (another batch size or thread
+# count, fused, folded or compiled layers, another CPU's oneDNN/MKL kernels) agree to about the
+# unit roundoff of the precision they ran in, times a modest factor for depth and sum length;
+# never bit for bit. bf16 keeps 8 significant bits (eps 7.8e-3): one activation rounding the
+# other way moves a loss or a probability by ~1e-3 (measured 1.1e-3 on the loss of a compiled
+# fine-tune), so 1e-2. Paths that replay the same kernels in the same order on one machine (a
+# resume, a second run with the same seed) are compared exactly instead.
+BF16_ACROSS_KERNELS = 1e-2
+
+
+def across_kernels(precision: str, fp32: float) -> float:
+    """The tolerance for a comparison whose fp32 bound is ``fp32``, at ``precision``."""
+    return max(fp32, BF16_ACROSS_KERNELS) if precision == "bf16" else fp32
+
+
 def write_class_folders(
     root: Path, per_class: int = 12, classes: tuple[str, ...] = ("red", "green", "blue")
 ) -> Path:

@@ -91,6 +91,8 @@ def test_the_same_images_in_five_formats_give_identical_features_and_accuracy(tm
     assert len(reference) == 10 * (TRAIN_PER_CLASS + TEST_PER_CLASS)
     for name, found in features.items():
         assert found.keys() == reference.keys(), name
+        # Exact: every format feeds the network full 8-image chunks of the same crops (400
+        # images), and an image's features do not depend on the others in its chunk.
         for key, vector in found.items():
             np.testing.assert_array_equal(vector, reference[key], err_msg=name)
     assert len(set(accuracy.values())) == 1, accuracy

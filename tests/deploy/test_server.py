@@ -14,6 +14,7 @@ from PIL import Image
 import imgcls
 from imgcls.config import TrainConfig
 from imgcls.deploy.export import export_model
+from tests.conftest import across_kernels
 from tests.server_helpers import running_server
 
 
@@ -57,10 +58,13 @@ def test_predict_bad_uploads_and_concurrency(model):
         )
         assert mixed.status_code == 200  # one bad file does not cost the others their predictions
         a, bad, c = mixed.json()
+        # A batch of two against one alone: kernels may differ (fp32 ~1e-7 on a probability);
+        # another image's scores differ by > 1e-2.
+        tolerance = across_kernels(imgcls.load(model).config["precision"], 1e-5)
         for answer in (a, c):
             assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in body[0]["predictions"]]
             assert answer["predictions"][0]["probability"] == pytest.approx(
-                body[0]["predictions"][0]["probability"]
+                body[0]["predictions"][0]["probability"], abs=tolerance
             )
         assert bad["path"] == "notes.txt" and bad["status"] == 415 and "not an image" in bad["error"]
 

@@ -16,7 +16,7 @@ import imgcls
 from imgcls.config import TrainConfig
 from imgcls.data.folders import expand_inputs
 from imgcls.inference.batch import predict_to_file
-from tests.conftest import make_image, shared_dataset
+from tests.conftest import across_kernels, make_image, shared_dataset
 
 TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64)
 
@@ -70,7 +70,7 @@ def _kill_midway_and_resume(model, data, out, total, kill_after) -> list[tuple[i
     deadline = time.monotonic() + 600
     while process.poll() is None and _rows(out) < kill_after and time.monotonic() < deadline:
         rss.append((_rows(out), _rss_mb(process.pid)))
-        time.sleep(0.2)
+        time.sleep(0.02)  # a cached chunk of 512 rows can take well under a tenth of a second
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert 0 < _rows(out) < total, "the run should have been killed midway"
@@ -122,7 +122,9 @@ def test_tta_reaches_batch_prediction(model, image_folder):
     predict_to_file(clf, paths, averaged, tta=True)
     expected = [clf.predict(p, tta=True).probability for p in paths]
     got = [json.loads(line)["predictions"][0]["probability"] for line in averaged.read_text().splitlines()]
-    assert got == pytest.approx(expected, abs=1e-5)
+    # Batches of 3 there, of 1 here: kernels may differ (fp32 ~1e-7 on a probability); a view
+    # left out of the average or another image's scores move it by > 1e-2.
+    assert got == pytest.approx(expected, abs=across_kernels(clf.config["precision"], 1e-5))
     assert plain.read_text() != averaged.read_text()
 
 

@@ -22,7 +22,10 @@ def test_a_model_saved_before_the_restructuring_predicts_the_same(kind):
         got = {score.label: score.probability for score in prediction.scores}
         assert got.keys() == row["probabilities"].keys()
         for label, probability in row["probabilities"].items():
-            assert got[label] == pytest.approx(probability, abs=1e-6), (row["image"], label)
+            # fp32, recorded when the fixture was made, maybe on another CPU: other kernels move
+            # these probabilities by ~1e-7 (0 measured from AVX2 to AVX-512 BF16 here); changed
+            # preprocessing or weight mapping moves them by > 1e-3.
+            assert got[label] == pytest.approx(probability, abs=1e-5), (row["image"], label)
 
 
 def test_the_old_onnx_runtime_module_still_works_and_warns():

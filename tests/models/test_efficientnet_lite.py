@@ -91,7 +91,9 @@ def test_onnx_export_runs_in_onnx_runtime_with_the_same_outputs(tmp_path: Path) 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(got), model(x), atol=1e-4)
+        # ONNX Runtime's kernels against oneDNN's, fp32 through ~50 layers; a wrong graph or
+        # padding is off by > 1e-1.
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_every_batchnorm_folds_into_its_convolution() -> None:
@@ -110,4 +112,6 @@ def test_every_batchnorm_folds_into_its_convolution() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, 66, 66)
     with torch.no_grad():
-        assert torch.allclose(folded(x), model(x), atol=1e-4)
+        # Another graph in fp32 through ~50 layers: 1.9e-5 measured on logits up to 36, so
+        # relative too; a wrong fold (random statistics above) is off by more than 1e-1.
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)

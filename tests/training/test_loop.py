@@ -57,6 +57,7 @@ def test_the_gradient_scaler_branch_checkpoints_and_resumes_exactly(tmp_path):
 
     resumed = _task()
     final = resume_training(resumed, _optimisation(resumed), settings(tmp_path / "stopped.pt"), payload)
+    # Exact: one process replays the same kernels in the same order from the checkpoint.
     assert [r.train_loss for r in final.history] == [r.train_loss for r in state.history]
     for name, tensor in straight.module.state_dict().items():
         assert torch.equal(tensor, resumed.module.state_dict()[name]), name

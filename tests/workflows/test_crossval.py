@@ -125,6 +125,7 @@ def test_tta_evaluate_and_predict(image_folder, tmp_path):
     single = clf.predict(path, tta=True)
     batch = clf.predict_paths([str(path)], tta=True).predictions[0]
     assert single.label == batch.label
+    # One image, one network, batches of one on both paths: the same kernels.
     assert single.probability == pytest.approx(batch.probability, abs=1e-5)
     assert single.probability != pytest.approx(clf.predict(path).probability, abs=1e-7)
 

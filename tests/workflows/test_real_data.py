@@ -62,7 +62,10 @@ def test_hymenoptera_finetune(tmp_path):
     assert val["accuracy"] >= tuned["probe"]["val"]["accuracy"]
     assert (tmp_path / "run" / "history.csv").is_file() and (tmp_path / "run" / "curves.png").is_file()
     reloaded = imgcls.load(tmp_path / "run")
-    assert reloaded.evaluate(data, split="val").accuracy == pytest.approx(val["accuracy"])
+    # The fine-tune scored its own (fused) top on cached activations; the reload runs the folded
+    # network on images, in bf16 where it is native: an image whose two classes tie to bf16's
+    # rounding may go either way, so one of 153 may differ. A wrong saved model misses by more.
+    assert reloaded.evaluate(data, split="val").accuracy == pytest.approx(val["accuracy"], abs=1.5 / 153)
 
 
 def test_hymenoptera_mlp_and_knn_heads(tmp_path):
