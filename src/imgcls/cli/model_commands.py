@@ -193,7 +193,7 @@ def predict_to_file(clf: Any, args: argparse.Namespace) -> int:
 
 
 def add_export(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import EXPORT_TOLERANCE
+    from imgcls.config import EXPORT_RELATIVE_TOLERANCE
 
     p.add_argument("model", help="model directory (RUN_DIR or RUN_DIR/model)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -210,8 +210,9 @@ def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tolerance",
         type=float,
-        default=EXPORT_TOLERANCE,
-        help=f"max |logit difference| allowed (default: {EXPORT_TOLERANCE:g})",
+        default=None,
+        help="max |logit difference| allowed, absolute (default: "
+        f"{EXPORT_RELATIVE_TOLERANCE:g} of the check images' logit spread, see docs/deployment.md)",
     )
     add_device_option(p, "the parity check (the network and its export)")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
@@ -233,8 +234,9 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     print(f"exported {report.format} to {report.path}")
     print(
-        f"parity on {report.images} images: max |logit diff| {report.max_abs_logit_diff:.2e}, "
-        f"top-1 agreement {report.top1_agreement:.4f} (on {report.device})"
+        f"parity on {report.images} images: max |logit diff| {report.max_abs_logit_diff:.2e} "
+        f"(allowed {report.allowed_logit_diff:.1e}), top-1 agreement {report.top1_agreement:.4f} "
+        f"(on {report.device})"
     )
     return 0
 
