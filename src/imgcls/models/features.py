@@ -1,10 +1,10 @@
 """Frozen-backbone feature extraction with an on-disk cache keyed by content.
 
 A cache entry is keyed by the image file's content digest inside a *feature space*: a
-digest of the network's backbone tensors and the preprocessing. Entries live in append-only
-shard files (``<cache>/features/<space>/*.npz``) written atomically, so an interrupted run
-keeps what it computed, several processes (or ranks) can add shards side by side, and a
-second run on the same data and backbone extracts nothing.
+digest of the network's backbone tensors and the preprocessing (``models.feature_store``
+keeps the entries). A second run on the same data and backbone extracts nothing, and the
+features come back as one matrix assembled from the cache a shard at a time, so memory holds
+one shard of computed features at a time, never two copies of the data set's.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import time
-import uuid
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from imgcls.data._prefetch import DecodePrefetch, active_prefetch
 from imgcls.data.images import ImageRef, MemoryImage, UnreadableImageError, load_rgb
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.transforms import eval_crop, normalize_batch
+from imgcls.models.feature_store import SHARD_IMAGES, FeatureCache
 from imgcls.models.weights import classifier_prefix
 from imgcls.system.devices import CPU, forward_batch, loader_workers, pins_memory, place
 from imgcls.system.precision import autocast
@@ -39,7 +38,6 @@ from imgcls.system.profiling import PROFILE
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-SHARD_IMAGES = 1024
 
 
 def default_cache_dir() -> Path:
@@ -110,57 +108,6 @@ def _hash_backbone(digest: Any, model: nn.Module) -> None:
             continue
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-
-
-class FeatureCache:
-    """Append-only shards of ``{digest: feature vector}`` for one feature space."""
-
-    def __init__(self, root: Path | None, space: str) -> None:
-        self.directory = root / "features" / space if root is not None else None
-        self._entries: dict[str, np.ndarray] = {}
-        self._loaded = False
-
-    def lookup(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
-        self._load()
-        return {d: self._entries[d] for d in digests if d in self._entries}
-
-    def add(self, digests: Sequence[str], features: np.ndarray) -> None:
-        self._load()
-        for digest, row in zip(digests, features, strict=True):
-            self._entries[digest] = row
-        if self.directory is None or not digests:
-            return
-        name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = self.directory / f".{name}.tmp"  # not *.npz: readers never see a half-written shard
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with tmp.open("wb") as handle:
-                np.savez(handle, digests=np.array(digests, dtype="S32"), features=features)
-            tmp.replace(self.directory / f"{name}.npz")
-        except OSError as exc:  # the cache only saves time: a full or read-only disk is no failure
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            log.warning(
-                "feature cache not written (%s: %s); features are kept in memory",
-                self.directory,
-                exc.strerror,
-            )
-            self.directory = None
-
-    def _load(self) -> None:
-        if self._loaded or self.directory is None or not self.directory.is_dir():
-            self._loaded = True
-            return
-        for shard in sorted(self.directory.glob("[!.]*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    digests, features = data["digests"], data["features"]
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-                log.warning("ignoring unreadable feature cache shard %s (%s)", shard, exc)
-                continue
-            for digest, row in zip(digests, features, strict=True):
-                self._entries[digest.decode()] = row
-        self._loaded = True
 
 
 @dataclass
@@ -271,6 +218,7 @@ def extract_features(
     with PROFILE.stage("file digests + cache lookup"):
         digests, known = _lookup(paths, cache, failures)
     todo = [i for i, d in enumerate(digests) if d is not None and d not in known]
+    del known
     workers = loader_workers(workers, len(todo), device)
     batch_size = forward_batch(batch_size, device)
     # The decode-ahead child is a CPU trick: it uses the time torch takes to import.
@@ -281,8 +229,8 @@ def extract_features(
     embed = embed or (lambda batch: pooled_features(model, batch))
     with autocast(precision, device.type), _threads_beside(prefetch, embed) as forward:
         computed = _compute(forward, pre, batches, len(todo), digests, cache, failures, progress, device)
-    known.update(computed)
-    extraction = _assemble(paths, digests, known, failures, computed_count=len(computed))
+    with PROFILE.stage("assemble the feature matrix"):
+        extraction = _assemble(paths, digests, cache, failures, computed_count=computed)
     extraction.seconds = time.perf_counter() - started
     return extraction
 
@@ -309,8 +257,8 @@ def _threads_beside(prefetch: DecodePrefetch | None, embed: Embedding) -> Iterat
 
 def _lookup(
     paths: Sequence[Path], cache: FeatureCache, failures: dict[int, str]
-) -> tuple[list[str | None], dict[str, np.ndarray]]:
-    """Each file's content digest (``None`` if unreadable) and the cached features found."""
+) -> tuple[list[str | None], set[str]]:
+    """Each file's content digest (``None`` if unreadable) and those the cache holds."""
     digests: list[str | None] = []
     for index, path in enumerate(paths):
         if cache.directory is None:  # nothing to look up or keep: key by position, skip hashing
@@ -324,7 +272,7 @@ def _lookup(
         except UnreadableImageError as exc:  # an image inside an archive that cannot be read
             digests.append(None)
             failures[index] = exc.reason
-    return digests, cache.lookup([d for d in digests if d is not None])
+    return digests, cache.known([d for d in digests if d is not None])
 
 
 def _batches(
@@ -386,14 +334,14 @@ def _compute(
     failures: dict[int, str],
     progress: Callable[[int, int], None] | None,
     device: torch.device,
-) -> dict[str, np.ndarray]:
-    """Run the images the cache lacks through the backbone on ``device``; add them to the
-    cache in shards."""
+) -> int:
+    """Run the images the cache lacks through the backbone on ``device`` and add them to the
+    cache in shards; the number of images computed."""
     if not total:
-        return {}
-    computed: dict[str, np.ndarray] = {}
+        return 0
     pending: list[str] = []
-    done = 0
+    rows: list[np.ndarray] = []
+    done = computed = 0
     with torch.inference_mode():
         while True:
             with PROFILE.stage("wait for decoded images"):
@@ -408,32 +356,31 @@ def _compute(
                 with PROFILE.stage("normalise batches"):
                     inputs = normalize_batch(place(batch, device), pre)
                 with PROFILE.stage("forward (features)"):
-                    feats = _storage_dtype(in_chunks(embed, inputs))
-                for index, row in zip(indices, feats, strict=True):
-                    computed[digests[index]] = row  # type: ignore[index]
-                    pending.append(digests[index])  # type: ignore[arg-type]
+                    rows.append(_storage_dtype(in_chunks(embed, inputs)))
+                pending.extend(digests[index] for index in indices)  # type: ignore[misc]
+                computed += len(indices)
             if len(pending) >= SHARD_IMAGES:
                 with PROFILE.stage("cache write"):
-                    cache.add(pending, np.stack([computed[d] for d in pending]))
-                pending = []
+                    cache.add(pending, np.concatenate(rows))
+                pending, rows = [], []
             done += len(indices) + len(batch_failures)
             if progress is not None:
                 progress(done, total)
     if pending:
         with PROFILE.stage("cache write"):
-            cache.add(pending, np.stack([computed[d] for d in pending]))
+            cache.add(pending, np.concatenate(rows))
     return computed
 
 
 def _assemble(
     paths: Sequence[Path],
     digests: list[str | None],
-    known: dict[str, np.ndarray],
+    cache: FeatureCache,
     failures: dict[int, str],
     *,
     computed_count: int,
 ) -> Extraction:
     readable = np.array([i not in failures for i in range(len(paths))], dtype=bool)
-    rows = [known[d] for i, d in enumerate(digests) if readable[i] and d is not None]
-    features = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    kept = [d for i, d in enumerate(digests) if readable[i] and d is not None]
+    features = cache.gather(kept) if kept else np.zeros((0, 0), dtype=np.float32)
     return Extraction(features=features, readable=readable, failures=failures, computed=computed_count)
