@@ -37,6 +37,7 @@ from imgcls.system.devices import place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
+from imgcls.training.head import FeatureRows
 from imgcls.training.heads import FittedHead, fit_head
 from imgcls.training.run_plan import FeatureSettings, RunPlan
 
@@ -232,19 +233,24 @@ def fit_and_score(
     ``balanced`` weights the classes inversely to their frequency (``class_weights="auto"``).
     """
     rows = {s: np.array([x == s for x in splits], dtype=bool) for s in (TRAIN, VAL, TEST)}
+    train_rows = np.flatnonzero(rows[TRAIN])
+    train = FeatureRows(data.features, train_rows)  # read a chunk at a time, never copied whole
     with PROFILE.stage(f"{head} head fit (settings chosen on train + final fit)"):
         fitted = fit_head(
             head,
-            data.features[rows[TRAIN]],
-            data.labels[rows[TRAIN]],
+            train,
+            data.labels[train_rows],
             num_classes=len(data.classes),
             seed=seed,
             balanced=balanced,
             device=data.device,
         )
-    logits = {split: fitted.logits(data.features[mask]) for split, mask in rows.items() if mask.any()}
-    labels = {split: data.labels[rows[split]] for split in logits}
+    held_out = [split for split in (VAL, TEST) if rows[split].any()]
+    logits = {split: fitted.logits(data.features[rows[split]]) for split in held_out}
+    labels = {split: data.labels[rows[split]] for split in held_out}
     metrics, probs, temperature = score_splits(logits, labels, data.classes, calibrate=calibrate)
+    train_accuracy = fitted.accuracy(train, data.labels[train_rows])  # a temperature keeps the argmax
+    metrics = {TRAIN: {"accuracy": train_accuracy, "n": len(train_rows)}, **metrics}
     if temperature is not None:
         fold_temperature(fitted.layer, temperature)
     metrics["head"] = fitted.summary
