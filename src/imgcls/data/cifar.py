@@ -10,8 +10,11 @@ Understood, as torchvision and the data sets' home page leave them on disk:
   ``fine_label_names.txt``, ``coarse_label_names.txt``).
 
 The official test batch becomes the test split. CIFAR-100 is labelled with its 100 fine
-classes or its 20 coarse superclasses (``label_set``). Images stay in memory as pixels; a
-record's id names its batch and row (``data_batch_1/00012``).
+classes or its 20 coarse superclasses (``label_set``). A record's image is its row of the batch's
+pixel array (a view, never a copy; a record's id names its batch and row, ``data_batch_1/00012``).
+The binary version's batch files are memory-mapped, so their pixels are read from disk when an
+image is; a python batch is a pickle, which cannot be mapped, so its pixel array is held in
+memory (the whole of CIFAR-10 or -100 is 180 MB of pixels).
 
 The python batches are pickles written by Python 2. They are read with an unpickler that
 admits only what they hold (containers, and numpy's array and dtype reconstruction), so a
@@ -92,7 +95,20 @@ def read_cifar(source: str | Path, *, label_set: str = "fine", min_classes: int 
         raise DataError(
             f"{folder} is missing {', '.join(missing)}: the {layout.folder} download is incomplete"
         )
-    return _scan(folder, layout, lambda name: (folder / name).read_bytes(), label_set, min_classes)
+    read: Callable[[str], bytes | np.ndarray] = lambda name: (folder / name).read_bytes()  # noqa: E731
+    if layout.binary:
+        read = lambda name: _mapped(folder / name)  # noqa: E731
+    return _scan(folder, layout, read, label_set, min_classes)
+
+
+def _mapped(path: Path) -> bytes | np.ndarray:
+    """A binary batch's bytes mapped from disk (a meta file's read whole)."""
+    if path.suffix != ".bin":
+        return path.read_bytes()
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def _find_layout(path: Path) -> tuple[Path, _Layout] | None:
@@ -133,7 +149,7 @@ def _from_archive(path: Path, label_set: str, min_classes: int) -> DatasetScan:
 def _scan(
     source: Path,
     layout: _Layout,
-    read: Callable[[str], bytes],
+    read: Callable[[str], bytes | np.ndarray],
     label_set: str,
     min_classes: int,
     *,
@@ -159,11 +175,15 @@ def _scan(
     return scan
 
 
-def _class_names(layout: _Layout, read: Callable[[str], bytes], label_set: str, source: Path) -> list[str]:
+def _class_names(
+    layout: _Layout, read: Callable[[str], bytes | np.ndarray], label_set: str, source: Path
+) -> list[str]:
     if layout.binary:
         name = f"{label_set}_label_names.txt" if layout.hundred else "batches.meta.txt"
-        return [line.strip() for line in read(name).decode("utf-8").splitlines() if line.strip()]
-    meta = _unpickle(read(_META[(False, layout.hundred)]), f"{source}/{_META[(False, layout.hundred)]}")
+        return [line.strip() for line in bytes(read(name)).decode("utf-8").splitlines() if line.strip()]
+    meta = _unpickle(
+        bytes(read(_META[(False, layout.hundred)])), f"{source}/{_META[(False, layout.hundred)]}"
+    )
     key = f"{label_set}_label_names" if layout.hundred else "label_names"
     if key not in meta:
         raise DataError(f"{source}: the batches' meta file has no {key}")
@@ -171,18 +191,21 @@ def _class_names(layout: _Layout, read: Callable[[str], bytes], label_set: str, 
 
 
 def _read_batch(
-    layout: _Layout, data: bytes, batch: str, source: Path, label_set: str
+    layout: _Layout, data: bytes | np.ndarray, batch: str, source: Path, label_set: str
 ) -> tuple[np.ndarray, list[int]]:
-    """Pixels (N x 32 x 32 x 3 uint8) and class indices of one batch."""
+    """Pixels (N x 32 x 32 x 3 uint8, a view of ``data`` for a binary batch) and class indices
+    of one batch."""
     if layout.binary:
         width = (2 if layout.hundred else 1) + PIXELS
         if len(data) % width:
             raise DataError(f"{source}/{batch} is not a whole number of {width}-byte CIFAR records")
-        table = np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
+        table = (data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)).reshape(
+            -1, width
+        )
         column = (1 if label_set == "fine" else 0) if layout.hundred else 0
         labels, flat = table[:, column].astype(int).tolist(), table[:, width - PIXELS :]
     else:
-        content = _unpickle(data, f"{source}/{batch}")
+        content = _unpickle(bytes(data), f"{source}/{batch}")
         key = f"{label_set}_labels" if layout.hundred else "labels"
         if "data" not in content or key not in content:
             raise DataError(f"{source}/{batch} has no data or {key}: not a CIFAR batch")

@@ -5,21 +5,26 @@ Hub stores them (``train-00000-of-00001.parquet``).
 The image column is the one of the ``Image`` feature (or a struct of ``bytes`` and ``path``);
 the label column is the ``ClassLabel`` one, whose names name the classes (else ``label`` or
 ``labels``, as written). A split named ``train``, ``validation`` or ``test`` (or a Parquet file
-named after one) holds that split. Images stay in memory as their encoded bytes. Reading a
+named after one) holds that split. Only the labels are read when the data set is scanned; an
+image's bytes are read when the image is (a Parquet file's row group at a time, kept per
+process for the next images; a saved data set's memory-mapped Arrow table, opened once per
+process), so a data set of any size costs memory per record, not per byte. Reading a
 ``save_to_disk`` folder needs the optional ``datasets`` package, Parquet files ``pyarrow``
 (``pip install 'imgcls[data]'``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imgcls.data.folders import SPLIT_FOLDERS, split_word
-from imgcls.data.images import MemoryImage
-from imgcls.data.manifests import read_parquet
+from imgcls.data.images import MemoryImage, StoredImage
+from imgcls.data.manifests import open_parquet
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
 from imgcls.errors import DataError, first_line
 
@@ -47,27 +52,87 @@ def looks_like_image_parquet(path: Path) -> bool:
 
 
 def read_hf_source(source: str | Path, *, min_classes: int = 2) -> DatasetScan:
-    """A ``save_to_disk`` folder or image Parquet files, as records with in-memory images."""
+    """A ``save_to_disk`` folder or image Parquet files, as records whose images are read on
+    demand."""
     path = Path(source).expanduser()
     root = path if path.is_dir() else path.parent
     scan = DatasetScan(root=root, classes=[], records=[], source=str(path), format="huggingface")
     parts = _saved_parts(path) if looks_like_saved_dataset(path) else _parquet_parts(path)
-    for split_name, rows, image_column, label_of in parts:
+    for split_name, labels, cells, label_of in parts:
         split = SPLIT_FOLDERS.get(split_name.lower()) if split_name else None
         prefix = f"{split_name}/" if split_name else ""
-        for index, row in enumerate(rows):
+        for index, (label, cell) in enumerate(zip(labels, cells, strict=True)):
             record_id = f"{prefix}{index:06d}"
-            scan.records.append(ImageRecord(record_id, label_of(row, record_id), split))
-            scan.images[record_id] = MemoryImage(
-                record_id, data=_image_bytes(row[image_column], path, record_id)
-            )
+            scan.records.append(ImageRecord(record_id, label_of(label, record_id), split))
+            scan.images[record_id] = MemoryImage(record_id, member=cell)
     scan.classes = sorted({r.label for r in scan.records})
     scan.folder_splits = {r.folder_split for r in scan.records if r.folder_split}
     validate_scan(scan, min_classes=min_classes, expected="rows with an image and a label in {root}")
     return scan
 
 
-def _saved_parts(path: Path) -> Iterable[tuple[str | None, Iterable[dict], str, Any]]:
+# One part of a source: its split name, its labels as stored, where each image is, and how a
+# stored label becomes a class name.
+_Part = tuple[str | None, list[Any], Iterable[StoredImage], Callable[[Any, str], str]]
+
+
+@dataclass(frozen=True)
+class SavedCell:
+    """An image of a ``save_to_disk`` data set: row ``row`` of ``split``'s image column."""
+
+    folder: Path
+    split: str | None
+    row: int
+    column: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.folder}" + (f"/{self.split}" if self.split else "")
+
+    def read(self) -> bytes:
+        return _stored_bytes(_saved_table(self.folder, self.split, self.column)[self.row][self.column])
+
+
+@dataclass(frozen=True)
+class ParquetCell:
+    """An image of a Parquet file: row ``row`` of row group ``group``'s image column."""
+
+    file: Path
+    group: int
+    row: int
+    column: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}, row group {self.group}"
+
+    def read(self) -> bytes:
+        try:
+            values = _row_group(self.file, self.group, self.column)
+        except ValueError as exc:  # pyarrow's ArrowInvalid
+            raise OSError(first_line(exc)) from None
+        return _stored_bytes(values[self.row])
+
+
+@functools.lru_cache(maxsize=4)
+def _saved_table(folder: Path, split: str | None, column: str) -> Any:
+    """The split's table, memory-mapped, its image column left encoded (once per process)."""
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    table = loaded[split] if split is not None else loaded
+    return table.cast_column(column, datasets.Image(decode=False))
+
+
+@functools.lru_cache(maxsize=4)
+def _row_group(file: Path, group: int, column: str) -> list[Any]:
+    """One row group's image column: read once for the images that follow it."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0).to_pylist()
+
+
+def _saved_parts(path: Path) -> Iterable[_Part]:
     try:
         import datasets
     except ModuleNotFoundError:
@@ -84,8 +149,9 @@ def _saved_parts(path: Path) -> Iterable[tuple[str | None, Iterable[dict], str, 
         image_column = next((n for n, f in features.items() if f["_type"] == "Image"), None)
         if image_column is None:
             raise DataError(f"{path}{'/' + split_name if split_name else ''} has no Image column")
-        table = table.cast_column(image_column, datasets.Image(decode=False))
-        yield split_name, table, image_column, _labeller(features, set(table.column_names), path)
+        column, label_of = _labeller(features, set(table.column_names), path)
+        cells = (SavedCell(path, split_name, row, image_column) for row in range(len(table)))
+        yield split_name, list(table[column]), cells, label_of
 
 
 def _feature_details(feature: Any) -> dict[str, Any]:
@@ -99,18 +165,29 @@ def _parquet_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.parquet")) if path.is_dir() else []
 
 
-def _parquet_parts(path: Path) -> Iterable[tuple[str | None, Iterable[dict], str, Any]]:
+def _parquet_parts(path: Path) -> Iterable[_Part]:
     files = _parquet_files(path)
     if not files:
         raise DataError(f"{path} holds no .parquet files")
     for file in files:
-        table = read_parquet(file)
-        features = _features(table.schema.metadata)
-        image_column = _image_column(table.schema, features)
+        handle = open_parquet(file)
+        schema = handle.schema_arrow
+        features = _features(schema.metadata)
+        image_column = _image_column(schema, features)
         if image_column is None:
             raise DataError(f"{file} has no image column (an Image feature, or a struct of bytes and path)")
-        split_name = split_word(file.name)
-        yield split_name, table.to_pylist(), image_column, _labeller(features, set(table.column_names), file)
+        column, label_of = _labeller(features, set(schema.names), file)
+        try:
+            labels = handle.read(columns=[column]).column(0).to_pylist()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read Parquet file {file}: {first_line(exc)}") from None
+        sizes = [handle.metadata.row_group(group).num_rows for group in range(handle.num_row_groups)]
+        cells = (
+            ParquetCell(file, group, row, image_column)
+            for group, size in enumerate(sizes)
+            for row in range(size)
+        )
+        yield split_word(file.name), labels, cells, label_of
 
 
 def _features(metadata: dict[bytes, bytes] | None) -> dict[str, dict[str, Any]]:
@@ -134,8 +211,11 @@ def _image_column(schema: Any, features: dict[str, dict[str, Any]]) -> str | Non
     return None
 
 
-def _labeller(features: dict[str, dict[str, Any]], columns: set[str], source: Path) -> Any:
-    """``row, record id -> class name``, from the ClassLabel column or a label column."""
+def _labeller(
+    features: dict[str, dict[str, Any]], columns: set[str], source: Path
+) -> tuple[str, Callable[[Any, str], str]]:
+    """The label column (the ClassLabel one, else one named ``label`` or ``labels``) and
+    ``stored label, record id -> class name``."""
     column = next(
         (n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"), None
     )
@@ -144,18 +224,18 @@ def _labeller(features: dict[str, dict[str, Any]], columns: set[str], source: Pa
         raise DataError(f"{source} has no label column (a ClassLabel feature, or one named label or labels)")
     names = list(features.get(column, {}).get("names") or [])
 
-    def label_of(row: dict, record_id: str) -> str:
-        value = row[column]
+    def label_of(value: Any, record_id: str) -> str:
         if value is None or value == -1:
             raise DataError(f"{source}: row {record_id} has no label")
         if isinstance(value, int) and 0 <= value < len(names):
             return str(names[value])
         return str(value)
 
-    return label_of
+    return column, label_of
 
 
-def _image_bytes(value: Any, source: Path, record_id: str) -> bytes:
+def _stored_bytes(value: Any) -> bytes:
+    """An image cell's encoded file: its bytes, or the file its path names."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, dict):
@@ -163,4 +243,4 @@ def _image_bytes(value: Any, source: Path, record_id: str) -> bytes:
             return bytes(value["bytes"])
         if value.get("path") and Path(value["path"]).is_file():
             return Path(value["path"]).read_bytes()
-    raise DataError(f"{source}: row {record_id} has no image bytes")
+    raise OSError("the row has no image bytes")

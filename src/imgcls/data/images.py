@@ -12,6 +12,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -40,6 +41,18 @@ class UnreadableImageError(ImgclsError):
         self.reason = reason
 
 
+class StoredImage(Protocol):
+    """An encoded image file kept elsewhere (in an archive, a Parquet file, an Arrow table) and
+    read only when the image is: a data set of them costs memory per record, not per byte."""
+
+    @property
+    def where(self) -> str:
+        """Where it is kept, for messages."""
+        ...
+
+    def read(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class ArchiveMember:
     """An image file stored uncompressed inside an archive (a WebDataset shard): its bytes are
@@ -48,6 +61,10 @@ class ArchiveMember:
     archive: Path
     offset: int
     size: int
+
+    @property
+    def where(self) -> str:
+        return str(self.archive)
 
     def read(self) -> bytes:
         with self.archive.open("rb") as handle:
@@ -61,14 +78,14 @@ class ArchiveMember:
 @dataclass(frozen=True, eq=False)
 class MemoryImage:
     """An image that is not a file of its own: decoded pixels (a CIFAR batch's row), the
-    encoded bytes of a file, or such a file inside an archive (read on demand). ``name`` is
+    encoded bytes of a file, or such a file stored elsewhere (read on demand). ``name`` is
     its record id, shown wherever a file's path would be; everything that reads images
     accepts one in place of a path."""
 
     name: str
     pixels: np.ndarray | None = None  # H x W x 3 uint8
     data: bytes | None = None  # an encoded image file
-    member: ArchiveMember | None = None  # an encoded image file inside an archive
+    member: StoredImage | None = None  # an encoded image file stored elsewhere
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.pixels, self.data, self.member)) != 1:
@@ -79,15 +96,13 @@ class MemoryImage:
 
     def encoded(self) -> bytes | None:
         """The encoded image file (``None`` for pixels); ``UnreadableImageError`` when the
-        archive holding it cannot be read."""
+        place holding it cannot be read."""
         if self.member is None:
             return self.data
         try:
             return self.member.read()
         except OSError as exc:
-            raise UnreadableImageError(
-                self.name, f"cannot read it from {self.member.archive} ({exc})"
-            ) from exc
+            raise UnreadableImageError(self.name, f"cannot read it from {self.member.where} ({exc})") from exc
 
     def digest(self) -> str:
         """Content digest: of the bytes, as for a file (so a file and its bytes share cache

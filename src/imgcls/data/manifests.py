@@ -121,15 +121,25 @@ def _parquet_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
     return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
 
 
-def read_parquet(path: Path) -> Any:
-    """A Parquet file's table; a damaged file, or no pyarrow, is a ``DataError`` that names it."""
+def open_parquet(path: Path) -> Any:
+    """A Parquet file opened (its footer read, no rows yet); a damaged file, or no pyarrow, is a
+    ``DataError`` that names it."""
     try:
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
         raise DataError(f"reading {path} needs pyarrow: pip install 'imgcls[data]'") from None
     try:
-        return pq.read_table(path)
+        return pq.ParquetFile(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read Parquet file {path}: {first_line(exc)}") from None
+
+
+def read_parquet(path: Path) -> Any:
+    """A Parquet file's table, with ``open_parquet``'s errors."""
+    handle = open_parquet(path)
+    try:
+        return handle.read()
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot read Parquet file {path}: {first_line(exc)}") from None
 
 

@@ -196,7 +196,7 @@ def _row(ref: Any) -> dict[str, Any]:
     working directory: they get absolute paths."""
     if isinstance(ref, Path):
         return {"path": str(ref), "file": str(ref.absolute()), "offset": -1, "size": -1}
-    if isinstance(ref, MemoryImage) and ref.member is not None:
+    if isinstance(ref, MemoryImage) and isinstance(ref.member, ArchiveMember):
         member = ref.member
         return {"path": ref.name, "file": str(member.archive.absolute()), "offset": member.offset,
                 "size": member.size}  # fmt: skip
