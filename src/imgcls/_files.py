@@ -12,9 +12,12 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from imgcls.errors import DataError, ModelFormatError
 
@@ -26,6 +29,10 @@ ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 # Exports of an earlier model in the same directory would silently serve the old weights.
 EXPORT_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
+# A kNN head's training features and their classes, beside the weights rather than in them:
+# memory-mapped when the model is opened, and model.safetensors keeps a size of its own.
+KNN_BANK_FILE = "knn_bank.npy"
+KNN_LABELS_FILE = "knn_labels.npy"
 FORMAT_NAME = "imgcls-model"
 FORMAT_VERSION = 1
 
@@ -111,9 +118,26 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
 
     A failed write (a full disk, a read-only folder) leaves no temporary file behind, and its
     error names ``path`` (a failing ``write`` call names no file of its own)."""
+    _write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_array_atomic(path: Path, array: np.ndarray) -> None:
+    """``write_bytes_atomic`` for a ``.npy`` array, streamed: a memory-mapped array is copied
+    to the file a page at a time, never whole into memory."""
+
+    import numpy as np
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    _write_atomic(path, save)
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
         tmp.replace(path)
     except OSError as exc:
         with contextlib.suppress(OSError):

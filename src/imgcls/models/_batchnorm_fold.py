@@ -36,7 +36,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     output on ``example``."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()):
         return module, 0
-    folded = copy.deepcopy(module)
+    folded = copy.deepcopy(module, _shared_constants(module))
     count = _fold_children(folded)
     if not count:
         return module, 0
@@ -44,6 +44,18 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
         log.debug("BatchNorm folding changed %s's output; running it unfolded", type(module).__name__)
         return module, 0
     return folded, count
+
+
+def _shared_constants(module: nn.Module) -> dict[int, torch.Tensor]:
+    """A ``deepcopy`` memo that leaves the non-persistent buffers (a kNN head's bank of
+    training features, memory-mapped and as large as the data set) shared, not copied: the
+    fold never changes them, and nothing trains them."""
+    return {
+        id(buffer): buffer
+        for child in module.modules()
+        for name, buffer in child.named_buffers(recurse=False)
+        if name in child._non_persistent_buffers_set
+    }
 
 
 @dataclass(frozen=True)

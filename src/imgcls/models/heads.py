@@ -23,6 +23,8 @@ VOTE_TEMPERATURE = 0.07
 # Share of the kNN probability spread evenly over the classes, so that a class no neighbour
 # voted for keeps a finite log-probability (log-loss and calibration stay defined).
 KNN_SMOOTHING = 0.01
+# Bank rows a kNN query is compared with at once.
+BANK_CHUNK = 65_536
 
 
 class MLPHead(nn.Sequential):
@@ -42,15 +44,29 @@ class KNNHead(nn.Module):
 
     Output: log class probabilities (similarity-weighted votes of the ``k`` nearest training
     images, times a per-class weight, smoothed), scaled by ``scale`` (1 / temperature).
+
+    The bank and its labels are not in the state dict: a saved model keeps them in files of
+    their own, memory-mapped when it is opened, so that the weights file does not grow with
+    the training set. A query is compared with ``BANK_CHUNK`` bank rows at a time, so memory
+    holds one chunk's similarities however large the bank.
     """
 
-    def __init__(self, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int, k: int) -> None:
+    def __init__(
+        self,
+        bank: torch.Tensor,
+        bank_labels: torch.Tensor,
+        num_classes: int,
+        k: int,
+        *,
+        normalised: bool = False,
+    ) -> None:
         super().__init__()
         if len(bank) < 1 or not 1 <= k <= len(bank):
             raise ValueError(f"a kNN head needs 1 <= k <= {len(bank)} training images, got k={k}")
         self.k, self.num_classes = k, num_classes
-        self.register_buffer("bank", F.normalize(bank.float(), dim=-1))
-        self.register_buffer("bank_labels", bank_labels.long())
+        bank = bank if normalised else F.normalize(bank.float(), dim=-1)
+        self.register_buffer("bank", bank, persistent=False)
+        self.register_buffer("bank_labels", bank_labels.long(), persistent=False)
         self.register_buffer("class_weight", torch.ones(num_classes))
         self.register_buffer("scale", torch.ones(()))
 
@@ -61,7 +77,19 @@ class KNNHead(nn.Module):
     def neighbours(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Cosine similarity to the ``k`` nearest bank entries of each row, and their indices."""
         queries = F.normalize(features.float(), dim=-1)
-        return (queries @ self.bank.T).topk(k, dim=-1)
+        if len(self.bank) <= BANK_CHUNK:  # one product: also the graph an export traces
+            return (queries @ self.bank.T).topk(k, dim=-1)
+        best: tuple[torch.Tensor, torch.Tensor] | None = None
+        for start in range(0, len(self.bank), BANK_CHUNK):
+            block = self.bank[start : start + BANK_CHUNK].to(queries.device, torch.float32)
+            similarity, index = (queries @ block.T).topk(min(k, len(block)), dim=-1)
+            if best is not None:
+                similarity = torch.cat([best[0], similarity], dim=-1)
+                index = torch.cat([best[1], index + start], dim=-1)
+            kept = similarity.topk(min(k, similarity.shape[-1]), dim=-1)
+            best = kept.values, index.gather(-1, kept.indices)
+        assert best is not None
+        return best
 
     def vote(self, similarity: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Class probabilities (rows sum to one) from the neighbours' weighted votes."""
@@ -114,16 +142,24 @@ def feature_width(model: nn.Module) -> int:
     return int(width)
 
 
-def head_for_config(head: dict[str, Any] | None, *, in_features: int, num_classes: int) -> nn.Module | None:
-    """An untrained layer of the shape a saved model's ``head`` config describes, to load its
-    tensors into; ``None`` for a linear head (the network's own classifier fits)."""
+def head_for_config(
+    head: dict[str, Any] | None,
+    *,
+    in_features: int,
+    num_classes: int,
+    bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module | None:
+    """A layer of the shape a saved model's ``head`` config describes, to load its tensors
+    into (a kNN head's ``bank``: its normalised features and labels, kept beside the weights);
+    ``None`` for a linear head (the network's own classifier fits)."""
     spec = head or {}
     kind = spec.get("type", "logistic_regression")
     if kind == "mlp":
         return MLPHead(in_features, int(spec["hidden"]), num_classes, float(spec.get("dropout", 0.0)))
     if kind == "knn":
-        size = int(spec["bank_size"])
-        return KNNHead(torch.zeros(size, in_features), torch.zeros(size), num_classes, int(spec["k"]))
+        if bank is None:
+            raise ModelFormatError("a kNN head needs its bank of training features")
+        return KNNHead(*bank, num_classes, int(spec["k"]), normalised=True)
     if kind in ("logistic_regression", "finetuned"):
         return None
     raise ModelFormatError(f"unknown head type {kind!r} in the model's config; a newer imgcls may read it")

@@ -7,6 +7,7 @@ Each head's settings are chosen on the training split only, and each comes back 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from imgcls.config import HEADS
 from imgcls.errors import ConfigError, DataError
 from imgcls.models.heads import linear_layer
 from imgcls.system.devices import CPU
-from imgcls.training.head import fit_linear_head
+from imgcls.training.head import CHUNK_ROWS, Features, fit_linear_head
 from imgcls.training.knn_head import fit_knn_head
 from imgcls.training.mlp_head import fit_mlp_head
 
@@ -35,15 +36,37 @@ class FittedHead:
     layer: nn.Module
     summary: dict[str, Any]
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
+    def logits(self, features: Features) -> np.ndarray:
+        """Logits of every row, computed a chunk of rows at a time."""
         self.layer.eval()
         with torch.inference_mode():
-            return self.layer(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
+            parts = [self.layer(torch.from_numpy(_float32(block))).numpy() for block in _row_chunks(features)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def accuracy(self, features: Features, labels: np.ndarray) -> float:
+        """The share of rows whose top class is their label, without holding every row's logits."""
+        right, start = 0, 0
+        self.layer.eval()
+        with torch.inference_mode():
+            for block in _row_chunks(features):
+                predicted = self.layer(torch.from_numpy(_float32(block))).argmax(dim=1).numpy()
+                right += int((predicted == labels[start : start + len(block)]).sum())
+                start += len(block)
+        return right / max(start, 1)
+
+
+def _row_chunks(features: Features) -> Iterator[np.ndarray]:
+    for start in range(0, len(features), CHUNK_ROWS):
+        yield np.asarray(features[start : start + CHUNK_ROWS])
+
+
+def _float32(block: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(block, dtype=np.float32)
 
 
 def fit_head(
     kind: str,
-    features: np.ndarray,
+    features: Features,
     labels: np.ndarray,
     *,
     num_classes: int,
@@ -52,7 +75,8 @@ def fit_head(
     device: torch.device = CPU,
 ) -> FittedHead:
     """Fit a ``kind`` head (one of ``config.HEADS``) on ``device``; ``labels`` are class
-    indices. The fitted layer is on the CPU."""
+    indices; ``features`` may be memory-mapped (the linear head reads it a chunk at a time,
+    the others whole). The fitted layer is on the CPU."""
     fit = {"num_classes": num_classes, "seed": seed, "balanced": balanced, "device": device}
     if kind not in HEADS:
         raise ConfigError(f"unknown `head` {kind!r}; choose one of {', '.join(HEADS)}")
@@ -60,7 +84,7 @@ def fit_head(
     if present != num_classes:
         raise DataError(f"every class needs readable training images; {present} of {num_classes} have some")
     if kind == "mlp":
-        mlp = fit_mlp_head(features, labels, **fit)
+        mlp = fit_mlp_head(np.asarray(features), labels, **fit)
         summary = {
             "type": "mlp",
             "hidden": mlp.settings.hidden,
@@ -70,7 +94,7 @@ def fit_head(
         }
         return FittedHead(kind, mlp.layer, summary)
     if kind == "knn":
-        knn = fit_knn_head(features, labels, **fit)
+        knn = fit_knn_head(np.asarray(features), labels, **fit)
         summary = {
             "type": "knn",
             "k": knn.layer.k,

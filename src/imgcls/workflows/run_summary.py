@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from imgcls import __version__
-from imgcls._files import CURVES_FILE, MODEL_CARD_FILE, REPORT_FILE, write_text_atomic
+from imgcls._files import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    KNN_BANK_FILE,
+    KNN_LABELS_FILE,
+    MODEL_CARD_FILE,
+    REPORT_FILE,
+    WEIGHTS_FILE,
+    write_text_atomic,
+)
 from imgcls.data.records import TEST, TRAIN, VAL
 from imgcls.evaluation.report import write_report
 from imgcls.inference.classifier import Classifier
@@ -74,6 +83,26 @@ def run_facts(clf: Classifier, metrics: dict[str, Any]) -> list[tuple[str, str]]
     return facts
 
 
+def model_files(clf: Classifier) -> str:
+    """What the model directory's files hold and how large they are, as markdown bullets."""
+    directory = clf.directory
+    assert directory is not None
+    held = {
+        WEIGHTS_FILE: "the network's weights, the head's included: a size set by the backbone and "
+        "the number of classes, whatever the number of training images",
+        CONFIG_FILE: "classes, preprocessing, the head's settings, metrics, versions",
+        KNN_BANK_FILE: "the kNN head's bank: every training image's normalised features (4 bytes a "
+        "feature), which predictions are compared with, memory-mapped when the model is opened",
+        KNN_LABELS_FILE: "the bank's classes, 8 bytes an image",
+    }
+    lines = []
+    for name, what in held.items():
+        path = directory / name
+        if path.is_file():
+            lines.append(f"- `model/{name}` ({path.stat().st_size / 1e6:.1f} MB): {what}")
+    return "\n".join(lines)
+
+
 def weights_origin(config: dict[str, Any]) -> str:
     """Where the backbone's starting weights came from, in words."""
     weights = config["backbone"]["weights"]
@@ -125,6 +154,10 @@ so its figures lean optimistic; test, where there is one, was not used for any c
 ## Model
 
 {facts}
+
+## Files
+
+{model_files(clf)}
 
 ## Use it
 
