@@ -1,8 +1,9 @@
 """Nearest neighbours by cosine similarity in a matrix of embeddings.
 
-Exact search either way: numpy multiplies the queries with the matrix a block of rows at a
-time (memory stays bounded however large the file), and faiss's flat inner-product index,
-when it is installed, does the same faster on large files.
+Exact search either way: numpy multiplies a chunk of queries with the matrix a block of rows
+at a time (memory stays bounded however many queries and rows there are: doctor asks for the
+neighbours of every image), and faiss's flat inner-product index, when it is installed, does
+the same faster on large files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from imgcls.errors import ConfigError
 
 FAISS_MIN_ROWS = 100_000  # smaller files search as fast with numpy, without faiss's index build
 BLOCK_ROWS = 65_536
+QUERY_ROWS = 1_024
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:
@@ -38,10 +40,15 @@ def nearest(
     if engine == "auto":
         big = len(vectors) >= FAISS_MIN_ROWS
         engine = "faiss" if big and importlib.util.find_spec("faiss") is not None else "numpy"
-    q = normalised(queries)
     if engine == "faiss":
-        return _faiss(q, vectors, k)
-    return _numpy(q, vectors, k)
+        return _faiss(normalised(queries), vectors, k)
+    found = [
+        _numpy(normalised(queries[start : start + QUERY_ROWS]), vectors, k)
+        for start in range(0, len(queries), QUERY_ROWS)
+    ]
+    if not found:
+        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
 def _numpy(q: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
