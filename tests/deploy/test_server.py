@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import select
+import socket
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -112,32 +117,47 @@ def _strip_png(width: int) -> bytes:
 
 def _chunked_upload(url: str, *, megabytes: int) -> tuple[bytes, int]:
     """Stream a multipart upload of ``megabytes`` in 1 MB chunks without a Content-Length;
-    stop when the server answers. Returns the answer's start and the chunks sent."""
-    import socket
-    from urllib.parse import urlparse
-
-    address = urlparse(url)
+    stop when the server answers. Returns the answer and the chunks sent."""
     head = (
         b"POST /predict HTTP/1.1\r\nHost: x\r\nX-API-Key: s3cret\r\nTransfer-Encoding: chunked\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
     )
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
-    chunk = b"x" * 2**20
+    chunk = b"%x\r\n%s\r\n" % (2**20, b"x" * 2**20)
+    head += b"%x\r\n%s\r\n" % (len(part), part)
+    answer, sent, _ = _send_until_answered(url, head, [chunk] * megabytes)
+    return answer, sent
+
+
+def _send_until_answered(url: str, head: bytes, pieces: Sequence[bytes]) -> tuple[bytes, int, bool]:
+    """Send ``head``, then ``pieces`` one by one for as long as no answer has come. Returns
+    the answer, the pieces sent before it came, and whether the server closed the connection."""
+    address = urlparse(url)
     with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
-        sock.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
-        for sent in range(megabytes):
+        sock.sendall(head)
+        sent = 0
+        while sent < len(pieces) and not select.select([sock], [], [], 0)[0]:
             try:
-                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sock.sendall(pieces[sent])
             except OSError:  # the server answered and closed the connection: it stopped reading
                 break
-            sock.settimeout(0.001)
-            with contextlib.suppress(TimeoutError, BlockingIOError):
-                answer = sock.recv(4096)
-                if answer:
-                    return answer, sent + 1
-            sock.settimeout(30)
-        sock.settimeout(30)
-        return sock.recv(4096), sent + 1
+            sent += 1
+        answer, closed = _read_until_closed(sock)
+    return answer, sent, closed
+
+
+def _read_until_closed(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """What the server sends, and whether it closed the connection within ``timeout``."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:  # closed with the rest of the upload unread
+        return received, True
+    except TimeoutError:
+        return received, False
+    return received, True
 
 
 def test_a_server_on_a_network_needs_its_key_and_refuses_oversized_and_hostile_bodies(model):
@@ -200,3 +220,211 @@ def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after_and_slow
         assert first[0].status_code == 503 and "took over 2 s" in first[0].json()["detail"]
         release.set()
         assert client.post("/predict", files=files).status_code == 200
+
+
+KEY = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def keyed(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A server with an API key and the default limits (160 MB a request), and its log."""
+    log = tmp_path_factory.mktemp("keyed") / "server.log"
+    with running_server(model, "--runtime", "torch", "--api-key", KEY, log=log) as url:
+        yield url, log
+
+
+def _multipart_upload(megabytes: int, *headers: bytes) -> tuple[bytes, list[bytes]]:
+    """The head and body pieces (1 MB each) of a well-formed upload of one ``megabytes`` file."""
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    pieces = [part, *[b"x" * 2**20] * megabytes, b"\r\n--b--\r\n"]
+    head = b"\r\n".join(
+        [
+            b"POST /predict HTTP/1.1",
+            b"Host: x",
+            b"Content-Type: multipart/form-data; boundary=b",
+            b"Content-Length: %d" % sum(map(len, pieces)),
+            *headers,
+            b"",
+            b"",
+        ]
+    )
+    return head, pieces
+
+
+def test_without_its_key_a_large_upload_is_refused_before_its_body_is_read(keyed):
+    url, _ = keyed
+    head, pieces = _multipart_upload(50)
+    answer, sent, closed = _send_until_answered(url, head, pieces)
+    assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" in answer.lower(), answer[:200]
+    # The 401 came from the headers: a check after the body parse would answer only once all 52
+    # pieces were in. What was sent meanwhile is what the kernel's socket buffers took, unread.
+    assert sent < 25, sent
+    assert closed  # the server read no more of the upload
+    # The same upload with the key is read to its end before it is answered (the file is over
+    # the 10 MB limit): so the measure above tells a read body from an unread one.
+    head, pieces = _multipart_upload(50, f"X-API-Key: {KEY}".encode(), b"Connection: close")
+    answer, sent, _ = _send_until_answered(url, head, pieces)
+    assert answer.startswith(b"HTTP/1.1 413") and sent == len(pieces), (answer[:200], sent)
+
+
+def test_with_a_key_only_a_get_of_the_page_or_health_goes_without_it(keyed):
+    url, _ = keyed
+    assert httpx.get(f"{url}/").status_code == 200  # the page, which asks for the key
+    assert httpx.get(f"{url}/health").status_code == 200
+    for path in ("/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect", "/model", "/no-such-path"):
+        refused = httpx.get(f"{url}{path}")
+        assert refused.status_code == 401, path
+        assert refused.headers["www-authenticate"] == "Bearer" and refused.headers["connection"] == "close"
+    assert httpx.post(f"{url}/", content=b"x").status_code == 401
+    assert httpx.post(f"{url}/health", content=b"x").status_code == 401
+    with_key = {"X-API-Key": KEY}
+    assert httpx.get(f"{url}/docs", headers=with_key).status_code == 200
+    assert "/predict" in httpx.get(f"{url}/openapi.json", headers=with_key).json()["paths"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"X-API-Key": KEY}, 200),
+        ({"Authorization": f"Bearer {KEY}"}, 200),
+        ({"Authorization": f"bearer {KEY}"}, 200),  # the scheme's name is case-insensitive
+        ({"Authorization": KEY}, 401),  # a bare key is no Bearer credential
+        ({"Authorization": f"Basic {KEY}"}, 401),
+        ({"Authorization": "Bearer"}, 401),
+        ({"X-API-Key": "wrong"}, 401),
+        ({"X-API-Key": f"{KEY}x"}, 401),
+        ({"X-API-Key": ""}, 401),
+        ({}, 401),
+    ],
+)
+def test_the_key_is_taken_from_x_api_key_or_a_bearer_authorization_only(keyed, headers, status):
+    url, _ = keyed
+    assert httpx.get(f"{url}/model", headers=headers).status_code == status
+
+
+def _exchange(url: str, head: bytes) -> bytes:
+    """Send ``head`` as it is (the server may close the connection before it is all in) and
+    return the answer."""
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        with contextlib.suppress(OSError):  # answered and closed before all of it was in
+            sock.sendall(head)
+        return _read_until_closed(sock, timeout=10)[0]
+
+
+def _request_of(size: int, path: str = "/health", *headers: str) -> bytes:
+    """A GET whose request line and headers are exactly ``size`` bytes, padded in one header."""
+    lines = [f"GET {path} HTTP/1.1", "Host: x", "Connection: close", *headers, "X-Padding: ", "", ""]
+    head = "\r\n".join(lines).encode()
+    return head.replace(b"X-Padding: ", b"X-Padding: " + b"p" * (size - len(head)))
+
+
+def test_request_headers_over_the_documented_limit_get_431(keyed):
+    from imgcls.deploy.server import MAX_HEADER_BYTES
+
+    url, _ = keyed
+    assert MAX_HEADER_BYTES == 16 * 1024  # what docs/deployment.md states
+    assert len(_request_of(MAX_HEADER_BYTES)) == MAX_HEADER_BYTES
+    assert _exchange(url, _request_of(MAX_HEADER_BYTES)).startswith(b"HTTP/1.1 200")
+    with_key = _request_of(MAX_HEADER_BYTES, "/model", f"X-API-Key: {KEY}")
+    assert _exchange(url, with_key).startswith(b"HTTP/1.1 200")
+    over = _exchange(url, _request_of(MAX_HEADER_BYTES + 1))
+    assert over.startswith(b"HTTP/1.1 431") and b"connection: close" in over.lower(), over[:200]
+    assert _exchange(url, _request_of(MAX_HEADER_BYTES + 1, "/model")).startswith(b"HTTP/1.1 431")
+    # Far over: 431 when the block arrives whole, 400 from the HTTP parser when it is still
+    # incomplete past the limit; never served.
+    huge = _exchange(url, _request_of(100 * 1024))
+    assert huge.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), huge[:200]
+
+
+def test_the_access_log_never_holds_the_key(keyed):
+    url, log = keyed
+    with_key = {"X-API-Key": KEY}
+    httpx.get(f"{url}/?key={KEY}")  # the page's old address
+    httpx.get(f"{url}/model?api_key={KEY}&x=1", headers=with_key)
+    httpx.get(f"{url}/model?access_token={KEY}", headers={"Authorization": f"Bearer {KEY}"})
+    httpx.get(f"{url}/health?q={KEY}")
+    httpx.get(f"{url}/{KEY}/model")
+    httpx.get(f"{url}/model", headers={"Authorization": KEY})
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if KEY in line]
+    access = [line for line in lines if '" 200' in line or '" 401' in line]
+    for request in ("GET /?key=***", "GET /model?api_key=***&x=1", "GET /model?access_token=***"):
+        assert any(f'"{request} HTTP/1.1" 200' in line for line in access), (request, access)
+    assert any('"GET /health?q=*** HTTP/1.1" 200' in line for line in access)
+    assert any('"GET /***/model HTTP/1.1" 401' in line for line in access)
+
+
+def test_the_page_asks_for_the_key_and_sends_it_in_a_header_only(keyed, tmp_path):
+    from tests.deploy.test_browser import _browser
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, log = keyed
+    photo = tmp_path / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()[::4, ::4]).save(photo)
+    with sync_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page()
+            requests = []
+            page.on("request", lambda request: requests.append((request.url, request.headers)))
+            page.goto(f"{url}/?key={KEY}")  # an old bookmark: the key is taken out of the address
+            page.wait_for_selector("#key-form:not([hidden])")
+            assert KEY not in page.url and "needs its API key" in page.inner_text("#status")
+            page.fill("#key", "wrong")
+            page.press("#key", "Enter")
+            page.wait_for_selector("#status:has-text('That key was refused')")
+            page.fill("#key", KEY)
+            page.click("#key-form button")
+            page.wait_for_selector("#classes:has-text('3 classes')")
+            assert page.is_hidden("#key-form")
+            page.set_input_files("#file", [str(photo)])
+            page.wait_for_selector(".card .top .label", timeout=30_000)
+            stored = page.evaluate("sessionStorage.getItem('imgcls-api-key')")
+            page.reload()  # the tab keeps the key: no second prompt
+            page.wait_for_selector("#classes:has-text('3 classes')")
+            assert page.is_hidden("#key-form") and KEY not in page.url
+        finally:
+            browser.close()
+    assert stored == KEY
+    keyed_requests = [h for u, h in requests if u.endswith(("/model", "/predict")) and "x-api-key" in h]
+    assert len(keyed_requests) >= 3 and KEY in {h["x-api-key"] for h in keyed_requests}
+    assert not [u for u, _ in requests[1:] if KEY in u]  # after the bookmark, no URL holds the key
+    assert KEY not in log.read_text()
+
+
+def test_cross_origin_pages_may_send_the_key_headers_and_read_a_401():
+    from fastapi.testclient import TestClient
+
+    from imgcls.deploy.server import create_app
+
+    origin = {"Origin": "https://app.example"}
+    app = create_app(_StubPredictor(), runtime="test", api_key=KEY, cors_origins=[origin["Origin"]])
+    with TestClient(app) as client:
+        preflight = client.options(
+            "/predict",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key",
+            },
+        )
+        assert preflight.status_code == 200
+        assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
+        refused = client.get("/model", headers=origin)
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == origin["Origin"]
+        assert client.get("/model", headers={**origin, "Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+class _StubPredictor:
+    def __init__(self) -> None:
+        from imgcls.data.preprocessing import Preprocessing
+
+        self.classes, self.backbone, self.config = ["a", "b"], "stub", {}
+        self.preprocessing = Preprocessing(32, 1.0, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+    def probabilities(self, images):
+        import numpy as np
+
+        return np.full((len(images), 2), 0.5, dtype=np.float32)

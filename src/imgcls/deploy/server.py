@@ -6,9 +6,11 @@ are checked for size, count and decodability before they reach the model; a bad 
 4xx with a message and never takes the server down. Ready for a network: a request body is
 counted while it streams (a chunked upload with no Content-Length included) and refused once
 over the limit; each image is shrunk to the network's resize size as soon as it is decoded;
-requests in flight are capped (503 with Retry-After) and timed out; an API key, if set, is
-required of every request but the page and the health check; CORS is off unless origins are
-named. Imports no torch itself: with the ONNX runtime the whole server runs without it.
+requests in flight are capped (503 with Retry-After) and timed out; request headers are
+capped (431); an API key, if set, is required of every request but the page and the health
+check, and checked from the headers before a byte of the body is read; keys never reach the
+access log; CORS is off unless origins are named. Imports no torch itself: with the ONNX
+runtime the whole server runs without it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Annotated, Any, Protocol
+from urllib.parse import quote, quote_plus
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Header, HTTPException, UploadFile
+from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +39,15 @@ from imgcls.data.preprocessing import Preprocessing
 from imgcls.inference.predictions import rank_classes
 
 log = logging.getLogger(__name__)
+
+# The request line and headers of one request together, ample for browsers and HTTP clients;
+# more is answered 431 (a header block that arrives whole) or refused by the HTTP parser (one
+# still incomplete past this size), so a client cannot make the server hold large headers.
+MAX_HEADER_BYTES = 16 * 1024
+# What a GET or HEAD may fetch without the API key: the page, which asks for the key, and the
+# health check, for monitors and load balancers. Everything else needs it, /docs and
+# /openapi.json included, and so does any route added later.
+OPEN_PATHS = frozenset({"/", "/health"})
 
 
 class ImagePredictor(Protocol):
@@ -98,8 +111,8 @@ class MicroBatcher:
 class _BodyLimit:
     """ASGI middleware: count a request's body while it arrives and answer 413 once it passes
     ``max_bytes``, whether or not a Content-Length was sent (chunked uploads have none). The
-    rest of the body is never read; whatever the application makes of the cut-off body is
-    replaced by the 413."""
+    413 closes the connection, so the rest of the body is never read; whatever the application
+    makes of the cut-off body is replaced by the 413."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -137,12 +150,105 @@ class _BodyLimit:
         await self.app(scope, counting_receive, guarded_send)
 
     async def _refuse(self, send: Callable) -> None:
-        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, 413)
-        await response({"type": "http"}, _no_body, send)
+        await _answer(send, 413, f"request body over {self.max_bytes} bytes")
+
+
+class _HeaderLimit:
+    """ASGI middleware: answer 431 to a request whose request line and headers pass
+    ``max_bytes``. The HTTP parser refuses a header block only while it is still incomplete
+    past its limit; a block that arrives whole is parsed at any size, hence this check."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and _header_bytes(scope) > self.max_bytes:
+            await _answer(send, 431, f"request line and headers over {self.max_bytes} bytes")
+            return
+        await self.app(scope, receive, send)
+
+
+def _header_bytes(scope: dict) -> int:
+    """The size of the request line and headers as a client writes them:
+    ``METHOD target HTTP/1.1``, each ``name: value``, and the line ends."""
+    query = scope.get("query_string") or b""
+    target = len(scope.get("raw_path") or scope["path"].encode()) + (len(query) + 1 if query else 0)
+    line = len(scope["method"]) + target + len(scope["http_version"]) + len(" HTTP/ \r\n")
+    return line + sum(len(name) + len(value) + len(": \r\n") for name, value in scope["headers"]) + 2
+
+
+class _KeyCheck:
+    """ASGI middleware: refuse (401) a request without the API key on its headers alone, so
+    the body of an unauthenticated upload is never read: the 401 goes out at once and closes
+    the connection. The key comes as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` and is
+    compared in constant time; only GET and HEAD of ``OPEN_PATHS`` go without it."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app, self.expected = app, api_key.encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or _is_open(scope) or self._authorised(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        detail = "this server needs its API key (X-API-Key: KEY or Authorization: Bearer KEY)"
+        await _answer(send, 401, detail, {"WWW-Authenticate": "Bearer"})
+
+    def _authorised(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        matches = [hmac.compare_digest(given, self.expected) for given in _presented_keys(headers)]
+        return any(matches)
+
+
+def _is_open(scope: dict) -> bool:
+    return scope["method"] in ("GET", "HEAD") and scope["path"] in OPEN_PATHS
+
+
+def _presented_keys(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """The keys a request offers: each ``X-API-Key`` value and each ``Authorization`` value
+    of the Bearer scheme (a bare ``Authorization: KEY`` offers none)."""
+    keys = []
+    for name, value in headers:
+        if name == b"x-api-key":
+            keys.append(value.strip())
+        elif name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                keys.append(token.strip())
+    return keys
+
+
+async def _answer(send: Callable, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    """A refusal sent before the request's body is read; it closes the connection, so the
+    server reads no more of that body."""
+    response = JSONResponse({"detail": detail}, status, headers={**(headers or {}), "Connection": "close"})
+    await response({"type": "http"}, _no_body, send)
 
 
 async def _no_body() -> dict:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class _RedactKeys(logging.Filter):
+    """Keeps API keys out of the access log: the value of any query parameter named like a key
+    or token (``?key=``, ``api_key=``, ``access_token=``) and the server's own key wherever it
+    appears in the logged request, since a mistaken client may put it anywhere in a URL."""
+
+    _PARAM = re.compile(r"([?&;][^=&;\s]*(?:key|token)=)[^&;\s\"]*", re.IGNORECASE)
+
+    def __init__(self, api_key: str | None) -> None:
+        super().__init__()
+        # As sent, and percent-encoded as a client may have put it into the URL.
+        self.secrets = {api_key, quote(api_key, safe=""), quote_plus(api_key)} if api_key else set()
+
+    def redact(self, text: str) -> str:
+        text = self._PARAM.sub(r"\1***", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 def create_app(
@@ -153,8 +259,8 @@ def create_app(
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
 ) -> FastAPI:
-    """The FastAPI application serving ``predictor``; with ``api_key``, requests other than the
-    page and ``/health`` must send it (``X-API-Key`` or ``Authorization: Bearer``)."""
+    """The FastAPI application serving ``predictor``; with ``api_key``, requests other than a
+    GET of the page or ``/health`` must send it (``X-API-Key`` or ``Authorization: Bearer``)."""
     limits = limits or ServeLimits()
     in_flight = asyncio.Semaphore(limits.max_concurrent)
     batcher = MicroBatcher(
@@ -172,13 +278,7 @@ def create_app(
 
     app = FastAPI(title="imgcls", description=f"{predictor.backbone} image classifier", lifespan=lifespan)
     app.state.batcher = batcher
-    # Room for the multipart framing around the largest allowed set of files.
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes * limits.max_files + 65536)
-    if cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"])
-    authorised = [Depends(_key_check(api_key))] if api_key else []
+    _add_middleware(app, limits, api_key, cors_origins)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -189,7 +289,7 @@ def create_app(
             "largest_batch": batcher.largest_batch,
         }
 
-    @app.get("/model", dependencies=authorised)
+    @app.get("/model")
     async def model_info() -> dict[str, Any]:
         return {
             "backbone": predictor.backbone,
@@ -199,7 +299,7 @@ def create_app(
             "preprocessing": predictor.preprocessing.to_dict(),
         }
 
-    @app.post("/predict", dependencies=authorised)
+    @app.post("/predict")
     async def predict(
         file: Annotated[list[UploadFile], File(description="one or more images (repeat the field)")],
     ) -> list[dict[str, Any]]:
@@ -248,19 +348,23 @@ def create_app(
     return app
 
 
-def _key_check(api_key: str) -> Callable[..., None]:
-    """A dependency that refuses a request without ``api_key`` (compared in constant time)."""
-    expected = api_key.encode()
+def _add_middleware(app: FastAPI, limits: ServeLimits, api_key: str | None, cors: Sequence[str]) -> None:
+    """From the outside in: the header limit, CORS (so that preflights need no key and a 401
+    still reaches a cross-origin page), the API key, then the body limit."""
+    # Room for the multipart framing around the largest allowed set of files.
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes * limits.max_files + 65536)
+    if api_key:
+        app.add_middleware(_KeyCheck, api_key=api_key)
+    if cors:
+        from fastapi.middleware.cors import CORSMiddleware
 
-    def check(
-        x_api_key: Annotated[str | None, Header()] = None,
-        authorization: Annotated[str | None, Header()] = None,
-    ) -> None:
-        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), expected):
-            raise HTTPException(401, "this server needs its API key (X-API-Key or Authorization: Bearer)")
-
-    return check
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors),
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization"],
+        )
+    app.add_middleware(_HeaderLimit, max_bytes=MAX_HEADER_BYTES)
 
 
 async def _decode_upload(upload: UploadFile, limits: ServeLimits, pre: Preprocessing) -> Image.Image:
@@ -294,7 +398,18 @@ def serve(
     import uvicorn
 
     app = create_app(predictor, runtime=runtime, limits=limits, api_key=api_key, cors_origins=cors_origins)
-    # Idle connections close after 5 s, and a request's headers may not exceed 16 KB.
-    uvicorn.run(
-        app, host=host, port=port, log_level="info", timeout_keep_alive=5, h11_max_incomplete_event_size=16384
+    # Idle connections close after 5 s. h11 is named, not left to whichever parser is installed,
+    # because the limit on a header block still arriving is an h11 setting; _HeaderLimit refuses
+    # a complete one over the same size.
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_keep_alive=5,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
+    # After Config, which sets up uvicorn's loggers.
+    logging.getLogger("uvicorn.access").addFilter(_RedactKeys(api_key))
+    uvicorn.Server(config).run()
