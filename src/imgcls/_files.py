@@ -12,9 +12,11 @@ import csv
 import hashlib
 import io
 import json
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,9 +149,116 @@ def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
+# Names that come from data (class labels, record ids) and become file or folder names keep
+# letters, digits, "_", "-" and "."; anything else, a path separator included, becomes "_".
+_UNSAFE_IN_NAME = re.compile(r"[^\w.-]+")
+# Names Windows reserves in every folder, whatever the extension.
+_RESERVED_NAMES = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
+# Well under every file system's 255-byte limit, leaving room for a suffix and an extension.
+NAME_BYTES = 200
+
+
+def path_component(name: str) -> str:
+    """``name`` as one file or folder name that stays inside the folder it is joined to: no
+    separators, no leading or trailing dots (so never ``.``, ``..`` or hidden), no reserved
+    device names, at most ``NAME_BYTES`` bytes, never empty."""
+    text = _UNSAFE_IN_NAME.sub("_", unicodedata.normalize("NFC", name)).strip(".")
+    text = text.encode("utf-8", errors="replace")[:NAME_BYTES].decode("utf-8", errors="ignore").rstrip(".")
+    if not text:
+        return "_"
+    return f"_{text}" if text.split(".")[0].lower() in _RESERVED_NAMES else text
+
+
+class NameAllocator:
+    """Distinct names in one folder for distinct data names: ``path_component`` of each, with
+    ``-2``, ``-3``... where that is taken (compared as a case-insensitive file system compares).
+    Every name written otherwise than given is recorded in ``changed``, and those that needed a
+    number, because another name came out the same, also in ``collided``."""
+
+    def __init__(self) -> None:
+        self._given: dict[str, str] = {}
+        self._taken: set[str] = set()
+        self.changed: list[tuple[str, str]] = []
+        self.collided: list[tuple[str, str]] = []
+
+    def __call__(self, name: str, suffix: str = "") -> str:
+        key = name + suffix
+        if key in self._given:
+            return self._given[key]
+        base = path_component(name)
+        candidate, number = base + suffix, 1
+        while candidate.casefold() in self._taken:
+            number += 1
+            candidate = f"{base}-{number}{suffix}"
+        self._taken.add(candidate.casefold())
+        self._given[key] = candidate
+        if candidate != key:
+            self.changed.append((name, candidate))
+        if number > 1:
+            self.collided.append((name, candidate))
+        return candidate
+
+
+# A spreadsheet runs a cell that begins with one of these as a formula (OWASP's CSV injection
+# list). Such a text cell is written with a leading apostrophe, which spreadsheets show as text;
+# a cell that already begins with an apostrophe before one of them, or before another
+# apostrophe, gets one more, so ``csv_text`` undoes exactly what ``csv_cell`` did.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPE = "'"
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell that no spreadsheet runs: numbers as they are, text neutralised."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value.startswith(FORMULA_STARTS) or (value[0] == _ESCAPE and value[1:2] in (*FORMULA_STARTS, _ESCAPE)):
+        return _ESCAPE + value
+    return value
+
+
+def csv_text(cell: str) -> str:
+    """The text ``csv_cell`` wrote as ``cell``: every CSV imgcls reads goes through this."""
+    if cell.startswith(_ESCAPE) and cell[1:2] in (*FORMULA_STARTS, _ESCAPE):
+        return cell[1:]
+    return cell
+
+
+class CsvWriter:
+    """The one way imgcls writes CSV rows: every cell through ``csv_cell``."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self._writer = csv.writer(handle)
+
+    def row(self, values: Iterable[Any]) -> None:
+        self._writer.writerow([csv_cell(value) for value in values])
+
+
+def read_csv(handle: TextIO) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV's header and rows, each cell as ``csv_text`` reads it; cells beyond the header are
+    dropped and a short row's missing cells are ``None``, as ``csv.DictReader`` gives them."""
+    reader = csv.DictReader(handle)
+    rows = [
+        {
+            key: csv_text(value) if isinstance(value, str) else value
+            for key, value in row.items()
+            if key is not None
+        }
+        for row in reader
+    ]
+    return list(reader.fieldnames or []), rows
+
+
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer = CsvWriter(buffer)
+    writer.row(header)
+    for row in rows:
+        writer.row(row)
     write_text_atomic(path, buffer.getvalue())

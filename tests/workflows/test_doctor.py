@@ -94,7 +94,9 @@ def test_write_clean_leaves_out_the_copies_and_train_reads_it(tmp_path):
     planted = _plant(data)
     manifest = tmp_path / "clean.csv"
     assert main(["doctor", str(data), "--write-clean", str(manifest)]) == 0
-    kept = {Path(r["path"]).relative_to(data).as_posix() for r in csv.DictReader(manifest.open())}
+    rows = list(csv.DictReader(manifest.open()))
+    assert all(not Path(r["path"]).is_absolute() for r in rows)  # the data lies in the manifest's folder
+    kept = {(tmp_path / r["path"]).relative_to(data).as_posix() for r in rows}
     assert not kept & {planted["exact"], planted["small"], planted["cross"], "train/green/green_00.png"}
     assert "train/red/red_00.png" in kept and "train/blue/broken.jpg" not in kept
     assert len(kept) <= 42 - 4  # 42 readable pictures less two leaked copies and the cross-class pair

@@ -41,6 +41,16 @@ def add_source_options(p: argparse.ArgumentParser, *, from_config: bool) -> None
         default=None if from_config else defaults.label_set,
         help=f"CIFAR-100's fine (100) or coarse (20) classes (default: {defaults.label_set})",
     )
+    add_outside_root_option(p)
+
+
+def add_outside_root_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="let a manifest or Hugging Face data set name image files outside its own folder "
+        "(absolute paths, ..): only for data you trust",
+    )
 
 
 def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False) -> None:

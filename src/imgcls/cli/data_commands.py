@@ -32,10 +32,26 @@ def run_convert(args: argparse.Namespace) -> int:
     scan = open_source(args.data, data_format=args.data_format, label_set=args.label_set)
     done = convert(scan, args.output, to=args.to, shard_samples=args.shard_samples)
     if args.json:
-        print_json({"output": str(done.output), "images": done.images, "files": done.files})
+        print_json(
+            {
+                "output": str(done.output),
+                "images": done.images,
+                "files": done.files,
+                "renamed_labels": dict(done.renamed_labels),
+                "numbered_files": dict(done.numbered_files),
+            }
+        )
         return 0
     written = f"{count(done.images, 'image')} of {count(len(scan.classes), 'class')}"
     print(f"wrote {written} to {done.output} ({args.to})")
+    for label, folder in done.renamed_labels:
+        print(f"  class {label!r} is the folder {folder!r}: a folder is named by a safe, distinct name")
+    if done.numbered_files:
+        shown = ", ".join(f"{record!r} -> {name!r}" for record, name in done.numbered_files[:5])
+        more = f" and {len(done.numbered_files) - 5} more" if len(done.numbered_files) > 5 else ""
+        print(
+            f"  {count(len(done.numbered_files), 'image')} numbered, their names being taken: {shown}{more}"
+        )
     return 0
 
 

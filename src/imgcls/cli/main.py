@@ -120,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
+    if getattr(args, "allow_outside_root", False):
+        from imgcls.data.records import OUTSIDE_ROOT_ENV
+
+        # In the environment, so that the processes this one starts (torchrun ranks) decide alike.
+        os.environ[OUTSIDE_ROOT_ENV] = "1"
     if getattr(args, "profile", False):
         from imgcls.system.profiling import PROFILE
 

@@ -14,6 +14,7 @@ from imgcls.cli._options import (
     add_device_option,
     add_engine_options,
     add_inference_options,
+    add_outside_root_option,
     add_runtime_option,
     add_source_options,
     as_flags,
@@ -85,6 +86,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", help="model directory, or a backbone name to use its ImageNet classes")
     p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    add_outside_root_option(p)
     p.add_argument(
         "--top-k", type=int, default=TOP_K, help=f"how many classes to list per image (default: {TOP_K})"
     )
@@ -293,8 +295,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key",
         default=os.environ.get("IMGCLS_API_KEY"),
-        help="require this key (X-API-Key or Authorization: Bearer) of every request but the page "
-        "and /health (default: $IMGCLS_API_KEY; none)",
+        help="require this key (X-API-Key or Authorization: Bearer) of every request but the page, "
+        "which asks for it, and /health (default: $IMGCLS_API_KEY; none)",
     )
     p.add_argument(
         "--cors-origin",

@@ -24,6 +24,7 @@ tampered batch cannot run code: it is refused with an error that says so.
 from __future__ import annotations
 
 import io
+import operator
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -205,16 +206,31 @@ def _read_batch(
         column = (1 if label_set == "fine" else 0) if layout.hundred else 0
         labels, flat = table[:, column].astype(int).tolist(), table[:, width - PIXELS :]
     else:
-        content = _unpickle(bytes(data), f"{source}/{batch}")
-        key = f"{label_set}_labels" if layout.hundred else "labels"
-        if "data" not in content or key not in content:
-            raise DataError(f"{source}/{batch} has no data or {key}: not a CIFAR batch")
-        flat, labels = np.asarray(content["data"], dtype=np.uint8), [int(v) for v in content[key]]
-        if flat.ndim != 2 or flat.shape[1] != PIXELS or len(flat) != len(labels):
-            raise DataError(
-                f"{source}/{batch}: expected {len(labels)} rows of {PIXELS} pixels, got {flat.shape}"
-            )
+        flat, labels = _pickled_batch(bytes(data), f"{source}/{batch}", label_set, hundred=layout.hundred)
     return flat.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1), labels
+
+
+def _pickled_batch(data: bytes, name: str, label_set: str, *, hundred: bool) -> tuple[np.ndarray, list[int]]:
+    """A python-version batch's pixels and labels, checked to be what CIFAR's pickles hold: a
+    uint8 array of N x 3072 pixels, whose bytes are in the file (a pickle whose shared references
+    would expand into far more images than it holds is refused), and N integer labels."""
+    content = _unpickle(data, name)
+    key = f"{label_set}_labels" if hundred else "labels"
+    if "data" not in content or key not in content:
+        raise DataError(f"{name} has no data or {key}: not a CIFAR batch")
+    flat, stored = content["data"], content[key]
+    if not isinstance(flat, np.ndarray) or flat.dtype != np.uint8:
+        found = f"a {flat.dtype} array" if isinstance(flat, np.ndarray) else f"a {type(flat).__name__}"
+        raise DataError(f"{name}: its data is {found}, not the uint8 pixel array of a CIFAR batch")
+    if flat.nbytes > len(data):
+        raise DataError(f"{name}: its data would take {flat.nbytes:,} bytes from a {len(data):,}-byte file")
+    try:
+        labels = [operator.index(v) for v in stored]
+    except TypeError:
+        raise DataError(f"{name}: its {key} are not all whole numbers") from None
+    if flat.ndim != 2 or flat.shape[1] != PIXELS or len(flat) != len(labels):
+        raise DataError(f"{name}: expected {len(labels)} rows of {PIXELS} pixels, got {flat.shape}")
+    return flat, labels
 
 
 _ALLOWED_GLOBALS = {

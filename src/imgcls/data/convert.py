@@ -4,54 +4,90 @@ Images that are files are copied as they are; images held in memory are written 
 encoded bytes, or as PNG (lossless) where only pixels exist. Splits the source names are kept
 (``train/``, ``val/``, ``test/`` folders; a manifest's split column; one set of shards per
 split). Nothing is overwritten: the output must not exist yet.
+
+Labels and record ids name folders and files only through ``path_component`` (no separators,
+no ``..``, nothing outside the output), each folder's names kept distinct by a
+``NameAllocator``: a label written under another name, or a file numbered because its name came
+out the same as another's, is reported in ``Converted``, never silently merged or overwritten.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from imgcls._files import NameAllocator, write_csv_atomic, write_text_atomic
 from imgcls.data.images import MemoryImage
+from imgcls.data.manifests import listed_path
 from imgcls.data.records import DatasetScan, ImageRecord
 from imgcls.data.webdataset import IMAGE_SUFFIXES, INFO_FILE
-from imgcls.errors import DataError
+from imgcls.errors import DataError, first_line
 
 TARGETS = ("folder", "manifest", "webdataset")
 SHARD_SAMPLES = 10_000
+IMAGES_FOLDER = "images"
+MANIFEST_COLUMNS = ("path", "label", "split")
 
 
 @dataclass(frozen=True)
 class Converted:
-    """What ``convert`` wrote."""
+    """What ``convert`` wrote, and the data names it could not use as they were."""
 
     output: Path
     images: int
     files: int  # image files, manifest rows' files or shards written
+    # (class label, folder name) for labels that are not a safe, distinct folder name as given.
+    renamed_labels: list[tuple[str, str]] = field(default_factory=list)
+    # (record id, file name) for images whose name came out the same as another's and was numbered.
+    numbered_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def convert(
     scan: DatasetScan, output: str | Path, *, to: str, shard_samples: int = SHARD_SAMPLES
 ) -> Converted:
-    """Write ``scan`` to ``output`` as ``to`` (one of ``TARGETS``)."""
+    """Write ``scan`` to ``output`` as ``to`` (one of ``TARGETS``).
+
+    Everything is written into a hidden ``.NAME.partial`` folder beside ``output`` and moved into
+    place at the end, so a killed conversion leaves nothing that looks complete (the next one
+    starts that folder afresh)."""
     if to not in TARGETS:
         raise DataError(f"unknown conversion target {to!r}; choose one of {', '.join(TARGETS)}")
     output = Path(output)
     if output.exists():
         raise DataError(f"{output} already exists; convert writes a new folder or file only")
-    if to == "folder":
-        return _to_folder(scan, output)
-    if to == "manifest":
-        return _to_manifest(scan, output)
-    return _to_shards(scan, output, shard_samples)
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        if to == "folder":
+            done = _to_folder(scan, partial)
+        elif to == "manifest":
+            done = _to_manifest(scan, partial, output)
+        else:
+            done = _to_shards(scan, partial, shard_samples)
+        _move_into_place(partial, output, manifest=to == "manifest")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return replace(done, output=output)
+
+
+def _move_into_place(partial: Path, output: Path, *, manifest: bool) -> None:
+    if not manifest:
+        partial.replace(output)
+        return
+    images = partial / IMAGES_FOLDER
+    if images.is_dir():
+        images.replace(output.parent / IMAGES_FOLDER)
+    (partial / output.name).replace(output)  # last: the manifest's presence means it is complete
+    partial.rmdir()
 
 
 def _encoded(scan: DatasetScan, record: ImageRecord) -> tuple[bytes | Path, str]:
@@ -59,11 +95,16 @@ def _encoded(scan: DatasetScan, record: ImageRecord) -> tuple[bytes | Path, str]
     image = scan.absolute(record)
     if isinstance(image, Path):
         return image, image.suffix.lower()
-    data = image.encoded()
-    if data is not None:
+    try:
+        data = image.encoded()
+        if data is None:
+            return _png(image), ".png"
         kind = Image.open(io.BytesIO(data)).format or "PNG"
-        return data, {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(kind, f".{kind.lower()}")
-    return _png(image), ".png"
+    except UnidentifiedImageError:
+        raise DataError(f"{scan.source}: the image of {record.path} is not an image file") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{scan.source}: cannot read the image of {record.path}: {first_line(exc)}") from None
+    return data, {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(kind, f".{kind.lower()}")
 
 
 def _png(image: MemoryImage) -> bytes:
@@ -72,9 +113,10 @@ def _png(image: MemoryImage) -> bytes:
     return buffer.getvalue()
 
 
-def _safe_name(record_id: str) -> str:
-    """A file name from a record id: path separators and odd characters become ``_``."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(record_id).with_suffix("").as_posix()).strip("_")
+def _file_stem(record_id: str) -> str:
+    """A record id without its extension, its folders joined into the name (``ants/1.jpg`` is
+    ``ants_1``), so images from different folders stay apart."""
+    return Path(record_id).with_suffix("").as_posix()
 
 
 def _write(content: bytes | Path, path: Path) -> None:
@@ -93,41 +135,44 @@ def _split_of(scan: DatasetScan, record: ImageRecord) -> str | None:
 
 
 def _to_folder(scan: DatasetScan, output: Path) -> Converted:
+    labels = NameAllocator()
+    files: dict[Path, NameAllocator] = defaultdict(NameAllocator)
     for record in scan.records:
         content, suffix = _encoded(scan, record)
         split = _split_of(scan, record)
-        folder = output / split / record.label if split else output / record.label
-        _write(content, folder / f"{_safe_name(record.path)}{suffix}")
-    return Converted(output, len(scan.records), len(scan.records))
+        folder = (output / split if split else output) / labels(record.label)
+        _write(content, folder / files[folder](_file_stem(record.path), suffix))
+    numbered = [pair for names in files.values() for pair in names.collided]
+    return Converted(output, len(scan.records), len(scan.records), labels.changed, numbered)
 
 
-def _to_manifest(scan: DatasetScan, output: Path) -> Converted:
-    """``output`` is the manifest (.csv or .jsonl); images not on disk go to ``images/`` beside it."""
+def _to_manifest(scan: DatasetScan, partial: Path, output: Path) -> Converted:
+    """``output`` is the manifest (.csv or .jsonl). An image file inside the manifest's folder is
+    listed by its path relative to it; any other image (held in memory, or a file elsewhere) is
+    written to ``images/`` beside the manifest, so the manifest never names a file outside its
+    folder and reads without ``--allow-outside-root``."""
     if output.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"a manifest is written as .csv or .jsonl, got {output.name}")
+    if (output.parent / IMAGES_FOLDER).exists():
+        raise DataError(f"{output.parent / IMAGES_FOLDER} already exists; convert writes the images "
+                        "a manifest needs there, so choose another folder for the manifest")  # fmt: skip
+    names = NameAllocator()
     rows = []
-    written = 0
     for record in scan.records:
         content, suffix = _encoded(scan, record)
-        if isinstance(content, Path):
-            path = str(content.resolve())
-        else:
-            target = output.parent / "images" / f"{_safe_name(record.path)}{suffix}"
-            _write(content, target)
-            written += 1
-            path = target.relative_to(output.parent).as_posix()
-        rows.append({"path": path, "label": record.label, "split": record.folder_split or ""})
-    output.parent.mkdir(parents=True, exist_ok=True)
+        path = listed_path(content, output) if isinstance(content, Path) else None
+        if path is None:
+            path = f"{IMAGES_FOLDER}/{names(_file_stem(record.path), suffix)}"
+            _write(content, partial / path)
+        rows.append([path, record.label, record.folder_split or ""])
+    partial.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".jsonl":
-        output.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        lines = (json.dumps(dict(zip(MANIFEST_COLUMNS, row, strict=True))) + "\n" for row in rows)
+        write_text_atomic(partial / output.name, "".join(lines))
     else:
-        import csv
-
-        with output.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["path", "label", "split"])
-            writer.writeheader()
-            writer.writerows(rows)
-    return Converted(output, len(rows), written)
+        write_csv_atomic(partial / output.name, MANIFEST_COLUMNS, rows)
+    written = sum(1 for row in rows if row[0].startswith(f"{IMAGES_FOLDER}/"))
+    return Converted(output, len(rows), written, [], names.collided)
 
 
 def _to_shards(scan: DatasetScan, output: Path, shard_samples: int) -> Converted:

@@ -25,7 +25,7 @@ from typing import Any
 from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import MemoryImage, StoredImage
 from imgcls.data.manifests import open_parquet
-from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
+from imgcls.data.records import DatasetScan, ImageRecord, outside_root_allowed, path_in_root, validate_scan
 from imgcls.errors import DataError, first_line
 
 LABEL_NAMES = ("label", "labels")
@@ -51,13 +51,17 @@ def looks_like_image_parquet(path: Path) -> bool:
     return "path" not in schema.names and _image_column(schema, _features(schema.metadata)) is not None
 
 
-def read_hf_source(source: str | Path, *, min_classes: int = 2) -> DatasetScan:
+def read_hf_source(
+    source: str | Path, *, min_classes: int = 2, allow_outside_root: bool | None = None
+) -> DatasetScan:
     """A ``save_to_disk`` folder or image Parquet files, as records whose images are read on
-    demand."""
+    demand. An image stored as a path (no bytes) must lie in the data set's folder unless
+    ``allow_outside_root`` (default: ``--allow-outside-root``, see ``outside_root_allowed``)."""
+    outside = outside_root_allowed(allow_outside_root)
     path = Path(source).expanduser()
     root = path if path.is_dir() else path.parent
     scan = DatasetScan(root=root, classes=[], records=[], source=str(path), format="huggingface")
-    parts = _saved_parts(path) if looks_like_saved_dataset(path) else _parquet_parts(path)
+    parts = _saved_parts(path, outside) if looks_like_saved_dataset(path) else _parquet_parts(path, outside)
     for split_name, labels, cells, label_of in parts:
         split = SPLIT_FOLDERS.get(split_name.lower()) if split_name else None
         prefix = f"{split_name}/" if split_name else ""
@@ -84,13 +88,17 @@ class SavedCell:
     split: str | None
     row: int
     column: str
+    outside_root: bool = False  # whether the cell may name a file outside ``folder``
 
     @property
     def where(self) -> str:
         return f"{self.folder}" + (f"/{self.split}" if self.split else "")
 
     def read(self) -> bytes:
-        return _stored_bytes(_saved_table(self.folder, self.split, self.column)[self.row][self.column])
+        value = _saved_table(self.folder, self.split, self.column)[self.row][self.column]
+        return _stored_bytes(
+            value, self.folder, outside_root=self.outside_root, where=f"{self.where} row {self.row}"
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,7 @@ class ParquetCell:
     group: int
     row: int
     column: str
+    outside_root: bool = False  # whether the cell may name a file outside the file's folder
 
     @property
     def where(self) -> str:
@@ -108,10 +117,11 @@ class ParquetCell:
 
     def read(self) -> bytes:
         try:
-            values = _row_group(self.file, self.group, self.column)
+            values = _row_group(self.file, _version(self.file), self.group, self.column)
         except ValueError as exc:  # pyarrow's ArrowInvalid
             raise OSError(first_line(exc)) from None
-        return _stored_bytes(values[self.row])
+        where = f"{self.where} row {self.row}"
+        return _stored_bytes(values[self.row], self.file.parent, outside_root=self.outside_root, where=where)
 
 
 @functools.lru_cache(maxsize=4)
@@ -124,15 +134,22 @@ def _saved_table(folder: Path, split: str | None, column: str) -> Any:
     return table.cast_column(column, datasets.Image(decode=False))
 
 
+def _version(file: Path) -> tuple[int, int]:
+    """What tells a rewritten file from the one cached: a long-lived process (a notebook, the
+    server) must not read old images from a file written again under the same name."""
+    found = file.stat()
+    return found.st_mtime_ns, found.st_size
+
+
 @functools.lru_cache(maxsize=4)
-def _row_group(file: Path, group: int, column: str) -> list[Any]:
+def _row_group(file: Path, version: tuple[int, int], group: int, column: str) -> list[Any]:
     """One row group's image column: read once for the images that follow it."""
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0).to_pylist()
 
 
-def _saved_parts(path: Path) -> Iterable[_Part]:
+def _saved_parts(path: Path, outside_root: bool) -> Iterable[_Part]:
     try:
         import datasets
     except ModuleNotFoundError:
@@ -150,7 +167,7 @@ def _saved_parts(path: Path) -> Iterable[_Part]:
         if image_column is None:
             raise DataError(f"{path}{'/' + split_name if split_name else ''} has no Image column")
         column, label_of = _labeller(features, set(table.column_names), path)
-        cells = (SavedCell(path, split_name, row, image_column) for row in range(len(table)))
+        cells = (SavedCell(path, split_name, row, image_column, outside_root) for row in range(len(table)))
         yield split_name, list(table[column]), cells, label_of
 
 
@@ -165,7 +182,7 @@ def _parquet_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.parquet")) if path.is_dir() else []
 
 
-def _parquet_parts(path: Path) -> Iterable[_Part]:
+def _parquet_parts(path: Path, outside_root: bool) -> Iterable[_Part]:
     files = _parquet_files(path)
     if not files:
         raise DataError(f"{path} holds no .parquet files")
@@ -183,7 +200,7 @@ def _parquet_parts(path: Path) -> Iterable[_Part]:
             raise DataError(f"cannot read Parquet file {file}: {first_line(exc)}") from None
         sizes = [handle.metadata.row_group(group).num_rows for group in range(handle.num_row_groups)]
         cells = (
-            ParquetCell(file, group, row, image_column)
+            ParquetCell(file, group, row, image_column, outside_root)
             for group, size in enumerate(sizes)
             for row in range(size)
         )
@@ -196,16 +213,19 @@ def _features(metadata: dict[bytes, bytes] | None) -> dict[str, dict[str, Any]]:
         return {}
     try:
         return dict(json.loads(metadata[b"huggingface"])["info"]["features"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return {}
 
 
 def _image_column(schema: Any, features: dict[str, dict[str, Any]]) -> str | None:
+    """The column the features mark as an Image (if the table has it), else the first struct of
+    ``bytes`` and ``path``."""
     marked = next((n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "Image"), None)
-    if marked is not None:
+    if marked is not None and marked in schema.names:
         return marked
     for field in schema:
-        names = {child.name for child in field.type} if hasattr(field.type, "num_fields") else set()
+        kind = field.type  # a struct's children by index: other types with num_fields do not iterate
+        names = {kind.field(i).name for i in range(getattr(kind, "num_fields", 0))}
         if {"bytes", "path"} <= names:
             return field.name
     return None
@@ -234,13 +254,19 @@ def _labeller(
     return column, label_of
 
 
-def _stored_bytes(value: Any) -> bytes:
-    """An image cell's encoded file: its bytes, or the file its path names."""
+def _stored_bytes(value: Any, root: Path, *, outside_root: bool, where: str) -> bytes:
+    """An image cell's encoded file: its bytes, or the file its path names, which must lie in
+    the data set's folder ``root`` unless ``outside_root`` (``path_in_root``)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"])
-        if value.get("path") and Path(value["path"]).is_file():
-            return Path(value["path"]).read_bytes()
+        if isinstance(value.get("path"), str) and value["path"]:
+            try:
+                file = path_in_root(root, value["path"], allowed=outside_root, where=where)
+            except DataError as exc:
+                raise OSError(str(exc)) from None
+            if file.is_file():
+                return file.read_bytes()
     raise OSError("the row has no image bytes")

@@ -1,7 +1,8 @@
 """Data sets listed in a manifest: a CSV, JSON Lines or Parquet file (or, from Python, a pandas
 DataFrame) with one row per image and the columns ``path``, ``label`` and optionally ``split``.
 
-Paths are relative to the manifest's folder (absolute paths are allowed); ``split`` takes
+Paths are relative to the manifest's folder, and stay inside it unless the user trusts the
+manifest (``--allow-outside-root``; absolute paths then too); ``split`` takes
 ``train``, ``val`` (or ``valid``, ``validation``) and ``test``, and an empty value leaves the
 split to imgcls. Every listed file must exist: a manifest is a promise about the data.
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from imgcls._files import read_csv
 from imgcls.data.folders import SPLIT_FOLDERS
-from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
+from imgcls.data.records import DatasetScan, ImageRecord, outside_root_allowed, path_in_root, validate_scan
 from imgcls.errors import DataError, first_line
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -23,10 +26,17 @@ REQUIRED_COLUMNS = ("path", "label")
 MANIFEST_LAYOUT = "rows of path,label[,split] in {root}"
 
 
-def read_manifest_source(source: str | Path | Any, *, min_classes: int = 2) -> DatasetScan:
-    """The data set a manifest file (or a pandas DataFrame) lists."""
+def read_manifest_source(
+    source: str | Path | Any, *, min_classes: int = 2, allow_outside_root: bool | None = None
+) -> DatasetScan:
+    """The data set a manifest file (or a pandas DataFrame) lists.
+
+    A manifest file's paths must stay inside its folder unless ``allow_outside_root`` (default:
+    ``--allow-outside-root``, see ``outside_root_allowed``); a DataFrame's are the calling
+    program's own and may name any file."""
     if _is_dataframe(source):
-        return _scan(_dataframe_rows(source), root=Path.cwd(), name="the DataFrame", min_classes=min_classes)
+        rows = _dataframe_rows(source)
+        return _scan(rows, root=Path.cwd(), name="the DataFrame", min_classes=min_classes, outside=True)
     path = Path(source).expanduser()
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist")
@@ -34,11 +44,12 @@ def read_manifest_source(source: str | Path | Any, *, min_classes: int = 2) -> D
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path} is not a manifest: expected a {', '.join(MANIFEST_SUFFIXES)} file")
-    return _scan(reader(path), root=path.parent, name=str(path), min_classes=min_classes)
+    outside = outside_root_allowed(allow_outside_root)
+    return _scan(reader(path), root=path.parent, name=str(path), min_classes=min_classes, outside=outside)
 
 
 def _scan(
-    rows: Iterable[tuple[int, Mapping[str, Any]]], *, root: Path, name: str, min_classes: int
+    rows: Iterable[tuple[int, Mapping[str, Any]]], *, root: Path, name: str, min_classes: int, outside: bool
 ) -> DatasetScan:
     scan = DatasetScan(root=root, classes=[], records=[], source=name, format="manifest")
     seen: dict[str, int] = {}
@@ -48,8 +59,10 @@ def _scan(
             raise DataError(
                 f"{name} line {line} lists {record.path} again (first on line {seen[record.path]})"
             )
-        if not (root / record.path).is_file():
-            raise DataError(f"{name} line {line}: image {record.path} does not exist (looked in {root})")
+        image = path_in_root(root, record.path, allowed=outside, where=f"{name} line {line}")
+        if not image.is_file():
+            problem = "is not a regular file" if image.exists() else "does not exist"
+            raise DataError(f"{name} line {line}: image {record.path} {problem} (looked in {root})")
         seen[record.path] = line
         scan.records.append(record)
     scan.classes = sorted({r.label for r in scan.records})
@@ -80,12 +93,18 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def listed_path(file: Path, manifest: Path) -> str | None:
+    """How a manifest at ``manifest`` lists ``file``: its path relative to the manifest's folder,
+    or ``None`` for a file outside it, which only ``--allow-outside-root`` would read back."""
+    folder = Path(os.path.abspath(manifest.parent))
+    target = Path(os.path.abspath(file))
+    return target.relative_to(folder).as_posix() if target.is_relative_to(folder) else None
+
+
 def _csv_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            header = reader.fieldnames or []
+            header, rows = read_csv(handle)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc
     if not rows:
@@ -110,6 +129,8 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
             row = json.loads(text)
         except ValueError as exc:
             raise DataError(f"{path} line {number} is not JSON: {exc}") from exc
+        except RecursionError:
+            raise DataError(f"{path} line {number} nests JSON too deeply to be a manifest row") from None
         if not isinstance(row, dict):
             raise DataError(f"{path} line {number} is not a JSON object with path and label")
         rows.append((number, row))

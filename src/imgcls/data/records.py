@@ -7,6 +7,7 @@ the classes, and where each image is (a file, or pixels and bytes held in memory
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,31 @@ from imgcls.system.wording import count
 log = logging.getLogger(__name__)
 
 TRAIN, VAL, TEST = "train", "val", "test"
+
+
+# Set (to anything but 0) by --allow-outside-root: data may name files outside its own folder.
+OUTSIDE_ROOT_ENV = "IMGCLS_ALLOW_OUTSIDE_ROOT"
+
+
+def outside_root_allowed(allowed: bool | None = None) -> bool:
+    """``allowed`` when given, else whether ``OUTSIDE_ROOT_ENV`` says so."""
+    if allowed is not None:
+        return allowed
+    return os.environ.get(OUTSIDE_ROOT_ENV, "") not in ("", "0")
+
+
+def path_in_root(root: Path, path: str, *, allowed: bool, where: str) -> Path:
+    """``root / path`` for a path a data set names; one that leaves ``root`` (an absolute path,
+    or ``..`` beyond it, judged on the path as written, so the user's own symbolic links are
+    followed) is refused unless ``allowed``: a downloaded manifest or data set must not make
+    imgcls read, copy or train on any file of the machine."""
+    target = root / path
+    if not allowed and not Path(os.path.abspath(target)).is_relative_to(os.path.abspath(root)):
+        raise DataError(
+            f"{where} names {path}, outside {root}; a data set reads files inside its own folder "
+            f"only, unless you trust it: pass --allow-outside-root (or set {OUTSIDE_ROOT_ENV}=1)"
+        )
+    return target
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,12 @@ def prediction_inputs(inputs: Sequence[str | Path]) -> list[ImageRef]:
 
 
 def open_source(
-    source: str | Path | Any, *, data_format: str = "auto", label_set: str = "fine", min_classes: int = 2
+    source: str | Path | Any,
+    *,
+    data_format: str = "auto",
+    label_set: str = "fine",
+    min_classes: int = 2,
+    allow_outside_root: bool | None = None,
 ) -> DatasetScan:
     """Every labelled image of ``source``.
 
@@ -76,12 +81,15 @@ def open_source(
         data_format: one of ``DATA_FORMATS``; ``auto`` detects it.
         label_set: CIFAR-100's ``fine`` (100) or ``coarse`` (20) classes.
         min_classes: fewer classes than this is an error.
+        allow_outside_root: whether a manifest or a Hugging Face data set may name image files
+            outside its own folder (default: only with ``--allow-outside-root``, or
+            ``IMGCLS_ALLOW_OUTSIDE_ROOT=1``).
     """
     if data_format not in DATA_FORMATS:
         raise DataError(f"unknown `data_format` {data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
     found = detect_format(source) if data_format == "auto" else data_format
     if found == "manifest":
-        return read_manifest_source(source, min_classes=min_classes)
+        return read_manifest_source(source, min_classes=min_classes, allow_outside_root=allow_outside_root)
     if found == "cifar":
         return read_cifar(source, label_set=label_set, min_classes=min_classes)
     if found == "imagenet":
@@ -89,5 +97,5 @@ def open_source(
     if found == "webdataset":
         return read_webdataset(source, min_classes=min_classes)
     if found == "huggingface":
-        return read_hf_source(source, min_classes=min_classes)
+        return read_hf_source(source, min_classes=min_classes, allow_outside_root=allow_outside_root)
     return name_synset_classes(scan_dataset(source, min_classes=min_classes))

@@ -5,7 +5,6 @@ Pure functions over labels and paths: no images are read here.
 
 from __future__ import annotations
 
-import csv
 import logging
 import zlib
 from collections import Counter, defaultdict
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls._files import write_csv_atomic
+from imgcls._files import read_csv, write_csv_atomic
 from imgcls.data.records import TEST, TRAIN, VAL, ImageRecord
 from imgcls.errors import DataError
 from imgcls.system.wording import count
@@ -103,7 +102,7 @@ def read_manifest(path: Path) -> dict[str, tuple[str, str]]:
     """``{relative path: (label, split)}`` from a manifest written by ``write_manifest``."""
     try:
         with path.open(newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            rows = list(csv.DictReader(handle))
+            rows = read_csv(handle)[1]
     except OSError as exc:
         raise DataError(f"cannot read split manifest {path}: {exc.strerror}") from exc
     if rows and not {"path", "label", "split"} <= set(rows[0]):

@@ -27,7 +27,7 @@ from typing import Any
 from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import ArchiveMember, MemoryImage, is_image_path
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
-from imgcls.errors import DataError
+from imgcls.errors import DataError, first_line
 
 INFO_FILE = "_info.json"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
@@ -74,8 +74,8 @@ def _info(folder: Path) -> dict[str, Any]:
         return {}
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path} is not valid JSON: {first_line(exc)}") from None
     return info if isinstance(info, dict) else {}
 
 
@@ -114,9 +114,25 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, Member]]]:
                 else:
                     value = archive.extractfile(member).read()  # type: ignore[union-attr]
                 samples.setdefault(key, {})[suffix] = value
+            if seekable and not _ends_with_end_marker(shard, archive.offset):
+                raise DataError(
+                    f"shard {shard} stops after {len(samples)} samples without the end-of-archive "
+                    "marker: it was cut short (an interrupted download or copy?); the samples it "
+                    "lost cannot be counted, so it is not read. Copy or write it again"
+                )
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read shard {shard}: {exc}") from exc
     yield from samples.items()
+
+
+def _ends_with_end_marker(shard: Path, end: int) -> bool:
+    """Whether a plain tar's last member is followed by the zero block that ends an archive; a
+    tar cut at a member boundary reads without error, only shorter. (A compressed tar cut short
+    fails to decompress instead.)"""
+    with shard.open("rb") as handle:
+        handle.seek(end)
+        block = handle.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
 def _uncompressed(shard: Path) -> bool:
@@ -156,7 +172,7 @@ def _label_value(data: bytes, suffix: str, *, shard: Path, key: str) -> Any:
         if suffix != "json":
             return text
         content = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"{shard}: sample {key}.{suffix} is not readable text ({exc})") from None
     if not isinstance(content, dict) or "label" not in content:
         raise DataError(f'{shard}: sample {key}.json has no "label"')

@@ -8,7 +8,6 @@ predictor that has ``classes`` and ``score_paths`` (torch ``Classifier`` or ``On
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from imgcls._files import CsvWriter, read_csv
 from imgcls.config import TOP_K
 from imgcls.errors import ConfigError
 from imgcls.inference.predictions import PathScores, rank_classes
@@ -112,9 +112,7 @@ def already_written(output: Path, kind: str) -> set[str]:
     with output.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
         if kind == "csv":
             return {
-                row["path"]
-                for row in csv.DictReader(handle)
-                if row.get("path") and row.get("error") is not None
+                row["path"] for row in read_csv(handle)[1] if row.get("path") and row.get("error") is not None
             }
         seen = set()
         for line in handle:
@@ -139,10 +137,10 @@ class _open_for_append:
         if self.kind == "jsonl":
             handle = self.handle
             return handle, lambda row: handle.write(json.dumps(_jsonl(row)) + "\n")
-        writer = csv.DictWriter(self.handle, fieldnames=CSV_FIELDS)
+        writer = CsvWriter(self.handle)
         if new:
-            writer.writeheader()
-        return self.handle, lambda row: writer.writerow(_csv(row))
+            writer.row(CSV_FIELDS)
+        return self.handle, lambda row: writer.row(_csv(row)[field] for field in CSV_FIELDS)
 
     def __exit__(self, *exc: object) -> None:
         assert self.handle is not None

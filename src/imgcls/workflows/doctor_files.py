@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from imgcls._files import write_csv_atomic, write_json
+from imgcls.data.manifests import listed_path
 from imgcls.data.records import TRAIN, DatasetScan
 from imgcls.errors import DataError
 from imgcls.evaluation.report import Card, write_gallery_page
@@ -85,13 +86,22 @@ def write_clean_manifest(
             dropped.update(i for i in f.ids if i != keep)
         elif f.kind in CLEANED_KINDS:
             dropped.update(f.ids)
-    rows = [
-        [str(ref), relabelled.get(r.path, r.label), r.folder_split or ""]
-        for r, ref in zip(images.records, images.refs, strict=True)
-        if r.path not in dropped
-    ]
+    rows, outside = [], 0
+    for record, ref in zip(images.records, images.refs, strict=True):
+        if record.path in dropped:
+            continue
+        listed = listed_path(ref, path)
+        outside += listed is None
+        rows.append([listed or str(Path(ref).absolute()), relabelled.get(record.path, record.label),
+                     record.folder_split or ""])  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(path, ["path", "label", "split"], rows)
+    if outside:
+        log.warning(
+            "%s lists %s outside its own folder (by absolute path): train on it with "
+            "--allow-outside-root, or write it in a folder that holds the data",
+            path, count(outside, "image"),
+        )  # fmt: skip
     log.info(
         "wrote %s to %s (%s left out, %s relabelled)",
         count(len(rows), "image"), path, len(images.records) - len(rows), len(relabelled),
