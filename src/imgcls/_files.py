@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -69,6 +68,11 @@ def weights_digest(directory: Path) -> str:
 def read_model_config(directory: Path) -> dict[str, Any]:
     """The validated ``config.json`` of a model directory."""
     config_path = directory / CONFIG_FILE
+    if directory.is_file():
+        raise ModelFormatError(
+            f"{directory} is a file; a model is the directory that holds {CONFIG_FILE} and "
+            f"{WEIGHTS_FILE} (RUN_DIR or RUN_DIR/{MODEL_SUBDIR})"
+        )
     if not directory.is_dir():
         raise ModelFormatError(f"model directory {directory} does not exist")
     if not config_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
@@ -149,57 +153,62 @@ def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
-# Names that come from data (class labels, record ids) and become file or folder names keep
-# letters, digits, "_", "-" and "."; anything else, a path separator included, becomes "_".
-_UNSAFE_IN_NAME = re.compile(r"[^\w.-]+")
-# Names Windows reserves in every folder, whatever the extension.
+# Names that come from data (class labels, record ids) become file or folder names with what no
+# file system takes in a name replaced by "_": path separators, Windows' forbidden characters
+# and control characters. Letters of every script (their combining marks included) and spaces
+# stay, so distinct labels stay distinct.
+_FORBIDDEN_IN_NAME = set('/\\:*?"<>|')
+# Names Windows reserves in every folder, whatever the extension (superscript digits included).
 _RESERVED_NAMES = {
-    "con",
-    "prn",
-    "aux",
-    "nul",
-    *(f"com{i}" for i in range(10)),
-    *(f"lpt{i}" for i in range(10)),
-}
+    "con", "prn", "aux", "nul",
+    *(f"{port}{n}" for port in ("com", "lpt") for n in (*"0123456789", "\u00b9", "\u00b2", "\u00b3")),
+}  # fmt: skip
 # Well under every file system's 255-byte limit, leaving room for a suffix and an extension.
 NAME_BYTES = 200
 
 
 def path_component(name: str) -> str:
     """``name`` as one file or folder name that stays inside the folder it is joined to: no
-    separators, no leading or trailing dots (so never ``.``, ``..`` or hidden), no reserved
-    device names, at most ``NAME_BYTES`` bytes, never empty."""
-    text = _UNSAFE_IN_NAME.sub("_", unicodedata.normalize("NFC", name)).strip(".")
-    text = text.encode("utf-8", errors="replace")[:NAME_BYTES].decode("utf-8", errors="ignore").rstrip(".")
+    separators or forbidden characters, no leading or trailing dots or spaces (so never ``.``,
+    ``..`` or hidden), no reserved device names, at most ``NAME_BYTES`` bytes, never empty."""
+    text = "".join(
+        "_" if c in _FORBIDDEN_IN_NAME or unicodedata.category(c)[0] == "C" else c
+        for c in unicodedata.normalize("NFC", name)
+    )
+    text = text.encode("utf-8", errors="replace")[:NAME_BYTES].decode("utf-8", errors="ignore")
+    text = text.strip(". ")
     if not text:
         return "_"
-    return f"_{text}" if text.split(".")[0].lower() in _RESERVED_NAMES else text
+    return f"_{text}" if text.split(".")[0].strip().lower() in _RESERVED_NAMES else text
 
 
 class NameAllocator:
     """Distinct names in one folder for distinct data names: ``path_component`` of each, with
     ``-2``, ``-3``... where that is taken (compared as a case-insensitive file system compares).
-    Every name written otherwise than given is recorded in ``changed``, and those that needed a
-    number, because another name came out the same, also in ``collided``."""
+    ``__call__`` gives a name asked again the name it gave (a class label, once per image);
+    ``unique`` a new name every time (a file). Every name written otherwise than given is
+    recorded in ``changed``, and those that needed a number, because another name came out the
+    same, also in ``collided``."""
 
     def __init__(self) -> None:
-        self._given: dict[str, str] = {}
+        self._given: dict[tuple[str, str], str] = {}
         self._taken: set[str] = set()
         self.changed: list[tuple[str, str]] = []
         self.collided: list[tuple[str, str]] = []
 
     def __call__(self, name: str, suffix: str = "") -> str:
-        key = name + suffix
-        if key in self._given:
-            return self._given[key]
+        if (name, suffix) not in self._given:
+            self._given[(name, suffix)] = self.unique(name, suffix)
+        return self._given[(name, suffix)]
+
+    def unique(self, name: str, suffix: str = "") -> str:
         base = path_component(name)
         candidate, number = base + suffix, 1
         while candidate.casefold() in self._taken:
             number += 1
             candidate = f"{base}-{number}{suffix}"
         self._taken.add(candidate.casefold())
-        self._given[key] = candidate
-        if candidate != key:
+        if candidate != name + suffix:
             self.changed.append((name, candidate))
         if number > 1:
             self.collided.append((name, candidate))

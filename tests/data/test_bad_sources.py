@@ -50,12 +50,16 @@ def test_a_data_name_becomes_one_safe_name_inside_its_folder(name, tmp_path):
 
 
 def test_names_that_come_out_the_same_are_numbered_and_recorded():
-    names = NameAllocator()
-    given = [names(Path(n).stem, ".png") for n in bad.CLASHING_NAMES]
+    files = NameAllocator()
+    given = [files.unique(Path(n).stem, ".png") for n in bad.CLASHING_NAMES]
     assert len({g.casefold() for g in given}) == len(given) == 5
-    assert given[3] == "é.png"  # letters beyond ASCII are kept, not merged into "_"
-    assert {record for record, _ in names.collided} == {"img_1", "img@1", "IMG_1"}
-    assert names(Path("img 1.png").stem, ".png") == given[0]  # the same name asked again
+    assert given[:4] == ["img 1.png", "img_1.png", "img@1.png", "é.png"]  # distinct names stay
+    assert files.collided == [("IMG_1", "IMG_1-2.png")]  # one file to a case-insensitive disk
+    assert files.unique("img 1", ".png") == "img 1-2.png"  # a file is never given a taken name
+    labels = NameAllocator()
+    assert labels("a/b") == labels("a/b") == "a_b" and labels("a_b") == "a_b-2"  # a class: one folder
+    assert labels.changed == [("a/b", "a_b"), ("a_b", "a_b-2")]
+    assert path_component("हिंदी") == "हिंदी" and path_component("कि") != path_component("की")
 
 
 @pytest.mark.parametrize("target", ["folder", "manifest", "webdataset"])
@@ -91,13 +95,13 @@ def test_convert_keeps_every_file_whose_names_clash_and_says_so(tmp_path, capsys
     data = tmp_path / "in" / "data"
     for label in ("a", "b"):
         (data / label).mkdir(parents=True)
-        for i, name in enumerate(bad.CLASHING_NAMES[:4]):
+        for i, name in enumerate((*bad.CLASHING_NAMES, "2.jpg", "2.JPG")):
             (data / label / name).write_bytes(bad.png_bytes(i + 10 * len(label)))
     output = tmp_path / "out"
     assert main(["convert", str(data), str(output), "--to", "folder"]) == 0
     said = capsys.readouterr().out
-    assert "wrote 8 images" in said and "numbered" in said
-    assert len(_files_under(output)) == 8  # none overwritten by another of the same name
+    assert "wrote 14 images" in said and "4 images numbered" in said
+    assert len(_files_under(output)) == 14  # none overwritten by another of the same name
     assert "a_é.png" in {p.name for p in _files_under(output)}  # beyond ASCII is kept, not merged
 
 
@@ -129,6 +133,15 @@ def test_a_manifest_written_elsewhere_copies_its_images_beside_it(image_folder, 
     assert {r["path"].split("/")[0] for r in csv.DictReader(beside.output.open())} == {image_folder.name}
 
 
+def test_a_manifest_beside_an_images_folder_it_need_not_write_to(tmp_path):
+    data = tmp_path / "images"
+    for label in ("cat", "dog"):
+        (data / label).mkdir(parents=True)
+        (data / label / "1.png").write_bytes(bad.png_bytes(len(label)))
+    done = convert(open_source(data), tmp_path / "train.csv", to="manifest")
+    assert done.files == 0 and len(open_source(done.output).records) == 2
+
+
 # Paths from data that are read.
 
 
@@ -144,6 +157,20 @@ def test_a_manifest_path_outside_its_folder_is_refused_unless_allowed(path, tmp_
         assert len(open_source(manifest).records) == 3
 
 
+def test_a_symbolic_link_in_the_data_to_a_file_elsewhere_counts_as_outside(tmp_path):
+    (tmp_path / "secret.png").write_bytes(bad.png_bytes(5))
+    manifest = bad.manifest_naming(tmp_path / "data", "linked.png")
+    (tmp_path / "data" / "linked.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(DataError, match=r"line 4 names linked.png, outside"):
+        open_source(manifest)
+    assert len(open_source(manifest, allow_outside_root=True).records) == 3
+    linked_root = tmp_path / "linked-data"
+    linked_root.symlink_to(tmp_path / "data")  # a data folder that is itself a link is fine
+    (tmp_path / "data" / "linked.png").unlink()
+    (tmp_path / "data" / "linked.png").write_bytes(bad.png_bytes(6))
+    assert len(open_source(linked_root / "list.csv").records) == 3
+
+
 def test_the_cli_flag_lets_a_trusted_manifest_read_outside_its_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(OUTSIDE_ROOT_ENV, raising=False)
     (tmp_path / "outside.png").write_bytes(bad.png_bytes(3))
@@ -151,7 +178,7 @@ def test_the_cli_flag_lets_a_trusted_manifest_read_outside_its_folder(tmp_path, 
     assert main(["inspect-data", str(manifest)]) != 0
     assert "--allow-outside-root" in capsys.readouterr().err
     assert main(["inspect-data", str(manifest), "--allow-outside-root"]) == 0
-    os.environ.pop(OUTSIDE_ROOT_ENV, None)  # main sets it for its own process
+    assert OUTSIDE_ROOT_ENV not in os.environ  # allowed for that command only
 
 
 def test_a_device_file_is_not_a_regular_file(tmp_path):

@@ -15,7 +15,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from imgcls.cli.data_commands import add_convert, add_doctor, run_convert, run_doctor
@@ -106,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = build_parser()
     args = parser.parse_args(argv)
-    from imgcls.errors import ImgclsError
     from imgcls.system.launcher import environment_ranks
 
     ranks = environment_ranks()
@@ -120,11 +119,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
-    if getattr(args, "allow_outside_root", False):
-        from imgcls.data.records import OUTSIDE_ROOT_ENV
+    with _outside_root_allowed(getattr(args, "allow_outside_root", False)):
+        return _run(args, argv)
 
-        # In the environment, so that the processes this one starts (torchrun ranks) decide alike.
+
+@contextlib.contextmanager
+def _outside_root_allowed(allowed: bool) -> Iterator[None]:
+    """``--allow-outside-root`` for this command: in the environment, so that the processes it
+    starts (torchrun ranks) decide alike, and only while it runs (``main`` may be called again in
+    the same process, from a notebook or a test)."""
+    from imgcls.data.records import OUTSIDE_ROOT_ENV
+
+    before = os.environ.get(OUTSIDE_ROOT_ENV)
+    if allowed:
         os.environ[OUTSIDE_ROOT_ENV] = "1"
+    try:
+        yield
+    finally:
+        if allowed and before is None:
+            os.environ.pop(OUTSIDE_ROOT_ENV, None)
+        elif allowed and before is not None:
+            os.environ[OUTSIDE_ROOT_ENV] = before
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from imgcls.errors import ImgclsError
+
     if getattr(args, "profile", False):
         from imgcls.system.profiling import PROFILE
 

@@ -141,7 +141,7 @@ def _to_folder(scan: DatasetScan, output: Path) -> Converted:
         content, suffix = _encoded(scan, record)
         split = _split_of(scan, record)
         folder = (output / split if split else output) / labels(record.label)
-        _write(content, folder / files[folder](_file_stem(record.path), suffix))
+        _write(content, folder / files[folder].unique(_file_stem(record.path), suffix))
     numbered = [pair for names in files.values() for pair in names.collided]
     return Converted(output, len(scan.records), len(scan.records), labels.changed, numbered)
 
@@ -153,17 +153,18 @@ def _to_manifest(scan: DatasetScan, partial: Path, output: Path) -> Converted:
     folder and reads without ``--allow-outside-root``."""
     if output.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"a manifest is written as .csv or .jsonl, got {output.name}")
-    if (output.parent / IMAGES_FOLDER).exists():
+    if (output.parent / IMAGES_FOLDER).exists() and any(_copied(scan, r, output) for r in scan.records):
         raise DataError(f"{output.parent / IMAGES_FOLDER} already exists; convert writes the images "
-                        "a manifest needs there, so choose another folder for the manifest")  # fmt: skip
+                        "this manifest needs there, so choose another folder for the manifest")  # fmt: skip
     names = NameAllocator()
-    rows = []
+    rows, written = [], 0
     for record in scan.records:
         content, suffix = _encoded(scan, record)
         path = listed_path(content, output) if isinstance(content, Path) else None
         if path is None:
-            path = f"{IMAGES_FOLDER}/{names(_file_stem(record.path), suffix)}"
+            path = f"{IMAGES_FOLDER}/{names.unique(_file_stem(record.path), suffix)}"
             _write(content, partial / path)
+            written += 1
         rows.append([path, record.label, record.folder_split or ""])
     partial.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".jsonl":
@@ -171,8 +172,13 @@ def _to_manifest(scan: DatasetScan, partial: Path, output: Path) -> Converted:
         write_text_atomic(partial / output.name, "".join(lines))
     else:
         write_csv_atomic(partial / output.name, MANIFEST_COLUMNS, rows)
-    written = sum(1 for row in rows if row[0].startswith(f"{IMAGES_FOLDER}/"))
     return Converted(output, len(rows), written, [], names.collided)
+
+
+def _copied(scan: DatasetScan, record: ImageRecord, manifest: Path) -> bool:
+    """Whether a manifest at ``manifest`` needs a copy of the record's image in ``images/``."""
+    image = scan.absolute(record)
+    return not isinstance(image, Path) or listed_path(image, manifest) is None
 
 
 def _to_shards(scan: DatasetScan, output: Path, shard_samples: int) -> Converted:

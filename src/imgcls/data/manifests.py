@@ -103,7 +103,8 @@ def listed_path(file: Path, manifest: Path) -> str | None:
 
 def _csv_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        # File names that are not valid UTF-8 come back as the bytes imgcls wrote for them.
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             header, rows = read_csv(handle)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc

@@ -32,12 +32,12 @@ def outside_root_allowed(allowed: bool | None = None) -> bool:
 
 
 def path_in_root(root: Path, path: str, *, allowed: bool, where: str) -> Path:
-    """``root / path`` for a path a data set names; one that leaves ``root`` (an absolute path,
-    or ``..`` beyond it, judged on the path as written, so the user's own symbolic links are
-    followed) is refused unless ``allowed``: a downloaded manifest or data set must not make
-    imgcls read, copy or train on any file of the machine."""
+    """``root / path`` for a path a data set names; one that leads outside ``root`` (an absolute
+    path, ``..`` beyond it, or a symbolic link, which a downloaded data set may carry too, to a
+    file elsewhere) is refused unless ``allowed``: a manifest or data set must not make imgcls
+    read, copy or train on any other file of the machine."""
     target = root / path
-    if not allowed and not Path(os.path.abspath(target)).is_relative_to(os.path.abspath(root)):
+    if not allowed and not Path(os.path.realpath(target)).is_relative_to(os.path.realpath(root)):
         raise DataError(
             f"{where} names {path}, outside {root}; a data set reads files inside its own folder "
             f"only, unless you trust it: pass --allow-outside-root (or set {OUTSIDE_ROOT_ENV}=1)"
