@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,8 @@ from torch import nn
 import imgcls
 from imgcls.config import TrainConfig
 from imgcls.deploy.export import ExportError, export_model
-from imgcls.errors import ConfigError
+from imgcls.errors import ConfigError, ModelFormatError
+from imgcls.inference.classifier import Classifier
 
 # fp32: exports are fp32, so exact parity is with the fp32 torch path (bf16 models differ ~1e-3).
 TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32")
@@ -79,6 +82,17 @@ def test_onnx_model_predicts_in_a_process_that_never_imports_torch(trained, real
         assert e["predictions"][0]["probability"] == pytest.approx(
             g["predictions"][0]["probability"], abs=1e-4
         )
+    # The export file itself named as MODEL means its directory, in ONNX Runtime.
+    named = script.replace(", '--runtime', 'onnx'", "")
+    onnx_file = trained / "model" / "model.onnx"
+    out = subprocess.run(
+        [sys.executable, "-c", named, str(onnx_file), str(real_images[0])], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["predictions"][0]["label"] == expected[0]["predictions"][0]["label"]
+    assert imgcls.load(trained / "model" / "config.json").classes == imgcls.load(trained).classes
+    with pytest.raises(ModelFormatError, match=r"model.onnx is a file; a model is the directory that holds"):
+        Classifier.load(onnx_file)
 
 
 def test_failed_parity_keeps_the_previous_export(trained, real_images):
@@ -230,3 +244,41 @@ def test_the_parity_check_runs_where_it_was_asked_and_onnx_says_what_it_cannot_r
     assert export_model(trained, format="onnx", check_images=real_images).device == "cpu"
     with pytest.raises(ConfigError, match="needs onnxruntime-gpu"):
         export_model(trained, format="onnx", check_images=real_images, device="cuda:0")
+
+
+class _PythonNumberInTheGraph(nn.Module):
+    """Turns a tensor into a Python number, as TF "same" padding does with shapes: tracing warns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.mean() > -1)
+
+
+def test_tracing_warnings_are_kept_from_the_user():
+    import warnings
+
+    from imgcls.deploy.export import _quiet_tracing
+
+    example = torch.zeros(1, 3, 8, 8)
+    for quiet in (False, True):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with _quiet_tracing() if quiet else contextlib.nullcontext():
+                torch.jit.trace(_PythonNumberInTheGraph(), example)
+        traced = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]
+        assert bool(traced) is not quiet  # without the filter the module does warn
+
+
+def test_predict_takes_a_folder_or_a_glob_in_either_runtime(trained, image_folder, tmp_path, caplog):
+    export_model(trained, format="onnx")
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for path in sorted((image_folder / "red").iterdir())[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    for runtime in ("torch", "onnx"):
+        clf = imgcls.load(trained, runtime=runtime)
+        by_folder = clf.predict(folder)
+        assert sorted(Path(p.path).name for p in by_folder) == sorted(p.name for p in folder.glob("red_*"))
+        assert [p.label for p in by_folder] == ["red"] * 3
+        assert [p.path for p in clf.predict(str(folder / "red_*.png"))] == [p.path for p in by_folder]
+    assert "1 image(s) could not be read" in caplog.text and "broken.png" in caplog.text

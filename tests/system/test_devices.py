@@ -211,7 +211,17 @@ def test_every_command_that_runs_a_network_refuses_a_gpu_it_does_not_have(comman
         "embed": ["embed", data, "--model", tiny_run, "-o", str(Path(tiny_run).parent / "vectors.npy")],
         "export": ["export", tiny_run],
         "serve": ["serve", tiny_run],
-        "doctor": ["doctor", data, "--backbone", TINY_BACKBONE, "--no-pretrained", "--input-size", "64"],
+        "doctor": [
+            "doctor",
+            data,
+            "-o",
+            str(Path(tiny_run).parent / "doctor"),
+            "--backbone",
+            TINY_BACKBONE,
+            "--no-pretrained",
+            "--input-size",
+            "64",
+        ],
     }[command]
     assert main([*args, "--device", "cuda"]) == 2
     error = capsys.readouterr().err

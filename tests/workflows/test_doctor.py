@@ -93,7 +93,7 @@ def test_write_clean_leaves_out_the_copies_and_train_reads_it(tmp_path):
     data = _data_set(tmp_path / "data")
     planted = _plant(data)
     manifest = tmp_path / "clean.csv"
-    assert main(["doctor", str(data), "--write-clean", str(manifest)]) == 0
+    assert main(["doctor", str(data), "-o", str(tmp_path / "doctor"), "--write-clean", str(manifest)]) == 0
     rows = list(csv.DictReader(manifest.open()))
     assert all(not Path(r["path"]).is_absolute() for r in rows)  # the data lies in the manifest's folder
     kept = {(tmp_path / r["path"]).relative_to(data).as_posix() for r in rows}
@@ -173,11 +173,20 @@ def test_train_warns_in_one_line_of_identical_images_across_splits(tmp_path, cap
     ]
 
 
-def test_doctor_uses_a_trained_models_features_and_prints_json(tmp_path, capsys):
+def test_doctor_uses_a_trained_models_features_and_prints_json(tmp_path, capsys, caplog, monkeypatch):
     data = _data_set(tmp_path / "data")
     imgcls.train(data, tmp_path / "run", config=TINY)
+    monkeypatch.chdir(tmp_path)  # the report's default folder: DATA's name + -doctor, here
     assert main(["doctor", str(data), "--model", str(tmp_path / "run"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in (tmp_path / "data-doctor").iterdir()) == [
+        "doctor.html",
+        "doctor.json",
+        "issues.csv",
+    ]
+    assert main(["doctor", str(data), "--model", str(tmp_path / "run"), "-q"]) == 0  # its own folder again
+    assert "report        data-doctor/doctor.html" in capsys.readouterr().out
+    assert "logistic head" not in caplog.text  # the folds' fits stay quiet
     assert out["backbone"] == TINY_BACKBONE and out["images"] == 39
     assert out["label_check"]["folds"] == 5 and out["counts"].get("unreadable", 0) == 0
     assert main(["doctor", str(data), "--relabel"]) == 2

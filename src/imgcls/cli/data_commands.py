@@ -61,7 +61,12 @@ def add_doctor(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     p.add_argument("data", help=DATA_HELP)
     add_source_options(p, from_config=False)
-    p.add_argument("-o", "--output", help="folder for doctor.html, doctor.json and issues.csv")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="folder for doctor.html, doctor.json and issues.csv (default: DATA's name + -doctor, "
+        "in the working directory)",
+    )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output folder")
     p.add_argument(
         "--model", metavar="RUN_DIR", help="use this trained model's features (default: --backbone)"
@@ -110,12 +115,18 @@ def run_doctor(args: argparse.Namespace) -> int:
     from imgcls.config import TrainConfig
     from imgcls.errors import ConfigError
     from imgcls.workflows.doctor import doctor
+    from imgcls.workflows.doctor_files import DOCTOR_FILES
     from imgcls.workflows.train import prepare_output_dir
 
     if args.relabel and not args.write_clean:
         raise ConfigError("--relabel goes with --write-clean MANIFEST")
-    if args.output:
-        prepare_output_dir(Path(args.output), overwrite=args.overwrite)
+    # The report always goes somewhere the summary names: by default DATA's name + -doctor here,
+    # which a later run may write again as long as it holds only doctor's own files.
+    default = f"{Path(args.data).expanduser().resolve().name or 'data'}-doctor"
+    output = Path(args.output or default)
+    ours = not args.output and output.is_dir() and {p.name for p in output.iterdir()} <= set(DOCTOR_FILES)
+    prepare_output_dir(output, overwrite=args.overwrite or ours)
+    args.output = str(output)
     config = TrainConfig(
         backbone=args.backbone,
         weights=args.weights,

@@ -109,7 +109,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from imgcls.errors import ConfigError
-    from imgcls.inference.loading import decoding_ahead_of_prediction, open_model
+    from imgcls.inference.loading import decoding_ahead_of_prediction, model_of_file, open_model
     from imgcls.inference.runtime_choice import choose_runtime
 
     if args.top_k < 1:
@@ -118,6 +118,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--tta is not available with --runtime onnx")
     if args.engine == "ray" and (not args.output or args.tta):
         raise ConfigError("--engine ray writes to a file: give --output FILE (and no --tta)")
+    args.model, args.runtime = model_of_file(args.model, args.runtime)
     # Decide the runtime before torch is imported, so decoding can start beside that import.
     choice = choose_runtime(args.runtime, args.model, tta=args.tta, device=args.device)
     with decoding_ahead_of_prediction(args.model, args.paths, choice.runtime):
@@ -199,6 +200,7 @@ def add_export(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", help="model directory (RUN_DIR or RUN_DIR/model)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    add_outside_root_option(p)  # the run's validation images, read again for the parity check
     p.add_argument(
         "--output", metavar="FILE", help="default: model.onnx / model.torchscript.pt in the model directory"
     )

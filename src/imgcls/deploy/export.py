@@ -20,10 +20,12 @@ logits lie within that noise of each other (a near tie that rounding may legitim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,16 +170,17 @@ def _metadata(clf: Classifier) -> dict[str, Any]:
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
     import onnx
 
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    with _quiet_tracing():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata
@@ -185,9 +188,22 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: 
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: str) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracing():
         traced = torch.jit.trace(model, example)
     torch.jit.save(traced, str(path), _extra_files={"imgcls.json": metadata})
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Tracing warns, quoting source lines, wherever a shape becomes a Python number (TF "same"
+    padding computes its padding so). Those numbers are the same for every image of the fixed
+    input size the export takes, and the parity check that follows runs the export on real
+    images, so the warnings say nothing a user can act on. The legacy exporter's deprecation
+    notice is silenced for the same reason: the export is checked, not trusted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndarray:

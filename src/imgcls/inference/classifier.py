@@ -27,7 +27,14 @@ from imgcls.inference._scoring import score_views, views_for
 from imgcls.inference.encoder import Encoder
 from imgcls.inference.evaluate import Evaluation, evaluate
 from imgcls.inference.model_format import SavedModel, read_saved_model, write_saved_model
-from imgcls.inference.predictions import PathScores, Prediction, PredictionRun, rank_classes
+from imgcls.inference.predictions import (
+    PathScores,
+    Prediction,
+    PredictionRun,
+    names_many_images,
+    rank_classes,
+    readable_predictions,
+)
 from imgcls.models._batchnorm_fold import folded_for_inference
 from imgcls.models.backbone import (
     IMAGENET_CLASSES,
@@ -155,13 +162,17 @@ class Classifier:
         tta: bool = False,
     ) -> Prediction | list[Prediction]:
         """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
-        a list (or tuple) of them gives a list of predictions, in order.
+        a list (or tuple) of them gives a list of predictions, in order, and so does a folder
+        (searched recursively) or a glob pattern, as ``imgcls predict`` takes them (its
+        unreadable files are left out with a warning; ``predict_paths`` gives their reasons).
 
         With ``tta``, probabilities are averaged over the centre crop, the whole image and
         the mirror image of each.
         """
         if isinstance(image, list | tuple):
             return [self.predict(one, top_k=top_k, tta=tta) for one in image]
+        if names_many_images(image):
+            return readable_predictions(self.predict_paths([image], top_k=top_k, tta=tta))  # type: ignore[list-item]
         path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
         views = []
         for view in views_for(tta):

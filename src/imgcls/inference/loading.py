@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgcls._files import CONFIG_FILE, model_dir, read_model_config
+from imgcls._files import CONFIG_FILE, ONNX_FILE, model_dir, read_model_config
 from imgcls.config import RUNTIMES, parse_device
 from imgcls.data._prefetch import prefetch_paths
 from imgcls.data.preprocessing import Preprocessing
@@ -42,6 +42,19 @@ def looks_like_model_dir(value: str | Path) -> bool:
     return Path(text).is_dir() or "/" in text or text.startswith(".")
 
 
+def model_of_file(model: str | Path, runtime: str) -> tuple[str | Path, str]:
+    """``model`` and ``runtime`` as a user meant them when ``model`` names one of a model
+    directory's files (``model/model.onnx``, ``model/config.json`` ...): that directory, and
+    with ``model.onnx`` and ``runtime="auto"``, the ONNX runtime. Anything else unchanged."""
+    path = Path(model)
+    if not path.is_file() or not (path.parent / CONFIG_FILE).is_file():
+        return model, runtime
+    if path.name == ONNX_FILE and runtime == "auto":
+        runtime = "onnx"
+    log.info("%s is a file of the model directory %s: using that directory", path, path.parent)
+    return path.parent, runtime
+
+
 def open_model(
     model: str | Path,
     *,
@@ -51,7 +64,8 @@ def open_model(
     choice: RuntimeChoice | None = None,
     device: str = "auto",
 ) -> OpenedModel:
-    """A saved model (``RUN_DIR`` or ``RUN_DIR/model``) or a backbone name, in ``runtime``, on
+    """A saved model (``RUN_DIR``, ``RUN_DIR/model`` or a file in it, see ``model_of_file``) or
+    a backbone name, in ``runtime``, on
     ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; ONNX Runtime runs on the CPU).
 
     ``runtime`` is ``torch``, ``onnx`` (the directory's ``model.onnx``; no torch import) or
@@ -62,6 +76,7 @@ def open_model(
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown `runtime` {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    model, runtime = model_of_file(model, runtime)
     if weights and looks_like_model_dir(model):
         raise ConfigError("`weights` goes with a backbone name; a model directory has its own weights")
     if runtime == "onnx" and (weights or tta):

@@ -24,7 +24,14 @@ from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.sources import prediction_inputs
 from imgcls.errors import ConfigError, DataError, ModelFormatError
 from imgcls.evaluation.metrics import softmax
-from imgcls.inference.predictions import PathScores, Prediction, PredictionRun, rank_classes
+from imgcls.inference.predictions import (
+    PathScores,
+    Prediction,
+    PredictionRun,
+    names_many_images,
+    rank_classes,
+    readable_predictions,
+)
 
 METADATA_KEY = "imgcls"
 
@@ -92,11 +99,14 @@ class OnnxClassifier:
         tta: bool = False,
     ) -> Prediction | list[Prediction]:
         """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
-        a list (or tuple) of them gives a list of predictions, in order."""
+        a list (or tuple) of them, a folder or a glob pattern give a list of predictions, as
+        ``Classifier.predict`` does."""
         if tta:
             raise ConfigError("test-time augmentation is not available with the ONNX runtime")
         if isinstance(image, list | tuple):
             return [self.predict(one, top_k=top_k) for one in image]
+        if names_many_images(image):
+            return readable_predictions(self.predict_paths([image], top_k=top_k))  # type: ignore[list-item]
         path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
         return self._top([pil], [path], top_k)[0]
 

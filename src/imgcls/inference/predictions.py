@@ -5,13 +5,18 @@ Pure Python and numpy: importing it never loads torch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgcls.errors import ConfigError
+
+log = logging.getLogger(__name__)
+GLOB_CHARACTERS = "*?["
 
 
 @dataclass(frozen=True)
@@ -75,3 +80,24 @@ def rank_classes(
         Prediction(path, tuple(ClassScore(classes[i], int(i), float(row[i])) for i in best))
         for path, row, best in zip(paths, probs, order, strict=True)
     ]
+
+
+def names_many_images(image: object) -> bool:
+    """Whether one ``predict`` argument names several images, as the CLI takes them: a folder
+    or a glob pattern (an existing file is one image, whatever its name)."""
+    if not isinstance(image, str | Path):
+        return False
+    path = Path(image).expanduser()
+    return not path.is_file() and (path.is_dir() or any(c in str(image) for c in GLOB_CHARACTERS))
+
+
+def readable_predictions(run: PredictionRun) -> list[Prediction]:
+    """A run's predictions, with a warning for the inputs that had none (``predict_paths``
+    returns them with their reasons)."""
+    if run.unreadable:
+        first, reason = next(iter(run.unreadable.items()))
+        log.warning(
+            "%d image(s) could not be read and have no prediction (%s: %s); predict_paths lists each",
+            len(run.unreadable), first, reason,
+        )  # fmt: skip
+    return run.predictions

@@ -7,9 +7,11 @@ line turns bars on (``show_bars``) when its standard error is a terminal; a bar 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,20 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+@contextlib.contextmanager
+def quiet_below_warning(*loggers: str) -> Iterator[None]:
+    """Within the block, ``loggers`` say only warnings and errors: for inner steps (a fold's head
+    fit) whose info lines would repeat what the step around them reports once."""
+    held = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in held:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in held:
+            logger.setLevel(level)
 
 
 class BarSafeHandler(logging.StreamHandler):

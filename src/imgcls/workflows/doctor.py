@@ -34,7 +34,8 @@ from imgcls.inference.encoder import Encoder, open_encoder
 from imgcls.inference.similarity import nearest, normalised
 from imgcls.models.features import default_cache_dir
 from imgcls.system.devices import CPU
-from imgcls.system.progress import Progress
+from imgcls.system.progress import Progress, quiet_below_warning
+from imgcls.training import head as head_module
 from imgcls.training.heads import fit_head
 from imgcls.workflows.doctor_copies import calibrate, duplicate_findings, duplicate_groups
 from imgcls.workflows.doctor_files import write_clean_manifest, write_outputs
@@ -196,15 +197,16 @@ def out_of_fold_probabilities(
     progress.start(0, folds)
     for fold in range(folds):
         held = assignment == fold
-        head = fit_head(
-            "linear",
-            features[~held],
-            labels[~held],
-            num_classes=num_classes,
-            seed=seed,
-            balanced=False,
-            device=device,
-        )
+        with quiet_below_warning(head_module.__name__):  # one progress line for the folds, not a C each
+            head = fit_head(
+                "linear",
+                features[~held],
+                labels[~held],
+                num_classes=num_classes,
+                seed=seed,
+                balanced=False,
+                device=device,
+            )
         probs[held] = softmax(head.logits(features[held]))
         progress(fold + 1, folds)
     return probs

@@ -17,6 +17,7 @@ from imgcls.workflows.doctor_findings import CLEANED_KINDS, Diagnosis, DoctorIma
 log = logging.getLogger(__name__)
 
 DOCTOR_HTML, DOCTOR_JSON, ISSUES_CSV = "doctor.html", "doctor.json", "issues.csv"
+DOCTOR_FILES = (DOCTOR_HTML, DOCTOR_JSON, ISSUES_CSV)
 GALLERY_PER_KIND = 48  # findings shown per kind on the page (all are in issues.csv)
 
 

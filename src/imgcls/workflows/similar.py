@@ -56,26 +56,32 @@ def similar(
     html: str | Path | None = None,
 ) -> list[Query]:
     """The ``k`` nearest rows of ``embeddings`` (a file from ``imgcls embed``, or its table) to
-    each query; ``html`` writes a page of thumbnails."""
+    each query, the query's own row left out; ``html`` writes a page of thumbnails."""
     table = embeddings if isinstance(embeddings, EmbeddingTable) else read_embeddings(embeddings)
     if not queries:
         raise DataError("give at least one query: a record id of the embedding file or an image file")
     vectors, paths = _query_vectors(table, [str(q) for q in queries])
-    sims, rows = nearest(vectors, table.vectors, k=k, engine=engine)
-    results = [
-        Query(
-            str(query),
-            path,
-            tuple(
-                Neighbour(table.ids[r], table.paths[r], table.labels[r], float(s))
-                for s, r in zip(sims[i], rows[i], strict=True)
-            ),
+    own = _own_rows(table, [str(q) for q in queries])
+    # One more than asked, as a query that is a row of the table finds itself first.
+    sims, rows = nearest(vectors, table.vectors, k=min(k + 1, len(table.ids)), engine=engine)
+    results = []
+    for i, (query, path) in enumerate(zip(queries, paths, strict=True)):
+        found = [(s, r) for s, r in zip(sims[i], rows[i], strict=True) if r != own[i]][:k]
+        neighbours = tuple(
+            Neighbour(table.ids[r], table.paths[r], table.labels[r], float(s)) for s, r in found
         )
-        for i, (query, path) in enumerate(zip(queries, paths, strict=True))
-    ]
+        results.append(Query(str(query), path, neighbours))
     if html is not None:
         _write_page(Path(html), results)
     return results
+
+
+def _own_rows(table: EmbeddingTable, queries: list[str]) -> list[int]:
+    """The table's row of each query (its record id, or the image file it was embedded from),
+    -1 for a query from outside the table: a query is not its own neighbour."""
+    row_of = {row_id: i for i, row_id in enumerate(table.ids)}
+    row_of_file = {str(Path(p).resolve()): i for i, p in enumerate(table.paths) if p}
+    return [row_of.get(q, row_of_file.get(str(Path(q).resolve()), -1)) for q in queries]
 
 
 def _query_vectors(table: EmbeddingTable, queries: list[str]) -> tuple[np.ndarray, list[str | None]]:
