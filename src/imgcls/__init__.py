@@ -25,6 +25,7 @@ __all__ = [
     "embed",
     "load",
     "resume",
+    "show_progress",
     "similar",
     "train",
 ]
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from imgcls.inference.evaluate import Evaluation
     from imgcls.inference.loading import load
     from imgcls.inference.predictions import Prediction
+    from imgcls.system.progress import show_bars as show_progress
     from imgcls.workflows.crossval import compare, cross_validate
     from imgcls.workflows.doctor import doctor
     from imgcls.workflows.embed import embed
@@ -65,6 +67,10 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "show_progress":
+        from imgcls.system.progress import show_bars
+
+        return show_bars
     if name in _LAZY:
         import importlib
 

@@ -14,13 +14,13 @@ import termios
 from tests.conftest import TINY_ARGS, run_cli
 
 
-def _in_a_terminal(*args: str) -> str:
-    """Run ``imgcls ARGS`` with a pseudo-terminal as its standard streams; what it drew."""
+def _in_a_terminal(*args: str, python: str | None = None) -> str:
+    """Run ``imgcls ARGS`` (or the ``python`` code) with a pseudo-terminal as its standard
+    streams; what it drew."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imgcls", *args], stdin=slave, stdout=slave, stderr=slave
-    )
+    command = [sys.executable, "-c", python] if python else [sys.executable, "-m", "imgcls", *args]
+    process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     output = b""
     while True:
@@ -50,6 +50,22 @@ def test_a_terminal_gets_a_bar_with_rate_and_eta(image_folder, tmp_path):
         if "extracting features" in line and "36/36" in line
     )
     assert "100%|" in bar and "<" in bar and "images/s" in bar  # tqdm: elapsed<remaining, rate
+
+
+def test_python_in_a_terminal_shows_the_bar_without_configuring_logging(image_folder, tmp_path):
+    code = (
+        "import imgcls, logging\n"
+        f"imgcls.train({str(image_folder)!r}, {str(tmp_path / 'run')!r}, backbone={TINY_ARGS[1]!r}, "
+        "pretrained=False, input_size=64, use_cache=False)\n"
+        "assert not logging.getLogger().handlers  # the library configured no logging\n"
+    )
+    drawn = _in_a_terminal(python=code)
+    assert "extracting features" in drawn and "36/36" in drawn and "images/s" in drawn
+    captured = subprocess.run(
+        [sys.executable, "-c", code.replace("run'", "run2'")], capture_output=True, text=True
+    )
+    assert captured.returncode == 0, captured.stderr
+    assert "extracting features" not in captured.stderr and "\r" not in captured.stderr  # no one watches
 
 
 def test_a_log_gets_percentage_lines_without_terminal_control_characters(image_folder, tmp_path):

@@ -1,8 +1,10 @@
 """How far a long job is: a bar with rate and ETA on a terminal, log lines elsewhere.
 
-Library code reports progress through ``Progress`` and never prints: by default each report
-is a log line (at most every few seconds, with the percentage, rate and ETA). The command
-line turns bars on (``show_bars``) when its standard error is a terminal; a bar is tqdm's.
+Library code reports progress through ``Progress``: where someone watches (standard error is
+a terminal, or the code runs in a Jupyter kernel) as a tqdm bar on standard error, as the
+command line does; elsewhere (a job's log, a captured stream) as a log line at most every few
+seconds, with the percentage, rate and ETA, never a bar's redraws. ``show_bars`` (in Python,
+``imgcls.show_progress``) turns bars on or off for the process whatever the stream.
 """
 
 from __future__ import annotations
@@ -16,13 +18,26 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_BARS = False
+_BARS: bool | None = None  # None: bars where someone watches (``watched``)
 
 
-def show_bars(enabled: bool) -> None:
-    """Draw bars on standard error instead of logging lines (the CLI, on a terminal)."""
+def show_bars(enabled: bool | None) -> None:
+    """Draw bars on standard error (``True``), log lines instead (``False``), or decide by
+    whether someone watches (``None``, the default)."""
     global _BARS
     _BARS = enabled
+
+
+def watched() -> bool:
+    """Whether a person sees standard error as it is written: a terminal or a notebook."""
+    if "ipykernel" in sys.modules:
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def bars_shown() -> bool:
+    return watched() if _BARS is None else _BARS
 
 
 class Progress:
@@ -42,13 +57,13 @@ class Progress:
         """Begin timing at ``done`` of ``total`` (reports before any unit finished)."""
         self.first = done
         self.started = self.last = time.perf_counter()
-        if _BARS:
+        if bars_shown():
             self._draw(done, total)
 
     def __call__(self, done: int, total: int) -> None:
         if self.first is None:
             self.first = 0
-        if _BARS:
+        if bars_shown():
             self._draw(done, total)
             return
         now = time.perf_counter()
@@ -111,7 +126,7 @@ class BarSafeHandler(logging.StreamHandler):
     """Log lines written above a drawn bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not _BARS:
+        if not bars_shown():
             super().emit(record)
             return
         from tqdm import tqdm
