@@ -85,6 +85,12 @@ def test_predict_bad_uploads_and_concurrency(model):
         assert many.status_code == 413
         empty = httpx.post(f"{url}/predict", timeout=30)
         assert empty.status_code == 422
+        wrong_field = httpx.post(f"{url}/predict", files=[("image", ("a.png", small))], timeout=30)
+        assert wrong_field.status_code == 422
+        assert wrong_field.json() == {
+            "detail": "send each image as a multipart/form-data field named 'file' (repeat it for "
+            "several); this request lacks 'file'"
+        }
 
         def one(i: int) -> int:
             return httpx.post(f"{url}/predict", files=[("file", (f"{i}.png", small))], timeout=60).status_code

@@ -28,6 +28,7 @@ from urllib.parse import quote, quote_plus
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -279,6 +280,7 @@ def create_app(
     app = FastAPI(title="imgcls", description=f"{predictor.backbone} image classifier", lifespan=lifespan)
     app.state.batcher = batcher
     _add_middleware(app, limits, api_key, cors_origins)
+    app.add_exception_handler(RequestValidationError, _form_error)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -346,6 +348,17 @@ def create_app(
         return resources.files("imgcls.deploy").joinpath("static/index.html").read_text(encoding="utf-8")
 
     return app
+
+
+async def _form_error(request: Any, exc: Exception) -> JSONResponse:
+    """A request whose form lacks what an endpoint takes: one sentence that says what to send,
+    not the validator's list of locations."""
+    missing = sorted({str(error["loc"][-1]) for error in getattr(exc, "errors", list)() if error.get("loc")})
+    detail = (
+        f"send each image as a multipart/form-data field named 'file' (repeat it for several); "
+        f"this request lacks {', '.join(repr(m) for m in missing) or 'it'}"
+    )
+    return JSONResponse({"detail": detail}, 422)
 
 
 def _add_middleware(app: FastAPI, limits: ServeLimits, api_key: str | None, cors: Sequence[str]) -> None:
