@@ -37,7 +37,7 @@ browser:
 # The documentation site (docs/, mkdocs.yml); --strict turns every warning, such as a broken
 # link, into an error.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # Each run names its CPU first (model, the features that pick oneDNN's kernels, any ISA limit),
 # so a failure report says which machine's arithmetic it came from.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +203,22 @@ def test_the_doctor_page_of_hymenoptera_renders_its_findings(tmp_path):
         headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
         sizes = page.eval_on_selector_all("figure img", "els => els.map(e => e.naturalWidth)")
     assert "outlier: 1 finding" in headings and sizes and min(sizes) > 50
+
+
+def test_the_docs_site_has_sections_and_an_api_page_with_trains_parameters(tmp_path):
+    site = tmp_path / "site"
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    with _page((site / "api" / "index.html").as_uri()) as page:
+        section = page.locator("[id='imgcls.workflows.train.train']").locator("xpath=..")
+        text = section.inner_text()
+        for parameter in ("data", "output", "config", "overwrite"):
+            assert parameter in text, parameter
+        navigation = page.locator("nav.md-nav--primary").first.text_content() or ""
+        for heading in ("Getting started", "User guide", "Reference", "Project"):
+            assert heading in navigation, heading
+    with _page((site / "quickstart" / "index.html").as_uri()) as page:
+        assert "imgcls train photos/ --output runs/photos" in page.inner_text("body")  # the README's

@@ -107,7 +107,8 @@ def embed(
             a folder, file or glob of images without labels.
         output: a ``.parquet`` or ``.npy`` file to write (``None``: in memory only).
         model: a run directory (its fine-tuned backbone) or a backbone name (pretrained).
-        weights, input_size: a local state dict and input size, with a backbone name.
+        weights: a local state dict for a backbone name.
+        input_size: the input size for a backbone name (default: the backbone's own).
         output_format: ``parquet``, ``npy`` or ``auto`` (from ``output``'s suffix).
         chunk_rows: images per part file (the resume granularity).
         device: where the network runs (``auto``: a GPU if there is one).
