@@ -137,7 +137,7 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
     imgcls.train(
         data,
         tmp_path / "run",
-        config=TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64),
+        config=TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, test_fraction=0.25),
     )
     photo = tmp_path / "chelsea.png"
     Image.fromarray(skimage.data.chelsea()).save(photo)
@@ -154,7 +154,7 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.goto(url)
             page.wait_for_selector("#classes:has-text('3 classes')")
-            accuracy = page.wait_for_selector("#accuracy:has-text('Validation accuracy')").inner_text()
+            accuracy = page.wait_for_selector("#accuracy:has-text('Test accuracy')").inner_text()
             page.set_input_files("#file", [str(photo), str(notes)])
             label = page.wait_for_selector(".card .top .label", timeout=30_000)
             shown = label.inner_text()
@@ -166,8 +166,10 @@ def test_web_page_uploads_an_image_and_shows_the_predicted_label(tmp_path):
             errors = page.eval_on_selector_all(".card .error", "els => els.map(e => e.textContent)")
             page.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
             browser.close()
-    val = json.loads((tmp_path / "run" / "metrics.json").read_text())["val"]
-    assert accuracy == f"Validation accuracy {100 * val['accuracy']:.1f}% on {val['n']} held-out images."
+    test = json.loads((tmp_path / "run" / "metrics.json").read_text())[
+        "test"
+    ]  # test, not val, where both are
+    assert accuracy == f"Test accuracy {100 * test['accuracy']:.1f}% on {test['n']} held-out images."
     assert shown == headline == expected_label and int(weight) >= 700  # the top class stands out
     assert len(bars) == 3 and max(bars) > 0
     assert (

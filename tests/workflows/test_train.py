@@ -85,6 +85,7 @@ def test_cli_train_evaluate_predict(image_folder, tmp_path):
     run = tmp_path / "run"
     out = run_cli("train", str(image_folder), "--output", str(run), *TINY_ARGS)
     assert "val accuracy" in out.stdout and "RANDOM INIT" in out.stdout
+    assert f"report        {run / 'report.html'}" in out.stdout and (run / "report.html").is_file()
     assert "NO PRETRAINED WEIGHTS" in out.stderr
     evaluation = json.loads(run_cli("evaluate", str(run), str(image_folder), "--json").stdout)
     assert evaluation["split"] == "val" and len(evaluation["confusion_matrix"]) == 3

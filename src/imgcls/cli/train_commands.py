@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imgcls._files import REPORT_FILE
 from imgcls.cli._options import (
     DATA_HELP,
     add_finetune_options,
@@ -125,6 +126,8 @@ def print_train_summary(clf: Any, output: Path, seconds: float) -> None:
         print(f"calibration   temperature {calibration:.3f} (ECE before/after in metrics.json)")
     print(f"time          {seconds:.1f} s")
     print(f"run dir       {output}")
+    if (output / REPORT_FILE).is_file():
+        print(f"report        {output / REPORT_FILE}")
 
 
 def add_cv(p: argparse.ArgumentParser) -> None:
