@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -464,7 +465,7 @@ def test_a_fine_tune_estimates_its_time_warns_of_small_splits_and_says_when_the_
     wrecked = TINY_FT.with_overrides({"epochs": 1, "lr": 0.9})  # a step this large ruins the probe head
     clf = imgcls.train(data, tmp_path / "run", config=wrecked)
     logged = caplog.text
-    assert "fine-tuning: at most 1 epoch of" in logged and "in all (a first estimate)" in logged
+    assert "fine-tuning: 1 epoch of" in logged and "in all (a first estimate)" in logged
     assert "validation has only" in logged and "too few to tell the fine-tune from the probe" in logged
     assert "training has only" in logged and "images per class" in logged
     assert clf.config["head"]["best_epoch"] == 0
@@ -512,3 +513,15 @@ def test_a_compile_that_fails_is_one_line_that_says_to_train_without_it(
     error = capsys.readouterr().err
     assert "torch.compile could not compile the network" in error and "train without --compile" in error
     assert "Traceback" not in error
+
+
+def test_a_time_limit_too_short_for_one_epoch_is_said_before_training(tmp_path, caplog):
+    data = write_class_folders(tmp_path / "colours", per_class=20)
+    cfg = TINY_FT.with_overrides({"unfreeze": "all", "epochs": 5, "time_limit": 0.01})
+    with caplog.at_level(logging.INFO, logger="imgcls"):
+        imgcls.train(data, tmp_path / "run", config=cfg)
+    said = caplog.text
+    assert "no epoch will run, and the probe the fine-tune starts from is what is saved" in said
+    assert said.index("no epoch will run") < said.index("training time limit; best val")  # before the loop
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0"]

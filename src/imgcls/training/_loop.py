@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,7 +105,11 @@ class LoopSettings:
     seed: int
     device: torch.device
     autocast_dtype: torch.dtype | None = None
-    deadline: float | None = None  # time.perf_counter() value by which to stop
+    deadline: float | None = None  # time.perf_counter() value by which the run must end
+    # What the run does after its last epoch, in validation passes: weight interpolation's
+    # passes and scoring every split. Their time is kept back from the deadline, so the run,
+    # not only its training, ends by it.
+    finishing_passes: float = 0.0
     show_progress: bool = True
     checkpoint: Path | None = None
     ranks: Ranks = SINGLE
@@ -190,8 +194,10 @@ def run_training(
         state = LoopState()
         started = time.perf_counter()
         start = task.validate()  # epoch 0: the starting point is a candidate too
+        pass_seconds = time.perf_counter() - started
+        settings = _keep_back_for_the_end(settings, pass_seconds)
         if talk:
-            _log_estimate(task, settings, start, time.perf_counter() - started)
+            _log_estimate(task, settings, start, pass_seconds)
         _record(state, task, EpochRecord(0, None, *_val_fields(start), _lr(opt), 0.0, 0.0), start)
         _log_header(talk)
         _log_row(state.history[-1], talk)
@@ -231,6 +237,7 @@ def _run_epochs(
         if _out_of_time(settings, epoch_seconds):
             state.stopped = "time limit"
             break
+        epoch_started = time.perf_counter()
         record = _train_epoch(task, trained, opt, settings, epoch, progress)
         if record is None:
             state.stopped = "time limit"
@@ -240,11 +247,12 @@ def _run_epochs(
         record.val_loss, record.val_accuracy, record.val_balanced_accuracy = _val_fields(validation)
         _record(state, task, record, validation)
         _log_row(record, settings.show_progress)
-        epoch_seconds.append(record.seconds)
         state.next_epoch = epoch + 1
         if settings.checkpoint is not None:
             with PROFILE.stage("checkpoint write"):
                 _save(settings.checkpoint, task, opt, state)
+        # What the next epoch will cost: its training steps, validation and checkpoint.
+        epoch_seconds.append(time.perf_counter() - epoch_started)
         if (
             validation is not None
             and epoch < settings.epochs
@@ -396,6 +404,14 @@ def _lr(opt: Optimisation) -> float:
     return max(group["lr"] for group in opt.optimizer.param_groups)
 
 
+def _keep_back_for_the_end(settings: LoopSettings, pass_seconds: float) -> LoopSettings:
+    """``settings`` with a deadline moved earlier by the time the work after the last epoch
+    will take, judged by the validation pass just timed."""
+    if settings.deadline is None or not settings.finishing_passes:
+        return settings
+    return replace(settings, deadline=settings.deadline - settings.finishing_passes * pass_seconds)
+
+
 def _log_estimate(
     task: TrainingTask, settings: LoopSettings, validation: Validation | None, seconds: float
 ) -> None:
@@ -406,11 +422,24 @@ def _log_estimate(
         return
     per_image = seconds / validation.n
     epoch = TRAIN_COST * per_image * task.num_batches() * task.batch_size + seconds
+    epochs = settings.epochs
+    if settings.deadline is not None:
+        left = settings.deadline - time.perf_counter()
+        epochs = min(epochs, max(int(left // epoch), 0))
+        if not epochs:
+            log.warning(
+                "the time limit leaves %s for training and one epoch takes about %s: no epoch "
+                "will run, and the probe the fine-tune starts from is what is saved; give it at "
+                "least %s more",
+                duration(max(left, 0.0)), duration(epoch), duration(epoch - max(left, 0.0)),
+            )  # fmt: skip
+            return
     log.info(
-        "fine-tuning: at most %s of %s, about %s in all (a first estimate)",
-        count(settings.epochs, "epoch"),
+        "fine-tuning: %s of %s, about %s in all (a first estimate%s)",
+        count(epochs, "epoch"),
         count(task.num_batches(), "batch"),
-        duration(settings.epochs * epoch),
+        duration(epochs * epoch),
+        ", as many as the time limit leaves" if epochs < settings.epochs else "",
     )
 
 

@@ -142,6 +142,8 @@ def finetune(
         device=device,
         autocast_dtype=tuning.train_autocast_dtype,
         deadline=deadline,
+        # After the last epoch: a validation pass per interpolation point, then every split scored.
+        finishing_passes=len(INTERPOLATION_ALPHAS) + len(featured.records) / max(len(rows.val), 1),
         show_progress=plan.ranks.is_main,
         checkpoint=run_dir / CHECKPOINT_FILE if run_dir is not None else None,
         ranks=plan.ranks,
