@@ -5,6 +5,7 @@ Pure Python and numpy: importing it never loads torch.
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ import numpy as np
 from imgcls.errors import ConfigError
 
 log = logging.getLogger(__name__)
-GLOB_CHARACTERS = "*?["
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def names_many_images(image: object) -> bool:
     if not isinstance(image, str | Path):
         return False
     path = Path(image).expanduser()
-    return not path.is_file() and (path.is_dir() or any(c in str(image) for c in GLOB_CHARACTERS))
+    return not path.is_file() and (path.is_dir() or glob.has_magic(str(image)))
 
 
 def readable_predictions(run: PredictionRun) -> list[Prediction]:
