@@ -60,8 +60,10 @@ def similar(
     table = embeddings if isinstance(embeddings, EmbeddingTable) else read_embeddings(embeddings)
     if not queries:
         raise DataError("give at least one query: a record id of the embedding file or an image file")
-    vectors, paths = _query_vectors(table, [str(q) for q in queries])
-    own = _own_rows(table, [str(q) for q in queries])
+    asked = [str(q) for q in queries]
+    row_of = {row_id: i for i, row_id in enumerate(table.ids)}
+    vectors, paths = _query_vectors(table, asked, row_of)
+    own = _own_rows(table, asked, row_of)
     # One more than asked, as a query that is a row of the table finds itself first.
     sims, rows = nearest(vectors, table.vectors, k=min(k + 1, len(table.ids)), engine=engine)
     results = []
@@ -76,17 +78,18 @@ def similar(
     return results
 
 
-def _own_rows(table: EmbeddingTable, queries: list[str]) -> list[int]:
+def _own_rows(table: EmbeddingTable, queries: list[str], row_of: dict[str, int]) -> list[int]:
     """The table's row of each query (its record id, or the image file it was embedded from),
     -1 for a query from outside the table: a query is not its own neighbour."""
-    row_of = {row_id: i for i, row_id in enumerate(table.ids)}
     row_of_file = {str(Path(p).resolve()): i for i, p in enumerate(table.paths) if p}
     return [row_of.get(q, row_of_file.get(str(Path(q).resolve()), -1)) for q in queries]
 
 
-def _query_vectors(table: EmbeddingTable, queries: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    """Each query's vector: stored for a record id, computed for an image file."""
-    row_of = {row_id: i for i, row_id in enumerate(table.ids)}
+def _query_vectors(
+    table: EmbeddingTable, queries: list[str], row_of: dict[str, int]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Each query's vector: stored for a record id (its row in ``row_of``), computed for an image
+    file."""
     files = [q for q in queries if q not in row_of]
     missing = [q for q in files if not Path(q).is_file()]
     if missing:
