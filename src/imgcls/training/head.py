@@ -98,11 +98,11 @@ class Standardiser:
             block = np.asarray(features[:])
             return cls(block.mean(axis=0), block.std(axis=0) + 1e-6)
         total = np.zeros(features.shape[1])
-        for block in _chunks(features):
+        for block in row_chunks(features):
             total += block.sum(axis=0, dtype=np.float64)
         centre = total / len(features)
         spread, centre32 = np.zeros_like(centre), centre.astype(np.float32)
-        for block in _chunks(features):
+        for block in row_chunks(features):
             deviation = block - centre32  # float32 per chunk, summed in float64
             spread += np.square(deviation, out=deviation).sum(axis=0, dtype=np.float64)
         return cls(centre.astype(np.float32), (np.sqrt(spread / len(features)) + 1e-6).astype(np.float32))
@@ -111,7 +111,9 @@ class Standardiser:
         return np.ascontiguousarray((block - self.centre) / self.scale, dtype=np.float32)
 
 
-def _chunks(features: Features, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+def row_chunks(features: Features, rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """``features`` ``rows`` rows at a time, each read into memory (from a memory-mapped file or
+    a ``FeatureRows`` selection) only when it is reached."""
     for start in range(0, len(features), rows):
         yield np.asarray(features[start : start + rows])
 

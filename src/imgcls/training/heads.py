@@ -7,7 +7,6 @@ Each head's settings are chosen on the training split only, and each comes back 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from imgcls.config import HEADS
 from imgcls.errors import ConfigError, DataError
 from imgcls.models.heads import linear_layer
 from imgcls.system.devices import CPU
-from imgcls.training.head import CHUNK_ROWS, Features, fit_linear_head
+from imgcls.training.head import Features, fit_linear_head, row_chunks
 from imgcls.training.knn_head import fit_knn_head
 from imgcls.training.mlp_head import fit_mlp_head
 
@@ -40,7 +39,7 @@ class FittedHead:
         """Logits of every row, computed a chunk of rows at a time."""
         self.layer.eval()
         with torch.inference_mode():
-            parts = [self.layer(torch.from_numpy(_float32(block))).numpy() for block in _row_chunks(features)]
+            parts = [self.layer(torch.from_numpy(_float32(block))).numpy() for block in row_chunks(features)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
     def accuracy(self, features: Features, labels: np.ndarray) -> float:
@@ -48,16 +47,11 @@ class FittedHead:
         right, start = 0, 0
         self.layer.eval()
         with torch.inference_mode():
-            for block in _row_chunks(features):
+            for block in row_chunks(features):
                 predicted = self.layer(torch.from_numpy(_float32(block))).argmax(dim=1).numpy()
                 right += int((predicted == labels[start : start + len(block)]).sum())
                 start += len(block)
         return right / max(start, 1)
-
-
-def _row_chunks(features: Features) -> Iterator[np.ndarray]:
-    for start in range(0, len(features), CHUNK_ROWS):
-        yield np.asarray(features[start : start + CHUNK_ROWS])
 
 
 def _float32(block: np.ndarray) -> np.ndarray:
