@@ -62,6 +62,14 @@ class ServeLimits:
     request_timeout_s: float = 60.0  # a /predict request that takes longer gets 503
 
 
+# The test split carved where the data gives no held-out folder and the user names no fraction:
+# with validation's default 20%, a 70/20/10 split.
+DEFAULT_TEST_FRACTION = 0.1
+TEST_FRACTION_DEFAULT_WORDS = (
+    f"default: {DEFAULT_TEST_FRACTION:g} where the data has no val/ or test/ folder, else 0"
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the outcome of ``imgcls train``; saved with every run."""
@@ -76,7 +84,9 @@ class TrainConfig:
     head: str = "linear"
     seed: int = 0
     val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    # None: DEFAULT_TEST_FRACTION where the data has no val/ or test/ folder (a held-out split
+    # the run's choices never see), none where its own folders already hold images out.
+    test_fraction: float | None = None
     batch_size: int = 32
     workers: int | None = None
     input_size: int | None = None
@@ -107,8 +117,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction)
-        _check_fraction("test_fraction", self.test_fraction)
-        if self.val_fraction + self.test_fraction >= 0.9:
+        if self.test_fraction is not None:
+            _check_fraction("test_fraction", self.test_fraction)
+        if self.val_fraction + (self.test_fraction or 0.0) >= 0.9:
             raise ConfigError(
                 f"`val_fraction` + `test_fraction` must leave data to train on; got "
                 f"{self.val_fraction} + {self.test_fraction}"

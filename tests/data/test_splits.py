@@ -48,6 +48,22 @@ def test_folder_splits_are_kept_and_test_is_carved_from_train():
     assert counts["test"] == 10
 
 
+def test_a_test_split_is_carved_by_default_only_where_the_data_holds_nothing_out():
+    records = _records({"a": 50, "b": 20, "c": 9})
+    splits = assign_splits(records, val_fraction=0.2, test_fraction=None, seed=0)
+    per_class = Counter((r.label, s) for r, s in zip(records, splits, strict=True))
+    assert (per_class[("a", "val")], per_class[("a", "test")]) == (10, 5)
+    assert (per_class[("b", "val")], per_class[("b", "test")]) == (4, 2)
+    assert (per_class[("c", "val")], per_class[("c", "test")]) == (2, 0)  # too small to test on
+    # val is carved first, so the test split takes images from train only
+    no_test = assign_splits(records, val_fraction=0.2, test_fraction=0.0, seed=0)
+    assert [s == "val" for s in splits] == [s == "val" for s in no_test]
+    # a data set's own val folder is its held-out split: its training images stay whole
+    held_out = _records({"a": 20}, "train") + _records({"a": 5}, "val")
+    assert "test" not in assign_splits(held_out, val_fraction=0.2, test_fraction=None, seed=0)
+    assert "test" in assign_splits(held_out, val_fraction=0.2, test_fraction=0.1, seed=0)
+
+
 def test_tiny_classes_keep_a_training_image():
     records = _records({"a": 1, "b": 2, "c": 3})
     splits = assign_splits(records, val_fraction=0.5, test_fraction=0.0, seed=0)

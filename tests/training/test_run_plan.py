@@ -23,7 +23,7 @@ def test_the_plan_resolves_backbone_preprocessing_strategy_and_splits(image_fold
     assert plan.strategy == "probe" and plan.auto == {"strategy": "probe", "reason": plan.auto["reason"]}
     n_train = sum(split == "train" for split in plan.splits)
     assert plan.auto["reason"].startswith(f"{n_train} training images")
-    assert list(plan.splits) == assign_splits(scan.records, val_fraction=0.2, test_fraction=0.0, seed=4)
+    assert list(plan.splits) == assign_splits(scan.records, val_fraction=0.2, test_fraction=0.1, seed=4)
     assert plan.device.type == "cpu" and plan.features.precision in ("fp32", "bf16")
 
 

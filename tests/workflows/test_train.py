@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -40,7 +41,8 @@ def test_train_writes_a_complete_run_directory(image_folder, tmp_path):
     assert config["backbone"]["weights"]["source"] == "random-init"
     assert {"torch", "timm", "imgcls"} <= set(config["versions"])
     rows = list(csv.DictReader((run / "splits.csv").open()))
-    assert len(rows) == 36 and {r["split"] for r in rows} == {"train", "val"}
+    assert Counter(r["split"] for r in rows) == {"train": 27, "val": 6, "test": 3}  # the default 10% test
+    assert metrics["test"]["n"] == 3
     assert json.loads((run / "run_config.json").read_text())["train"]["backbone"] == TINY_BACKBONE
     assert clf.metrics["val"]["accuracy"] == metrics["val"]["accuracy"]
 
@@ -204,8 +206,9 @@ def test_evaluate_train_split_excludes_the_carved_validation_images(tmp_path):
     data = write_class_folders(tmp_path / "data" / "train", per_class=10)
     clf = imgcls.train(tmp_path / "data", tmp_path / "run", config=TINY)
     loaded = imgcls.load(tmp_path / "run")
-    assert loaded.evaluate(data.parent, split="train").report["n"] == clf.metrics["train"]["n"] == 24
+    assert loaded.evaluate(data.parent, split="train").report["n"] == clf.metrics["train"]["n"] == 21
     assert loaded.evaluate(data.parent, split="val").report["n"] == 6
+    assert loaded.evaluate(data.parent, split="test").report["n"] == 3
 
 
 def test_the_python_api_takes_every_setting_as_a_keyword_and_lists_of_images(image_folder, tmp_path):

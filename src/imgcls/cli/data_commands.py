@@ -56,7 +56,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def add_doctor(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import FOLDS, TrainConfig
+    from imgcls.config import FOLDS, TEST_FRACTION_DEFAULT_WORDS, TrainConfig
 
     defaults = TrainConfig()
     p.add_argument("data", help=DATA_HELP)
@@ -90,7 +90,12 @@ def add_doctor(p: argparse.ArgumentParser) -> None:
         default=defaults.val_fraction,
         help="validation share carved as train would carve it, for the leakage count",
     )
-    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="as for train")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help=f"as for train ({TEST_FRACTION_DEFAULT_WORDS})",
+    )
     p.add_argument(
         "--cache-dir", help="feature cache location (default: $IMGCLS_CACHE_DIR or ~/.cache/imgcls)"
     )

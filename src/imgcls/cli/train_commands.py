@@ -21,6 +21,7 @@ from imgcls.cli._options import (
     positive_int,
     print_json,
 )
+from imgcls.config import TEST_FRACTION_DEFAULT_WORDS
 from imgcls.system.wording import count
 
 
@@ -45,7 +46,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-fraction",
         type=float,
-        help="test share carved from train when there is no test/ folder (default: 0)",
+        help=f"test share carved from train when there is no test/ folder ({TEST_FRACTION_DEFAULT_WORDS})",
     )
     p.add_argument(
         "--calibrate",
@@ -315,7 +316,7 @@ def add_inspect_data(p: argparse.ArgumentParser) -> None:
         "--test-fraction",
         type=float,
         default=defaults.test_fraction,
-        help=f"as for train (default: {defaults.test_fraction:g})",
+        help=f"as for train ({TEST_FRACTION_DEFAULT_WORDS})",
     )
     p.add_argument("--seed", type=int, default=defaults.seed, help=f"split seed (default: {defaults.seed})")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls._files import read_csv, write_csv_atomic
+from imgcls.config import DEFAULT_TEST_FRACTION
 from imgcls.data.records import TEST, TRAIN, VAL, ImageRecord
 from imgcls.errors import DataError
 from imgcls.system.wording import count
@@ -21,23 +22,33 @@ from imgcls.system.wording import count
 log = logging.getLogger(__name__)
 
 SPLITS = (TRAIN, VAL, TEST)
+# A class this small gives no test images: one held-out image says little about it, and each
+# one taken costs a small class a large share of what it trains on.
+MIN_CLASS_FOR_TEST = 10
 
 
 def assign_splits(
     records: Sequence[ImageRecord],
     *,
     val_fraction: float,
-    test_fraction: float,
+    test_fraction: float | None,
     seed: int,
 ) -> list[str]:
     """The split of each record.
 
     Records from a ``val/`` or ``test/`` folder keep it. Of the training records, a
-    stratified, seeded ``test_fraction`` becomes test when there is no test folder and
-    ``val_fraction`` becomes val when there is no val folder. Each class is shuffled with its
-    own seed-derived generator, so adding a class does not reshuffle the others.
+    stratified, seeded ``val_fraction`` becomes val when there is no val folder and
+    ``test_fraction`` becomes test when there is no test folder (only from classes of at least
+    ``MIN_CLASS_FOR_TEST`` images). Each class is shuffled with its own seed-derived generator,
+    so adding a class does not reshuffle the others; val is carved before test, so the test
+    fraction does not move any image between train and val. ``test_fraction=None`` means
+    ``DEFAULT_TEST_FRACTION`` where no record comes from a val or test folder, else none: a
+    data set's own held-out folder is its evaluation protocol, and its training images stay
+    whole for it.
     """
     folders = {r.folder_split for r in records}
+    if test_fraction is None:
+        test_fraction = 0.0 if folders & {VAL, TEST} else DEFAULT_TEST_FRACTION
     carve_val = VAL not in folders and val_fraction > 0
     carve_test = TEST not in folders and test_fraction > 0
     splits = [r.folder_split or TRAIN for r in records]
@@ -49,11 +60,11 @@ def assign_splits(
         indices.sort(key=lambda i: records[i].path)
         order = _class_rng(seed, label).permutation(len(indices))
         shuffled = [indices[j] for j in order]
-        n_test, n_val = _carve_sizes(len(shuffled), carve_test and test_fraction, carve_val and val_fraction)
-        for i in shuffled[:n_test]:
-            splits[i] = TEST
-        for i in shuffled[n_test : n_test + n_val]:
+        n_val, n_test = _carve_sizes(len(shuffled), carve_val and val_fraction, carve_test and test_fraction)
+        for i in shuffled[:n_val]:
             splits[i] = VAL
+        for i in shuffled[n_val : n_val + n_test]:
+            splits[i] = TEST
     return splits
 
 
@@ -61,15 +72,15 @@ def _class_rng(seed: int, label: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
 
 
-def _carve_sizes(n: int, test_fraction: float, val_fraction: float) -> tuple[int, int]:
-    """How many of a class's ``n`` training images go to test and val; train keeps >= 1."""
+def _carve_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """How many of a class's ``n`` training images go to val and test; train keeps >= 1."""
     if n < 2:
         return 0, 0
-    n_test = max(1, round(n * test_fraction)) if test_fraction else 0
-    n_test = min(n_test, n - 1)
-    n_val = max(1, round(n * val_fraction)) if val_fraction else 0
-    n_val = min(n_val, n - 1 - n_test)
-    return n_test, n_val
+    n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction else 0
+    if not test_fraction or n < MIN_CLASS_FOR_TEST:
+        return n_val, 0
+    n_test = min(max(1, round(n * test_fraction)), n - 1 - n_val)
+    return n_val, n_test
 
 
 def check_splits(records: Sequence[ImageRecord], splits: Sequence[str], classes: Sequence[str]) -> None:

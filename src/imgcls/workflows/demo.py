@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls._files import MODEL_SUBDIR, SPLITS_FILE
-from imgcls.data.records import VAL
+from imgcls.data.records import TEST, VAL
 from imgcls.data.splits import read_manifest
 
 # The scans are 8x8; smooth upsampling gives the pretrained backbone strokes rather than blocks.
@@ -44,9 +44,11 @@ def run_demo(output: Path, *, overwrite: bool, echo: Callable[[str], None]) -> i
         write_digits(data)
     echo(f"data: scikit-learn digits written to {data}")
     clf = train(data, output / "run", overwrite=overwrite)
-    evaluation = clf.evaluate(data, split="val")
-    echo(f"validation accuracy: {evaluation.accuracy:.4f} on {evaluation.report['n']} held-out images")
-    samples = _one_val_image_per_class(output / "run" / SPLITS_FILE)
+    validation = clf.evaluate(data, split=VAL)
+    echo(f"validation accuracy: {validation.accuracy:.4f} on {validation.report['n']} images")
+    evaluation = clf.evaluate(data, split=TEST)
+    echo(f"test accuracy: {evaluation.accuracy:.4f} on {evaluation.report['n']} held-out images")
+    samples = _one_test_image_per_class(output / "run" / SPLITS_FILE)
     right = 0
     for path, digit in samples:
         prediction = clf.predict(data / path)
@@ -57,9 +59,9 @@ def run_demo(output: Path, *, overwrite: bool, echo: Callable[[str], None]) -> i
     return right
 
 
-def _one_val_image_per_class(manifest: Path) -> list[tuple[str, str]]:
+def _one_test_image_per_class(manifest: Path) -> list[tuple[str, str]]:
     chosen: dict[str, str] = {}
     for path, (label, split) in read_manifest(manifest).items():
-        if split == VAL:
+        if split == TEST:
             chosen.setdefault(label, path)
     return [(path, label) for label, path in sorted(chosen.items())]

@@ -51,7 +51,9 @@ class DataSummary:
         return "\n".join(lines)
 
 
-def summarise(scan: DatasetScan, *, val_fraction: float, test_fraction: float, seed: int) -> DataSummary:
+def summarise(
+    scan: DatasetScan, *, val_fraction: float, test_fraction: float | None, seed: int
+) -> DataSummary:
     """Images per class in each split, splitting as ``train`` would (unreadable files included)."""
     splits = assign_splits(scan.records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     counts: dict[str, Counter] = {}

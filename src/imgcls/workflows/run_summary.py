@@ -35,15 +35,17 @@ SPLITS = (TRAIN, VAL, TEST)
 def write_train_report(
     run_dir: Path, featured: FeaturedDataset, fit: ProbeFit, clf: Classifier, *, with_curves: bool
 ) -> None:
-    """``report.html``: the validation split's figures (test's when there is no validation)."""
-    split = VAL if VAL in fit.probs else TEST if TEST in fit.probs else None
+    """``report.html``: the test split's figures, validation's where there is no test (every
+    split's headline figures side by side above them). Test is the honest figure: validation
+    chose the head's regularisation or a fine-tune's best epoch."""
+    split = TEST if TEST in fit.probs else VAL if VAL in fit.probs else None
     if split is None:
         return
     examples, mistakes = split_galleries(featured, fit, split)
     write_report(
         run_dir / REPORT_FILE,
         title=f"imgcls: {featured.spec.name} on {featured.scan.name}",
-        facts=[("figures below", f"the {split} split"), ("run directory", str(run_dir))],
+        facts=[("figures below", _figures_split_words(split, fit)), ("run directory", str(run_dir))],
         report=fit.metrics[split],
         classes=featured.classes,
         mistakes=mistakes,
@@ -57,6 +59,12 @@ def write_train_report(
         tables=[("Settings and timing", (), run_facts(clf, fit.metrics))],
         curves_png=(run_dir / CURVES_FILE).read_bytes() if with_curves else None,
     )
+
+
+def _figures_split_words(split: str, fit: ProbeFit) -> str:
+    others = [s for s in (VAL, TEST) if s != split and s in fit.metrics]
+    beside = f" ({' and '.join(others)} beside it in 'Every split')" if others else ""
+    return f"the {split} split{beside}"
 
 
 def run_facts(clf: Classifier, metrics: dict[str, Any]) -> list[tuple[str, str]]:
