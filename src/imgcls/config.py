@@ -94,6 +94,9 @@ class TrainConfig:
     use_cache: bool = True
     calibrate: bool = False
     report: bool = True
+    # model/model.onnx beside the weights (when onnx and onnxruntime are installed), so that
+    # predict answers a few images without the seconds torch takes to import.
+    onnx: bool = True
     # Fine-tuning (strategy finetune/auto); None = a default that depends on the data size.
     epochs: int | None = None
     lr: float | None = None

@@ -23,7 +23,8 @@ from imgcls.errors import ConfigError, ModelFormatError
 from imgcls.inference.classifier import Classifier
 
 # fp32: exports are fp32, so exact parity is with the fp32 torch path (bf16 models differ ~1e-3).
-TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32")
+# No export at train time: these tests make their own.
+TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32", onnx=False)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +201,10 @@ def test_runtime_auto_picks_onnx_runtime_only_for_a_current_export(
     config_path.write_text(json.dumps({**config, "precision": "bf16"}))
     monkeypatch.setattr(runtime_choice, "cpu_has_native_bf16", lambda: True)
     assert choose_runtime("auto", trained).runtime == "torch"  # native bf16 is faster still
+    many = runtime_choice.ONNX_UP_TO_IMAGES + 1
+    assert choose_runtime("auto", trained, images=many).runtime == "torch"
+    few = choose_runtime("auto", trained, images=1)  # torch's start-up would outweigh its speed
+    assert few.runtime == "onnx" and few.reason.startswith("1 image to predict")
     monkeypatch.setattr(runtime_choice, "cpu_has_native_bf16", lambda: False)
     assert choose_runtime("auto", trained).runtime == "onnx"
     config_path.write_text(json.dumps(config))

@@ -26,6 +26,23 @@ def test_hymenoptera_default_probe(tmp_path):
     assert val["accuracy"] >= 0.96  # 0.974 measured; 0.948 at the native 224 px
     reloaded = imgcls.load(tmp_path / "run")
     assert reloaded.evaluate(data, split="val").accuracy == pytest.approx(val["accuracy"])
+    _bf16_and_its_fp32_export_agree(reloaded, imgcls.load(tmp_path / "run", runtime="onnx"), data)
+
+
+def _bf16_and_its_fp32_export_agree(clf, onnx, data) -> None:
+    """The tolerance docs/deployment.md states: bf16 torch and the fp32 export (what `auto`
+    picks for a few images) give probabilities within 0.1 of each other, and a different top
+    class only where the leading two are within 0.1 (bf16 rounds each product to 8 bits)."""
+    images = sorted((data / "val").rglob("*.jpg"))[::3]
+    clf.precision = "bf16"  # as on a CPU with native bf16; emulated on others
+    in_bf16 = clf.predict_paths(images, top_k=2).predictions
+    in_fp32 = onnx.predict_paths(images, top_k=2).predictions
+    assert len(in_bf16) == len(in_fp32) == len(images)
+    for a, b in zip(in_bf16, in_fp32, strict=True):
+        pa, pb = ({s.label: s.probability for s in p.scores} for p in (a, b))
+        assert max(abs(pa[c] - pb[c]) for c in pa) <= 0.1, (a.path, pa, pb)
+        if a.label != b.label:
+            assert abs(pb[a.label] - pb[b.label]) <= 0.1, (a.path, pa, pb)
 
 
 def test_hymenoptera_cross_validation(tmp_path):

@@ -31,7 +31,12 @@ def test_train_writes_a_complete_run_directory(image_folder, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [
         "README.md", "metrics.json", "model", "report.html", "run_config.json", "skipped.csv", "splits.csv",
     ]  # fmt: skip
-    assert sorted(p.name for p in (run / "model").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (run / "model").iterdir()) == [
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+    ]
+    assert "`model/model.onnx`" in (run / "README.md").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["accuracy"] >= 0.8  # colours are easy even for random features
     assert metrics["val"]["n"] == 6  # round(20% of 12) = 2 per class, stratified
@@ -45,6 +50,32 @@ def test_train_writes_a_complete_run_directory(image_folder, tmp_path):
     assert metrics["test"]["n"] == 3
     assert json.loads((run / "run_config.json").read_text())["train"]["backbone"] == TINY_BACKBONE
     assert clf.metrics["val"]["accuracy"] == metrics["val"]["accuracy"]
+
+
+def test_the_export_train_writes_scores_as_torch_and_its_failure_costs_only_the_export(
+    image_folder, tmp_path, monkeypatch, caplog
+):
+    from imgcls.deploy import export
+
+    clf = imgcls.train(image_folder, tmp_path / "run", config=TINY)
+    onnx = imgcls.load(tmp_path / "run", runtime="onnx")
+    image = next(image_folder.rglob("*.png"))
+    assert onnx.predict(image).label == clf.predict(image).label
+    assert imgcls.load(tmp_path / "run", runtime="auto").predict(image).label == clf.predict(image).label
+
+    imgcls.train(image_folder, tmp_path / "none", config=TINY.with_overrides({"onnx": False}))
+    assert not (tmp_path / "none" / "model" / "model.onnx").exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an operator the exporter lacks")
+
+    monkeypatch.setattr(export, "export_model", broken)
+    caplog.set_level("WARNING", logger="imgcls")
+    kept = imgcls.train(image_folder, tmp_path / "kept", config=TINY)
+    assert (tmp_path / "kept" / "metrics.json").is_file() and kept.metrics["val"]["n"] == 6
+    assert not (tmp_path / "kept" / "model" / "model.onnx").exists()
+    assert any("model.onnx not written (RuntimeError: an operator the exporter lacks)" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
 
 def test_saved_model_has_no_pickle_and_reloads_identically_in_a_fresh_process(image_folder, tmp_path):

@@ -104,6 +104,13 @@ def add_model_options(p: argparse.ArgumentParser, *, data_optional: bool = False
         "--no-report", dest="report", action="store_false", default=None, help="do not write report.html"
     )
     p.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        default=None,
+        help="do not write model/model.onnx (the export that lets predict start without torch)",
+    )
+    p.add_argument(
         "--config",
         metavar="FILE",
         help="JSON or TOML settings (e.g. a saved run_config.json); flags override it",

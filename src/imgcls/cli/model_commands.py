@@ -109,7 +109,12 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from imgcls.errors import ConfigError
-    from imgcls.inference.loading import decoding_ahead_of_prediction, model_of_file, open_model
+    from imgcls.inference.loading import (
+        decoding_ahead_of_prediction,
+        inputs_or_none,
+        model_of_file,
+        open_model,
+    )
     from imgcls.inference.runtime_choice import choose_runtime
 
     if args.top_k < 1:
@@ -120,8 +125,15 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--engine ray writes to a file: give --output FILE (and no --tta)")
     args.model, args.runtime = model_of_file(args.model, args.runtime)
     # Decide the runtime before torch is imported, so decoding can start beside that import.
-    choice = choose_runtime(args.runtime, args.model, tta=args.tta, device=args.device)
-    with decoding_ahead_of_prediction(args.model, args.paths, choice.runtime):
+    inputs = inputs_or_none(args.paths)
+    choice = choose_runtime(
+        args.runtime,
+        args.model,
+        tta=args.tta,
+        device=args.device,
+        images=len(inputs) if inputs is not None else None,
+    )
+    with decoding_ahead_of_prediction(args.model, inputs, choice.runtime):
         opened = open_model(
             args.model,
             runtime=args.runtime,

@@ -44,7 +44,7 @@ from imgcls._files import (
 )
 from imgcls.config import EXPORT_RELATIVE_TOLERANCE
 from imgcls.data._pixels import to_input_array
-from imgcls.data.images import ImageRef, UnreadableImageError, load_rgb
+from imgcls.data.images import ImageRef, MemoryImage, UnreadableImageError, load_rgb
 from imgcls.data.records import VAL
 from imgcls.data.sources import open_source
 from imgcls.data.splits import read_manifest
@@ -85,7 +85,7 @@ def export_model(
     *,
     format: str,
     output: str | Path | None = None,
-    check_images: Sequence[str | Path] = (),
+    check_images: Sequence[str | ImageRef] = (),
     tolerance: float | None = None,
     device: str = "auto",
 ) -> ExportReport:
@@ -206,9 +206,9 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def _check_batch(clf: Classifier, check_images: Sequence[str | Path]) -> np.ndarray:
+def _check_batch(clf: Classifier, check_images: Sequence[str | ImageRef]) -> np.ndarray:
     """Preprocessed real images: the given ones, else validation images of the training run."""
-    paths = [Path(p) for p in check_images] or _run_images(clf)
+    paths = [p if isinstance(p, MemoryImage) else Path(p) for p in check_images] or _run_images(clf)
     arrays = []
     for path in paths[:MAX_CHECK_IMAGES]:
         try:

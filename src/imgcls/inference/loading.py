@@ -21,6 +21,7 @@ from imgcls.errors import ConfigError, ImgclsError
 from imgcls.inference.runtime_choice import RuntimeChoice, choose_runtime
 
 if TYPE_CHECKING:
+    from imgcls.data.images import ImageRef
     from imgcls.inference.classifier import Classifier
     from imgcls.inference.onnx_runtime import OnnxClassifier
 
@@ -112,17 +113,25 @@ def load(
 
 
 def decoding_ahead_of_prediction(
-    model: str | Path, inputs: Sequence[str], runtime: str
+    model: str | Path, paths: Sequence[ImageRef] | None, runtime: str
 ) -> contextlib.AbstractContextManager:
-    """With a saved model in torch, decode the images to predict in a child process while
-    torch imports; otherwise (or when anything is amiss) nothing: the prediction itself then
-    reports the problem."""
-    if runtime != "torch" or not (model_dir(Path(model)) / CONFIG_FILE).is_file():
+    """With a saved model in torch, decode ``paths`` (``prediction_inputs``' answer) in a child
+    process while torch imports; otherwise (or when anything is amiss) nothing: the prediction
+    itself then reports the problem."""
+    if paths is None or runtime != "torch" or not (model_dir(Path(model)) / CONFIG_FILE).is_file():
         return contextlib.nullcontext()
     try:
         config: dict[str, Any] = read_model_config(model_dir(Path(model)))
         pre = Preprocessing.from_dict(config["preprocessing"])
-        paths = prediction_inputs(inputs)
     except (ImgclsError, OSError, ValueError, KeyError):
         return contextlib.nullcontext()
     return prefetch_paths(paths, pre)
+
+
+def inputs_or_none(inputs: Sequence[str]) -> list[ImageRef] | None:
+    """The images ``inputs`` name (``prediction_inputs``), or ``None`` where they cannot be
+    listed: the prediction itself then reports why."""
+    try:
+        return prediction_inputs(inputs)
+    except (ImgclsError, OSError):
+        return None

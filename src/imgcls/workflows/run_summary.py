@@ -20,6 +20,7 @@ from imgcls._files import (
     KNN_BANK_FILE,
     KNN_LABELS_FILE,
     MODEL_CARD_FILE,
+    ONNX_FILE,
     REPORT_FILE,
     WEIGHTS_FILE,
     write_text_atomic,
@@ -99,6 +100,8 @@ def model_files(clf: Classifier) -> str:
         WEIGHTS_FILE: "the network's weights, the head's included: a size set by the backbone and "
         "the number of classes, whatever the number of training images",
         CONFIG_FILE: "classes, preprocessing, the head's settings, metrics, versions",
+        ONNX_FILE: "the same network and head for ONNX Runtime, checked against the weights: "
+        "prediction without torch (`imgcls[onnx]`), and the fast start of a few predictions",
         KNN_BANK_FILE: "the kNN head's bank: every training image's normalised features (4 bytes a "
         "feature), which predictions are compared with, memory-mapped when the model is opened",
         KNN_LABELS_FILE: "the bank's classes, 8 bytes an image",

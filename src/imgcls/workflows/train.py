@@ -7,6 +7,7 @@ calibrate) -> evaluate -> save.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import time
@@ -50,6 +51,10 @@ from imgcls.workflows.ray_extraction import extract_on_ray
 from imgcls.workflows.run_summary import write_model_card, write_train_report
 
 log = logging.getLogger(__name__)
+
+# Images the train-time export is checked on: enough to catch a broken export, few enough to
+# cost a fraction of a small run.
+ONNX_CHECK_IMAGES = 8
 
 
 def train(
@@ -299,12 +304,38 @@ def _save_run(
     # The model first and metrics.json last: a run that fails part way (a full disk) never
     # looks finished.
     clf.save(run_dir / MODEL_SUBDIR)
+    if cfg.onnx:
+        with PROFILE.stage("model.onnx (export and parity check)"):
+            write_onnx_export(run_dir, featured)
     write_manifest(run_dir / SPLITS_FILE, featured.records, featured.splits)
     write_skipped(run_dir / SKIPPED_FILE, featured.unreadable)
     write_json(run_dir / RUN_CONFIG_FILE, run_config(featured, cfg))
     write_model_card(run_dir, clf, featured, metrics)
     write_json(run_dir / METRICS_FILE, metrics)
     log.info("saved run to %s", run_dir)
+
+
+def write_onnx_export(run_dir: Path, featured: FeaturedDataset) -> None:
+    """``model/model.onnx``, checked against torch on held-out images, so that ``predict``
+    can answer a few images without importing torch (``runtime_choice``). An exporter that
+    fails on an unusual network costs the export, never the trained run."""
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+        log.debug("model.onnx not written: onnx or onnxruntime is not installed")
+        return
+    held_out_first = sorted(range(len(featured.records)), key=lambda i: featured.splits[i] == TRAIN)
+    images = [featured.scan.absolute(featured.records[i]) for i in held_out_first[:ONNX_CHECK_IMAGES]]
+    from imgcls.deploy.export import export_model
+
+    try:
+        export_model(run_dir / MODEL_SUBDIR, format="onnx", check_images=images, device="cpu")
+    except Exception as exc:  # any exporter failure: the run is already saved
+        log.warning(
+            "model.onnx not written (%s: %s); predict runs the model in torch, and "
+            "`imgcls export %s` shows the details",
+            type(exc).__name__,
+            exc,
+            run_dir,
+        )
 
 
 def run_config(featured: FeaturedDataset, cfg: TrainConfig) -> dict[str, Any]:
