@@ -78,6 +78,9 @@ class TrainConfig:
     # How to read the data: detected (auto) or named; CIFAR-100's label set.
     data_format: str = "auto"
     label_set: str = "fine"
+    # A manifest's columns of image paths and labels.
+    path_column: str = "path"
+    label_column: str = "label"
     weights: str | None = None
     pretrained: bool = True
     strategy: str = "probe"
@@ -181,6 +184,15 @@ class TrainConfig:
             raise ConfigError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         changes = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **changes)
+
+    def source_options(self) -> dict[str, str]:
+        """How to read the data: ``open_source``'s keywords from these settings."""
+        return {
+            "data_format": self.data_format,
+            "label_set": self.label_set,
+            "path_column": self.path_column,
+            "label_column": self.label_column,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -165,7 +165,7 @@ def test_cifar_100_reads_fine_or_coarse_labels(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("file,label\na.png,x\n", "no path column"),
+        ("file,label\na.png,x\n", "no 'path' column"),
         ("path,label\nmissing.png,x\n", "line 2: image missing.png does not exist"),
         ("path,label\na.png,x\nb.png,x\n", "only one class"),
         ("path,label,split\na.png,x,holdout\n", "unknown split 'holdout'"),
@@ -178,6 +178,27 @@ def test_a_bad_manifest_says_what_is_wrong(tmp_path, content, message):
     (tmp_path / "list.csv").write_text(content)
     with pytest.raises(DataError, match=message):
         open_source(tmp_path / "list.csv")
+
+
+def test_a_manifest_may_name_its_path_and_label_columns(cifar_like, tmp_path, capsys):
+    from imgcls.cli.main import main
+
+    reference = _content(open_source(cifar_like["csv"]))
+    text = cifar_like["csv"].read_text()
+    renamed = cifar_like["folder"] / "renamed.csv"
+    renamed.write_text(text.replace("path,label", "filename,class", 1))
+    with pytest.raises(
+        DataError, match=r"no 'path' or 'label' column \(found filename, class, split\).*--path-column"
+    ):
+        open_source(renamed)
+    columns = {"path_column": "filename", "label_column": "class"}
+    assert _content(open_source(renamed, **columns)) == reference
+    clf = imgcls.train(renamed, tmp_path / "run", config=TINY.with_overrides(columns))
+    assert clf.evaluate(renamed, split="test", **columns).report["n"] == 20
+    flags = ["--path-column", "filename", "--label-column", "class"]
+    assert main(["inspect-data", str(renamed), *flags, "--json"]) == 0
+    assert sum(json.loads(capsys.readouterr().out)["counts"]["test"].values()) == 20
+    assert main(["evaluate", str(tmp_path / "run"), str(renamed), "--split", "test", *flags, "--json"]) == 0
 
 
 def test_a_dataframe_like_table_is_a_manifest(cifar_like, monkeypatch):

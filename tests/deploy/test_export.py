@@ -24,7 +24,9 @@ from imgcls.inference.classifier import Classifier
 
 # fp32: exports are fp32, so exact parity is with the fp32 torch path (bf16 models differ ~1e-3).
 # No export at train time: these tests make their own.
-TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32", onnx=False)
+TINY = TrainConfig(
+    backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32", onnx=False
+)
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,28 @@ def test_python_in_a_terminal_shows_the_bar_without_configuring_logging(image_fo
     assert "extracting features" not in captured.stderr and "\r" not in captured.stderr  # no one watches
 
 
+def test_verbose_and_quiet_choose_for_one_python_call(image_folder, tmp_path):
+    settings = f"backbone={TINY_ARGS[1]!r}, pretrained=False, input_size=64, use_cache=False"
+    code = (
+        "import imgcls, logging, sys\n"
+        f"imgcls.train({str(image_folder)!r}, {str(tmp_path / 'loud')!r}, verbose=True, {settings})\n"
+        "assert not logging.getLogger().handlers and not logging.getLogger('imgcls').handlers\n"
+        "print('=== quiet ===', file=sys.stderr)\n"
+        "imgcls.show_progress(True)\n"
+        f"imgcls.train({str(image_folder)!r}, {str(tmp_path / 'quiet')!r}, verbose=False, {settings})\n"
+        f"imgcls.cross_validate({str(image_folder)!r}, folds=2, verbose=False, {settings})\n"
+        "assert logging.getLogger('imgcls').level == logging.NOTSET\n"
+    )
+    captured = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert captured.returncode == 0, captured.stderr
+    loud, quiet = captured.stderr.split("=== quiet ===\n")
+    # not a terminal, yet verbose=True draws the bar, and says what the CLI says
+    assert "extracting features: 100%|" in loud and "36/36" in loud
+    assert "saved run to" in loud and "logistic head: C=" in loud
+    # neither bars nor notes, whatever show_progress says: warnings only
+    assert quiet and all(line.startswith("NO PRETRAINED WEIGHTS") for line in quiet.splitlines())
+
+
 def test_a_log_gets_percentage_lines_without_terminal_control_characters(image_folder, tmp_path):
     logged = run_cli(
         "train", str(image_folder), "--output", str(tmp_path / "run"), "--no-cache", *TINY_ARGS

@@ -525,3 +525,6 @@ def test_a_time_limit_too_short_for_one_epoch_is_said_before_training(tmp_path, 
     assert said.index("no epoch will run") < said.index("training time limit; best val")  # before the loop
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["0"]
+    # the export would take the run further past its limit: it is left for `imgcls export`
+    assert "model.onnx not written: the time limit leaves no room" in said
+    assert not (tmp_path / "run" / "model" / "model.onnx").exists()

@@ -41,7 +41,24 @@ def add_source_options(p: argparse.ArgumentParser, *, from_config: bool) -> None
         default=None if from_config else defaults.label_set,
         help=f"CIFAR-100's fine (100) or coarse (20) classes (default: {defaults.label_set})",
     )
+    for column in ("path", "label"):
+        p.add_argument(
+            f"--{column}-column",
+            metavar="NAME",
+            default=None if from_config else getattr(defaults, f"{column}_column"),
+            help=f"a manifest's column of image {column}s (default: {getattr(defaults, f'{column}_column')})",
+        )
     add_outside_root_option(p)
+
+
+def source_keywords(args: argparse.Namespace) -> dict[str, str]:
+    """``open_source``'s keywords from the flags ``add_source_options`` adds."""
+    return {
+        "data_format": args.data_format,
+        "label_set": args.label_set,
+        "path_column": args.path_column,
+        "label_column": args.label_column,
+    }
 
 
 def add_outside_root_option(p: argparse.ArgumentParser) -> None:

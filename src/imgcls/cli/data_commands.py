@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from imgcls.cli._options import DATA_HELP, add_device_option, add_source_options, positive_int, print_json
+from imgcls.cli._options import (
+    DATA_HELP,
+    add_device_option,
+    add_source_options,
+    positive_int,
+    print_json,
+    source_keywords,
+)
 from imgcls.system.wording import count
 
 
@@ -29,7 +36,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from imgcls.data.convert import convert
     from imgcls.data.sources import open_source
 
-    scan = open_source(args.data, data_format=args.data_format, label_set=args.label_set)
+    scan = open_source(args.data, **source_keywords(args))
     done = convert(scan, args.output, to=args.to, shard_samples=args.shard_samples)
     if args.json:
         print_json(
@@ -142,8 +149,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         cache_dir=args.cache_dir,
         use_cache=args.use_cache,
-        data_format=args.data_format,
-        label_set=args.label_set,
+        **source_keywords(args),
         device=args.device,
     )
     diagnosis = doctor(

@@ -12,6 +12,7 @@ from imgcls.cli._options import (
     add_source_options,
     positive_int,
     print_json,
+    source_keywords,
 )
 
 
@@ -64,8 +65,7 @@ def run_embed(args: argparse.Namespace) -> int:
         weights=args.weights,
         input_size=args.input_size,
         output_format=args.output_format,
-        data_format=args.data_format,
-        label_set=args.label_set,
+        **source_keywords(args),
         batch_size=args.batch_size,
         workers=args.workers,
         cache_dir=args.cache_dir,

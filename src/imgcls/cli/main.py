@@ -14,10 +14,10 @@ import os
 import platform
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from imgcls.cli import PROCESS_STARTED
 from imgcls.cli.data_commands import add_convert, add_doctor, run_convert, run_doctor
 from imgcls.cli.embed_commands import add_embed, add_similar, run_embed, run_similar
 from imgcls.cli.model_commands import (
@@ -96,9 +96,6 @@ def _should_tune_allocator(argv: Sequence[str]) -> bool:
     return bool(_HEAVY_COMMANDS.intersection(argv))
 
 
-_STARTED = time.perf_counter()  # process start, near enough: the CLI is the first import
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not valid UTF-8 is printed with escapes instead of crashing.
@@ -148,7 +145,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if getattr(args, "profile", False):
         from imgcls.system.profiling import PROFILE
 
-        PROFILE.reset(started=_STARTED)
+        PROFILE.reset(started=PROCESS_STARTED)
     try:
         code = int(args.handler(args) or 0)
         if getattr(args, "profile", False):

@@ -20,6 +20,7 @@ from imgcls.cli._options import (
     as_flags,
     print_json,
     print_unreadable,
+    source_keywords,
 )
 from imgcls.system.wording import count
 
@@ -59,8 +60,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         workers=args.workers,
-        data_format=args.data_format,
-        label_set=args.label_set,
+        **source_keywords(args),
     )
     if args.report is not None:
         from imgcls.inference.evaluate import write_evaluation_report

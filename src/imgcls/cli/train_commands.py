@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls._files import REPORT_FILE
+from imgcls.cli import PROCESS_STARTED
 from imgcls.cli._options import (
     DATA_HELP,
     add_finetune_options,
@@ -20,6 +21,7 @@ from imgcls.cli._options import (
     duration,
     positive_int,
     print_json,
+    source_keywords,
 )
 from imgcls.config import TEST_FRACTION_DEFAULT_WORDS
 from imgcls.system.wording import count
@@ -84,7 +86,9 @@ def run_train(args: argparse.Namespace) -> int:
         with decoding_ahead(args.data, backbone=config.backbone, input_size=config.input_size):
             from imgcls.workflows.train import train
 
-            clf = train(args.data, output, config=config, overwrite=args.overwrite)
+            clf = train(
+                args.data, output, config=config, overwrite=args.overwrite, clock_from=PROCESS_STARTED
+            )
     if clf is None:  # a torchrun process other than rank 0: rank 0 reports and writes the run
         return 0
     if args.json:
@@ -326,7 +330,7 @@ def run_inspect_data(args: argparse.Namespace) -> int:
     from imgcls.data.sources import open_source
     from imgcls.workflows.inspect_data import augmentation_grid, summarise
 
-    scan = open_source(args.data, data_format=args.data_format, label_set=args.label_set)
+    scan = open_source(args.data, **source_keywords(args))
     summary = summarise(
         scan, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
     )

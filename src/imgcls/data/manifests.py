@@ -1,5 +1,6 @@
 """Data sets listed in a manifest: a CSV, JSON Lines or Parquet file (or, from Python, a pandas
-DataFrame) with one row per image and the columns ``path``, ``label`` and optionally ``split``.
+DataFrame) with one row per image and the columns ``path``, ``label`` and optionally ``split``
+(the first two may go by other names: ``ManifestColumns``, ``--path-column``/``--label-column``).
 
 Paths are relative to the manifest's folder, and stay inside it unless the user trusts the
 manifest (``--allow-outside-root``; absolute paths then too); ``split`` takes
@@ -13,6 +14,8 @@ import csv
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +25,85 @@ from imgcls.data.records import DatasetScan, ImageRecord, outside_root_allowed, 
 from imgcls.errors import DataError, first_line
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
-REQUIRED_COLUMNS = ("path", "label")
 MANIFEST_LAYOUT = "rows of path,label[,split] in {root}"
 
 
+@dataclass(frozen=True)
+class ManifestColumns:
+    """The names of a manifest's image-path and label columns (``filename,class`` in a file
+    another tool wrote, say); ``split`` keeps its name."""
+
+    path: str = "path"
+    label: str = "label"
+
+    def missing(self, header: Iterable[str]) -> list[str]:
+        present = set(header)
+        return [c for c in (self.path, self.label) if c not in present]
+
+    def missing_error(self, name: str, header: Iterable[str]) -> DataError:
+        header = list(header)
+        missing = " or ".join(repr(c) for c in self.missing(header))
+        return DataError(
+            f"{name} has no {missing} column (found {', '.join(map(str, header)) or 'no columns'}); "
+            f"a manifest needs path,label[,split] columns, or name yours with --path-column and "
+            f"--label-column (in Python, path_column= and label_column=)"
+        )
+
+
 def read_manifest_source(
-    source: str | Path | Any, *, min_classes: int = 2, allow_outside_root: bool | None = None
+    source: str | Path | Any,
+    *,
+    min_classes: int = 2,
+    allow_outside_root: bool | None = None,
+    columns: ManifestColumns = ManifestColumns(),
 ) -> DatasetScan:
-    """The data set a manifest file (or a pandas DataFrame) lists.
+    """The data set a manifest file (or a pandas DataFrame) lists, its paths and labels in
+    ``columns``.
 
     A manifest file's paths must stay inside its folder unless ``allow_outside_root`` (default:
     ``--allow-outside-root``, see ``outside_root_allowed``); a DataFrame's are the calling
     program's own and may name any file."""
     if _is_dataframe(source):
         rows = _dataframe_rows(source)
-        return _scan(rows, root=Path.cwd(), name="the DataFrame", min_classes=min_classes, outside=True)
+        return _scan(
+            rows,
+            root=Path.cwd(),
+            name="the DataFrame",
+            min_classes=min_classes,
+            outside=True,
+            columns=columns,
+        )
     path = Path(source).expanduser()
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist")
-    readers = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
+    readers = {".csv": partial(_csv_rows, columns=columns), ".jsonl": _jsonl_rows, ".parquet": _parquet_rows}
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path} is not a manifest: expected a {', '.join(MANIFEST_SUFFIXES)} file")
     outside = outside_root_allowed(allow_outside_root)
-    return _scan(reader(path), root=path.parent, name=str(path), min_classes=min_classes, outside=outside)
+    return _scan(
+        reader(path),
+        root=path.parent,
+        name=str(path),
+        min_classes=min_classes,
+        outside=outside,
+        columns=columns,
+    )
 
 
 def _scan(
-    rows: Iterable[tuple[int, Mapping[str, Any]]], *, root: Path, name: str, min_classes: int, outside: bool
+    rows: Iterable[tuple[int, Mapping[str, Any]]],
+    *,
+    root: Path,
+    name: str,
+    min_classes: int,
+    outside: bool,
+    columns: ManifestColumns,
 ) -> DatasetScan:
     scan = DatasetScan(root=root, classes=[], records=[], source=name, format="manifest")
     seen: dict[str, int] = {}
     for line, row in rows:
-        record = _record(row, line=line, name=name)
+        record = _record(row, line=line, name=name, columns=columns)
         if record.path in seen:
             raise DataError(
                 f"{name} line {line} lists {record.path} again (first on line {seen[record.path]})"
@@ -71,16 +120,12 @@ def _scan(
     return scan
 
 
-def _record(row: Mapping[str, Any], *, line: int, name: str) -> ImageRecord:
-    missing = [c for c in REQUIRED_COLUMNS if c not in row]
-    if missing:
-        raise DataError(
-            f"{name} has no {' or '.join(missing)} column; a manifest needs path,label[,split] "
-            f"(found {', '.join(map(str, row)) or 'no columns'})"
-        )
-    path, label = _text(row["path"]), _text(row["label"])
+def _record(row: Mapping[str, Any], *, line: int, name: str, columns: ManifestColumns) -> ImageRecord:
+    if columns.missing(row):
+        raise columns.missing_error(name, row)
+    path, label = _text(row[columns.path]), _text(row[columns.label])
     if not path or not label:
-        raise DataError(f"{name} line {line}: empty {'path' if not path else 'label'}")
+        raise DataError(f"{name} line {line}: empty {columns.path if not path else columns.label}")
     split_name = _text(row.get("split")).lower()
     if split_name and split_name not in SPLIT_FOLDERS:
         raise DataError(f"{name} line {line}: unknown split {split_name!r}; use train, val or test")
@@ -101,19 +146,15 @@ def listed_path(file: Path, manifest: Path) -> str | None:
     return target.relative_to(folder).as_posix() if target.is_relative_to(folder) else None
 
 
-def _csv_rows(path: Path) -> Iterable[tuple[int, Mapping[str, Any]]]:
+def _csv_rows(path: Path, *, columns: ManifestColumns) -> Iterable[tuple[int, Mapping[str, Any]]]:
     try:
         # File names that are not valid UTF-8 come back as the bytes imgcls wrote for them.
         with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             header, rows = read_csv(handle)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc
-    if not rows:
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DataError(
-                f"{path} has no {' or '.join(missing)} column; a manifest needs path,label[,split]"
-            )
+    if not rows and columns.missing(header):
+        raise columns.missing_error(str(path), header)
     return [(i + 2, {k.strip(): v for k, v in row.items() if k}) for i, row in enumerate(rows)]
 
 

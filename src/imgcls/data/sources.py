@@ -26,7 +26,7 @@ from imgcls.data.folders import expand_inputs, scan_dataset
 from imgcls.data.huggingface import looks_like_image_parquet, looks_like_saved_dataset, read_hf_source
 from imgcls.data.imagenet import looks_like_kaggle_imagenet, name_synset_classes, read_kaggle_imagenet
 from imgcls.data.images import ImageRef
-from imgcls.data.manifests import MANIFEST_SUFFIXES, read_manifest_source
+from imgcls.data.manifests import MANIFEST_SUFFIXES, ManifestColumns, read_manifest_source
 from imgcls.data.records import DatasetScan
 from imgcls.data.webdataset import looks_like_webdataset, read_webdataset
 from imgcls.errors import DataError
@@ -73,6 +73,8 @@ def open_source(
     label_set: str = "fine",
     min_classes: int = 2,
     allow_outside_root: bool | None = None,
+    path_column: str = "path",
+    label_column: str = "label",
 ) -> DatasetScan:
     """Every labelled image of ``source``.
 
@@ -84,12 +86,18 @@ def open_source(
         allow_outside_root: whether a manifest or a Hugging Face data set may name image files
             outside its own folder (default: only with ``--allow-outside-root``, or
             ``IMGCLS_ALLOW_OUTSIDE_ROOT=1``).
+        path_column, label_column: a manifest's columns of image paths and labels.
     """
     if data_format not in DATA_FORMATS:
         raise DataError(f"unknown `data_format` {data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
     found = detect_format(source) if data_format == "auto" else data_format
     if found == "manifest":
-        return read_manifest_source(source, min_classes=min_classes, allow_outside_root=allow_outside_root)
+        return read_manifest_source(
+            source,
+            min_classes=min_classes,
+            allow_outside_root=allow_outside_root,
+            columns=ManifestColumns(path_column, label_column),
+        )
     if found == "cifar":
         return read_cifar(source, label_set=label_set, min_classes=min_classes)
     if found == "imagenet":

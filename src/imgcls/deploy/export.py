@@ -237,6 +237,8 @@ def _run_images(clf: Classifier) -> list[ImageRef]:
             saved["data"],
             data_format=settings.get("data_format", "auto"),
             label_set=settings.get("label_set", "fine"),
+            path_column=settings.get("path_column", "path"),
+            label_column=settings.get("label_column", "label"),
             min_classes=1,
         )
     except DataError:

@@ -278,6 +278,8 @@ class Classifier:
         cache_dir: Path | None = None,
         data_format: str = "auto",
         label_set: str = "fine",
+        path_column: str = "path",
+        label_column: str = "label",
     ) -> Evaluation:
         """Metrics on one split of a labelled data set (see ``inference.evaluate.evaluate``)."""
         return evaluate(
@@ -290,6 +292,8 @@ class Classifier:
             cache_dir=cache_dir,
             data_format=data_format,
             label_set=label_set,
+            path_column=path_column,
+            label_column=label_column,
         )
 
 

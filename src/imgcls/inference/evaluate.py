@@ -58,16 +58,26 @@ def evaluate(
     cache_dir: Path | None = None,
     data_format: str = "auto",
     label_set: str = "fine",
+    path_column: str = "path",
+    label_column: str = "label",
 ) -> Evaluation:
     """Metrics on one split of a labelled data set (see ``metrics.classification_report``).
 
-    ``data`` is any source ``train`` reads (``data_format`` and ``label_set`` as there).
+    ``data`` is any source ``train`` reads (``data_format``, ``label_set``, ``path_column`` and
+    ``label_column`` as there).
     ``split`` is ``val``, ``test``, ``train`` or ``all``. A split the source names (a folder,
     a manifest column, CIFAR's test batch) is used as is; otherwise the ``splits.csv``
     written at training time says which images it holds. With ``tta`` the report is for
     averaged views, and ``Evaluation.tta`` compares it with the plain centre crop.
     """
-    scan = open_source(data, data_format=data_format, label_set=label_set, min_classes=1)
+    scan = open_source(
+        data,
+        data_format=data_format,
+        label_set=label_set,
+        path_column=path_column,
+        label_column=label_column,
+        min_classes=1,
+    )
     records = _as_model_classes(select_split(scan, split, manifest_path(clf.directory)), clf.classes)
     unknown = sorted({r.label for r in records} - set(clf.classes))
     if unknown:

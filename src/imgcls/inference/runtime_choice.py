@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 # Up to this many images, starting without torch saves more than bf16 torch's faster forward
 # passes win back (the crossover is measured by benchmarks/predict_latency.py).
-ONNX_UP_TO_IMAGES = 100
+ONNX_UP_TO_IMAGES = 64
 
 
 @dataclass(frozen=True)

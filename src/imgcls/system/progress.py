@@ -10,11 +10,14 @@ seconds, with the percentage, rate and ETA, never a bar's redraws. ``show_bars``
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,47 @@ def show_bars(enabled: bool | None) -> None:
     whether someone watches (``None``, the default)."""
     global _BARS
     _BARS = enabled
+
+
+@contextlib.contextmanager
+def verbosity(verbose: bool | None) -> Iterator[None]:
+    """For one library call (``verbose=`` of ``imgcls.train`` and the other long calls):
+    ``True`` draws bars and writes imgcls's notes (what the CLI says) to standard error,
+    through the logging set up if there is any, else through a handler that lives for the call;
+    ``False`` draws nothing and lets only warnings and errors through; ``None`` changes nothing
+    (bars where someone watches, notes where logging is set up for them)."""
+    if verbose is None:
+        yield
+        return
+    global _BARS
+    logger = logging.getLogger("imgcls")
+    held = (_BARS, logger.level)
+    handler = None
+    if verbose and not logger.handlers and not logging.getLogger().handlers:
+        handler = BarSafeHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    _BARS = verbose
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        _BARS = held[0]
+        logger.setLevel(held[1])
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
+def takes_verbose(func: F) -> F:
+    """Run ``func`` under ``verbosity`` of its ``verbose=`` keyword, which ``func`` declares
+    and documents (so the API reference shows it) and leaves to this wrapper."""
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with verbosity(kwargs.get("verbose")):
+            return func(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 def watched() -> bool:

@@ -37,7 +37,7 @@ from imgcls.evaluation.metrics import classification_report
 from imgcls.evaluation.report import Example, confident_mistakes, write_report
 from imgcls.evaluation.stats import corrected_paired_t_test, summarize
 from imgcls.models.backbone import count_parameters
-from imgcls.system.progress import Progress
+from imgcls.system.progress import Progress, takes_verbose
 from imgcls.training.finetune import finetune
 from imgcls.training.probe import FeaturedDataset, ProbeFit, fit_and_score
 from imgcls.training.run_plan import plan_run
@@ -81,6 +81,7 @@ class CrossValidation:
         return data
 
 
+@takes_verbose
 def cross_validate(
     data: str | Path,
     output: str | Path | None = None,
@@ -89,6 +90,7 @@ def cross_validate(
     folds: int = FOLDS,
     repeats: int = REPEATS,
     overwrite: bool = False,
+    verbose: bool | None = None,
     **settings: Any,
 ) -> CrossValidation:
     """Stratified k-fold cross-validation of the probe on all non-test images of ``data``.
@@ -96,11 +98,11 @@ def cross_validate(
     Recipe: resolve config -> scan data -> extract features once -> for each repeat, assign
     seeded stratified folds -> for each fold, fit on the other folds and score this one ->
     summarise (mean, std, 95% interval) -> save ``cv.json`` and ``cv_splits.csv``.
-    ``settings`` are ``TrainConfig`` fields, overriding ``config`` (as for ``train``).
+    ``settings`` are ``TrainConfig`` fields, overriding ``config``; ``verbose`` as for ``train``.
     """
     cfg = _cv_config(with_settings(config, settings), folds=folds, repeats=repeats)
     started = time.perf_counter()
-    scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
+    scan = open_source(data, **cfg.source_options())
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     featured = featurize_on_engine(scan, cfg)
     return _cross_validate_features(
@@ -294,6 +296,7 @@ class Comparison:
         }
 
 
+@takes_verbose
 def compare(
     data: str | Path,
     backbones: list[str] | None = None,
@@ -304,12 +307,13 @@ def compare(
     folds: int = FOLDS,
     repeats: int = REPEATS,
     overwrite: bool = False,
+    verbose: bool | None = None,
     **settings: Any,
 ) -> Comparison:
     """Cross-validate every backbone with every head on the same folds; test the best two
     against each other. ``backbones`` and ``heads`` default to the config's one; together they
     must name at least two candidates. ``settings`` are ``TrainConfig`` fields, overriding
-    ``config`` (as for ``train``)."""
+    ``config``; ``verbose`` as for ``train``."""
     base = _cv_config(with_settings(config, settings), folds=folds, repeats=repeats)
     backbones = list(dict.fromkeys(backbones or [base.backbone]))  # a name given twice runs once
     heads = list(dict.fromkeys(heads or [base.head]))
@@ -317,7 +321,7 @@ def compare(
         raise ConfigError(
             f"compare needs at least two different backbones or heads, got {backbones} and {heads}"
         )
-    scan = open_source(data, data_format=base.data_format, label_set=base.label_set)
+    scan = open_source(data, **base.source_options())
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     results = []
     for backbone in backbones:

@@ -34,7 +34,7 @@ from imgcls.inference.encoder import Encoder, open_encoder
 from imgcls.inference.similarity import nearest, normalised
 from imgcls.models.features import default_cache_dir
 from imgcls.system.devices import CPU
-from imgcls.system.progress import Progress, quiet_below_warning
+from imgcls.system.progress import Progress, quiet_below_warning, takes_verbose
 from imgcls.training import head as head_module
 from imgcls.training.heads import fit_head
 from imgcls.workflows.doctor_copies import calibrate, duplicate_findings, duplicate_groups
@@ -50,6 +50,7 @@ TINY_FRACTION = 0.25  # of the data set's median shorter side, below which an im
 MIN_TINY_PX = 16
 
 
+@takes_verbose
 def doctor(
     data: str | Path | Any,
     output: str | Path | None = None,
@@ -59,6 +60,7 @@ def doctor(
     folds: int = FOLDS,
     write_clean: str | Path | None = None,
     relabel: bool = False,
+    verbose: bool | None = None,
     **settings: Any,
 ) -> Diagnosis:
     """Check a data set for broken files, duplicates, leakage, likely mislabels and outliers.
@@ -72,10 +74,11 @@ def doctor(
         write_clean: write a manifest of the data without the findings (see ``CLEANED_KINDS``).
         relabel: in that manifest, give likely mislabels their suggested label instead of
             leaving them out.
+        verbose: as for ``train``: bars and notes (``True``), warnings only (``False``).
     """
     started = time.perf_counter()
     cfg = with_settings(config, settings)
-    scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set, min_classes=1)
+    scan = open_source(data, **cfg.source_options(), min_classes=1)
     encoder = open_encoder(
         model or cfg.backbone,
         weights=cfg.weights,

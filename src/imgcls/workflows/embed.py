@@ -39,7 +39,7 @@ from imgcls.data.sources import open_source
 from imgcls.errors import ConfigError, DataError
 from imgcls.inference.encoder import Encoder, open_encoder
 from imgcls.models.features import Extraction, default_cache_dir
-from imgcls.system.progress import Progress
+from imgcls.system.progress import Progress, takes_verbose
 
 if TYPE_CHECKING:
     from imgcls.deploy.ray_engine import RayEmbedding
@@ -79,6 +79,7 @@ class _Rows:
     source: str
 
 
+@takes_verbose
 def embed(
     source: str | Path | Any,
     output: str | Path | None = None,
@@ -89,6 +90,8 @@ def embed(
     output_format: str = "auto",
     data_format: str = "auto",
     label_set: str = "fine",
+    path_column: str = "path",
+    label_column: str = "label",
     batch_size: int | None = None,
     workers: int | None = None,
     cache_dir: str | Path | None = None,
@@ -99,6 +102,7 @@ def embed(
     ray_address: str | None = None,
     ray_actors: int | None = None,
     device: str = "auto",
+    verbose: bool | None = None,
 ) -> Embeddings:
     """Embed every image of ``source`` with ``model``'s backbone.
 
@@ -110,10 +114,13 @@ def embed(
         weights: a local state dict for a backbone name.
         input_size: the input size for a backbone name (default: the backbone's own).
         output_format: ``parquet``, ``npy`` or ``auto`` (from ``output``'s suffix).
+        data_format, label_set, path_column, label_column: how to read ``source``, as for
+            ``train``.
         chunk_rows: images per part file (the resume granularity).
         device: where the network runs (``auto``: a GPU if there is one).
         engine: ``local``, or ``ray`` to embed on a Ray cluster (``ray_address``; ``ray_actors``
             copies of the network): the same rows, parts and resume.
+        verbose: as for ``train``: bars and notes (``True``), warnings only (``False``).
     """
     if chunk_rows < 1:
         raise DataError(f"`chunk_rows` must be >= 1, got {chunk_rows}")
@@ -122,7 +129,13 @@ def embed(
     target = Path(output) if output is not None else None
     if target is not None:
         target = _check_output(target, output_format, overwrite=overwrite)
-    rows = _read_rows(source, data_format=data_format, label_set=label_set)
+    rows = _read_rows(
+        source,
+        data_format=data_format,
+        label_set=label_set,
+        path_column=path_column,
+        label_column=label_column,
+    )
     encoder = open_encoder(model, weights=weights, input_size=input_size, device=device)
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
     job = _Job(encoder, rows, cache, batch_size, workers, chunk_rows)
@@ -156,10 +169,11 @@ def _check_output(target: Path, output_format: str, *, overwrite: bool) -> Path:
     return target
 
 
-def _read_rows(source: str | Path | Any, *, data_format: str, label_set: str) -> _Rows:
+def _read_rows(source: str | Path | Any, **source_options: str) -> _Rows:
     """A labelled source's records, or (for a folder, file or glob that is not one) its images."""
+    data_format = source_options["data_format"]
     try:
-        scan = open_source(source, data_format=data_format, label_set=label_set, min_classes=1)
+        scan = open_source(source, **source_options, min_classes=1)
     except DataError as labelled_error:
         files = (
             expand_inputs([str(source)]) if data_format == "auto" and isinstance(source, str | Path) else []

@@ -35,6 +35,7 @@ from imgcls.inference.classifier import Classifier
 from imgcls.inference.model_format import versions
 from imgcls.system.distributed import Ranks, join
 from imgcls.system.profiling import PROFILE
+from imgcls.system.progress import takes_verbose
 from imgcls.system.wording import count
 from imgcls.training._history import write_history
 from imgcls.training.checkpoint import load_checkpoint
@@ -57,12 +58,15 @@ log = logging.getLogger(__name__)
 ONNX_CHECK_IMAGES = 8
 
 
+@takes_verbose
 def train(
     data: str | Path | Any,
     output: str | Path | None = None,
     *,
     config: TrainConfig | None = None,
     overwrite: bool = False,
+    verbose: bool | None = None,
+    clock_from: float | None = None,
     **settings: Any,
 ) -> Classifier | None:
     """Train a classifier on labelled images.
@@ -76,6 +80,11 @@ def train(
             runs); ``None`` keeps everything in memory.
         config: full settings; ``settings`` override its fields.
         overwrite: allow writing into an existing, non-empty run directory.
+        verbose: ``True`` shows progress bars and the notes the CLI prints on standard error;
+            ``False`` shows only warnings; ``None`` (default) shows bars in a terminal or
+            notebook, and notes where logging is set up.
+        clock_from: the ``time.perf_counter()`` reading that ``time_limit`` counts from
+            (default: this call); the command line passes its process's start.
         settings: any ``TrainConfig`` field: ``backbone="efficientnet_lite2"``,
             ``strategy="finetune"``, ``epochs=3``, ``seed=1``, ...
 
@@ -85,14 +94,14 @@ def train(
     """
     started = time.perf_counter()
     cfg = with_settings(config, settings)
-    scan = open_source(data, data_format=cfg.data_format, label_set=cfg.label_set)
+    scan = open_source(data, **cfg.source_options())
     ranks = join_ranks(cfg)
     if not ranks.is_main:
         output = None
     created = output is not None and not Path(output).exists()
     run_dir = prepare_output_dir(Path(output), overwrite=overwrite, data=scan) if output is not None else None
     try:
-        return _train(scan, cfg, run_dir, ranks, started=started)
+        return _train(scan, cfg, run_dir, ranks, started=started, clock_from=clock_from)
     except KeyboardInterrupt:
         if run_dir is None:
             raise
@@ -105,11 +114,15 @@ def train(
         raise
 
 
-def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier | None:
+@takes_verbose
+def resume(
+    run_dir: str | Path, data: str | Path | None = None, *, verbose: bool | None = None
+) -> Classifier | None:
     """Continue an interrupted fine-tuning run from its last checkpoint (same settings and seed).
 
-    ``data`` overrides the data folder recorded in the run (if it moved). Under torchrun every
-    process reads the checkpoint; rank 0 writes the run and returns the classifier.
+    ``data`` overrides the data folder recorded in the run (if it moved); ``verbose`` as for
+    ``train``. Under torchrun every process reads the checkpoint; rank 0 writes the run and
+    returns the classifier.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -118,7 +131,7 @@ def resume(run_dir: str | Path, data: str | Path | None = None) -> Classifier | 
     if cfg.strategy == "probe":
         raise DataError(f"{run_dir} is a probe run; probes are not checkpointed, train it again")
     payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    scan = open_source(data or saved["data"], data_format=cfg.data_format, label_set=cfg.label_set)
+    scan = open_source(data or saved["data"], **cfg.source_options())
     ranks = join_ranks(cfg)
     try:
         return _train(
@@ -158,10 +171,13 @@ def _train(
     ranks: Ranks,
     *,
     started: float,
+    clock_from: float | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> Classifier | None:
     """The run; ``run_dir`` is ``None`` in memory and on every rank but 0, which alone returns
     the classifier."""
+    clock = started if clock_from is None else clock_from
+    deadline = clock + cfg.time_limit if cfg.time_limit else None
     plan = plan_run(scan, cfg, ranks)
     if cfg.engine == "ray":
         extract_on_ray(scan, plan)
@@ -176,7 +192,7 @@ def _train(
             scan,
             plan,
             run_dir=run_dir,
-            deadline=started + cfg.time_limit if cfg.time_limit else None,
+            deadline=deadline,
             resume=resume_from,
             before_training=lambda: _write_resume_config(run_dir, scan, cfg),
         )
@@ -199,7 +215,7 @@ def _train(
     )
     if run_dir is not None:
         with PROFILE.stage("save run (model, metrics, splits)"):
-            _save_run(run_dir, clf, featured, cfg, fit.metrics)
+            _save_run(run_dir, clf, featured, cfg, fit.metrics, deadline=deadline)
         if tuned is not None:
             write_history(run_dir, tuned.state.history)
             (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing left to resume
@@ -300,11 +316,13 @@ def _save_run(
     featured: FeaturedDataset,
     cfg: TrainConfig,
     metrics: dict[str, Any],
+    *,
+    deadline: float | None,
 ) -> None:
     # The model first and metrics.json last: a run that fails part way (a full disk) never
     # looks finished.
     clf.save(run_dir / MODEL_SUBDIR)
-    if cfg.onnx:
+    if cfg.onnx and _time_left_for_export(deadline, cfg.time_limit, run_dir):
         with PROFILE.stage("model.onnx (export and parity check)"):
             write_onnx_export(run_dir, featured)
     write_manifest(run_dir / SPLITS_FILE, featured.records, featured.splits)
@@ -313,6 +331,15 @@ def _save_run(
     write_model_card(run_dir, clf, featured, metrics)
     write_json(run_dir / METRICS_FILE, metrics)
     log.info("saved run to %s", run_dir)
+
+
+def _time_left_for_export(deadline: float | None, time_limit: float | None, run_dir: Path) -> bool:
+    """Whether a time-limited run has room for the export: a tenth of its limit, which covers
+    the export of a small network on a slow CPU; a run with less left keeps its limit instead."""
+    if deadline is None or time_limit is None or deadline - time.perf_counter() >= 0.1 * time_limit:
+        return True
+    log.info("model.onnx not written: the time limit leaves no room; `imgcls export %s` writes it", run_dir)
+    return False
 
 
 def write_onnx_export(run_dir: Path, featured: FeaturedDataset) -> None:
