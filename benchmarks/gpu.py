@@ -51,7 +51,7 @@ def agreement(tmp: Path) -> tuple[float, float]:
 
 
 def extraction(files: list[Path]) -> float:
-    from imgcls.inference.encoder import open_encoder
+    from imgcls.inference.loading import open_encoder
 
     encoder = open_encoder("efficientnet_lite0", device="cuda")
     # workers: imgcls's default for the device (a loader process per core)
@@ -80,7 +80,7 @@ def inference(precision: str, repeats: int) -> tuple[float, float]:
     import timm
     import torch
 
-    from imgcls.inference.encoder import open_encoder
+    from imgcls.inference.loading import open_encoder
     from imgcls.models.features import pooled_features
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

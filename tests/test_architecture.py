@@ -72,9 +72,16 @@ def _modules() -> dict[str, Path]:
 
 
 def _imported_modules(tree: ast.AST) -> list[str]:
+    """Dotted module names a tree imports; ``from imgcls import x`` imports ``imgcls.x`` where
+    x is a module of the package, else the package's own ``imgcls.__init__``."""
     names = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
+        if isinstance(node, ast.ImportFrom) and node.module == "imgcls":
+            names.extend(
+                f"imgcls.{alias.name}" if alias.name in _modules() else "imgcls.__init__"
+                for alias in node.names
+            )
+        elif isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
         elif isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
@@ -133,6 +140,55 @@ def test_every_subpackage_init_is_a_docstring_alone():
 def test_imports_point_down_the_data_path():
     imports = {module: _imgcls_imports(path) for module, path in _modules().items()}
     assert not import_violations(imports)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The imgcls modules ``path`` imports when it runs: at module level and inside functions,
+    but not for type checking alone."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    return {name.removeprefix("imgcls.") for name in _imported_modules(tree) if name.startswith("imgcls.")}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk of ``graph`` (module -> modules it imports) meets."""
+    state: dict[str, int] = {}  # 1: on the walk's path, 2: done
+    cycles: list[list[str]] = []
+
+    def walk(module: str, path: list[str]) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, set())):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                walk(target, path)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module, [])
+    return cycles
+
+
+def test_no_module_imports_itself_round_a_cycle_even_inside_functions():
+    modules = _modules()
+    graph = {name: _runtime_imports(path) & set(modules) for name, path in modules.items()}
+    assert not import_cycles(graph)
+    assert import_cycles(
+        {"inference.classifier": {"inference.encoder"}, "inference.encoder": {"inference.classifier"}}
+    )
+
+
+def test_the_check_sees_an_import_from_the_package_itself():
+    tree = ast.parse("from imgcls import __version__, errors\nfrom imgcls import train")
+    assert sorted(_imported_modules(tree)) == ["imgcls.__init__", "imgcls.__init__", "imgcls.errors"]
+    assert import_violations({"workflows.run_summary": {"__init__"}}) == [
+        "workflows.run_summary imports __init__"
+    ]
 
 
 def test_the_check_catches_a_lower_subpackage_importing_a_higher_one():

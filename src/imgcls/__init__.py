@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Classifier",
     "Evaluation",
@@ -31,6 +29,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    __version__: str
     from imgcls.config import TrainConfig
     from imgcls.errors import ImgclsError
     from imgcls.inference.classifier import Classifier
@@ -67,6 +66,10 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from imgcls.config import installed_version
+
+        return installed_version()
     if name == "show_progress":
         from imgcls.system.progress import show_bars
 

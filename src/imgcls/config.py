@@ -7,6 +7,7 @@ Precedence is defaults < config file < explicit arguments; ``None`` in a field m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tomllib
 from dataclasses import dataclass, fields
@@ -14,6 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.errors import ConfigError
+
+
+@functools.cache
+def installed_version() -> str:
+    """imgcls's version, from the installed package's metadata (``pyproject.toml`` is the one
+    place it is written); read on first use, since importing ``importlib.metadata`` takes
+    longer than a prediction's start can spare."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgcls")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 STRATEGIES = ("probe", "finetune", "auto")

@@ -121,4 +121,5 @@ def test_quiet_by_default_details_under_verbose(image_folder, tmp_path):
     quiet = run_cli("predict", "-q", str(run), str(image_folder / "red"))
     assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 12  # the predictions, nothing else
     verbose = run_cli("predict", "-v", str(run), str(image_folder / "red"))
-    assert "runtime: torch" in verbose.stderr
+    assert "runtime: onnx (" in verbose.stderr  # train wrote model.onnx; twelve images are few
+    assert "STREAM b'IHDR'" not in verbose.stderr  # imgcls's details, not its libraries' debugging

@@ -13,6 +13,7 @@ import pytest
 
 import imgcls
 from imgcls.config import TrainConfig
+from imgcls.training.head import C_LADDER
 from tests.conftest import shared_dataset
 
 pytestmark = pytest.mark.slow
@@ -96,8 +97,15 @@ def test_hymenoptera_mlp_and_knn_heads(tmp_path):
 def test_linear_head_choice_is_inside_its_grid_on_real_data(tmp_path):
     for name in ("hymenoptera", "clothing_small"):
         head = imgcls.train(shared_dataset(name), tmp_path / name, report=False).config["head"]
-        grid = [float(c) for c in head["cv_accuracy"]]
-        assert min(grid) < head["C"] < max(grid) or head.get("grid_note"), name
+        searched = [float(c) for c in head["cv_accuracy"]]
+        inside = min(searched) < head["C"] < max(searched)
+        # The search walks along the ladder while its best C is on an edge, so the choice sits
+        # inside what was searched, or on the ladder's own end, which the note then names.
+        at_ladder_end = head["C"] in (C_LADDER[0], C_LADDER[-1]) and "ladder's" in (
+            head.get("grid_note") or ""
+        )
+        assert inside or at_ladder_end, (name, head)
+        assert inside == ("grid_note" not in head or head["grid_note"] is None), (name, head)
 
 
 def test_clothing_small_embeddings_cluster_by_class(tmp_path):

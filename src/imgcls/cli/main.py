@@ -1,8 +1,10 @@
 """The ``imgcls`` command: a thin client of the library.
 
 Nothing heavy is imported at module level, so ``imgcls --help`` starts instantly; each
-command imports what it needs (the handlers live in ``cli_train`` and ``cli_use``). Library
-errors (``ImgclsError``) are printed without a traceback and exit with status 2.
+command imports what it needs. ``COMMANDS`` is the one table of commands; their flags and
+handlers live in ``train_commands``, ``model_commands``, ``data_commands`` and
+``embed_commands``. Library errors (``ImgclsError``) are printed without a traceback and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import platform
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
-from imgcls.cli import PROCESS_STARTED
+from imgcls.cli._options import PROCESS_STARTED
 from imgcls.cli.data_commands import add_convert, add_doctor, run_convert, run_doctor
 from imgcls.cli.embed_commands import add_embed, add_similar, run_embed, run_similar
 from imgcls.cli.model_commands import (
@@ -64,11 +66,6 @@ _EXTRA_FOR_MODULE = {
 }  # fmt: skip
 
 
-_HEAVY_COMMANDS = frozenset(
-    {"train", "evaluate", "predict", "demo", "cv", "compare", "export", "serve", "embed", "similar", "doctor"}
-)
-
-
 def entry() -> None:
     """Console-script entry point: tune the allocator (re-executing once), then run ``main``."""
     argv = sys.argv[1:]
@@ -93,7 +90,8 @@ def _should_tune_allocator(argv: Sequence[str]) -> bool:
         return False
     if platform.libc_ver()[0] != "glibc":
         return False
-    return bool(_HEAVY_COMMANDS.intersection(argv))
+    heavy = {name for name, command in COMMANDS.items() if command.runs_networks}
+    return bool(heavy.intersection(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,10 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     logging_options.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     logging_options.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (adder, handler, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[logging_options])
-        adder(sub)
-        sub.set_defaults(handler=handler)
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(
+            name, help=command.help, description=command.help, parents=[logging_options]
+        )
+        command.add(sub)
+        sub.set_defaults(handler=command.run)
     return parser
 
 
@@ -246,56 +246,68 @@ def _configure_logging(verbosity: int, rank: int | None = None) -> None:
 
     handler = BarSafeHandler(sys.stderr)
     handler.setFormatter(FlagFormatter(f"[rank {rank}] %(message)s" if rank else "%(message)s"))
+    # -v is imgcls's own details; libraries' debug lines (Pillow's chunk by chunk) stay out.
+    handler.addFilter(lambda record: record.levelno >= logging.INFO or record.name.startswith("imgcls"))
     logging.basicConfig(level=level, handlers=[handler])
 
 
 def _version() -> str:
-    from imgcls import __version__
+    from imgcls.config import installed_version
 
-    return __version__
+    return installed_version()
 
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {
-    "train": (add_train, run_train, "train a classifier on a folder of labelled images"),
-    "evaluate": (add_evaluate, run_evaluate, "score a trained model on labelled images"),
-    "predict": (
-        add_predict,
-        run_predict,
-        "classify images with a trained model or a pretrained backbone",
+class Command(NamedTuple):
+    """One ``imgcls`` command: how its flags are added, what runs it, its one-line help, and
+    whether it runs networks (the allocator is tuned for those; see ``entry``)."""
+
+    add: Callable[[argparse.ArgumentParser], None]
+    run: Handler
+    help: str
+    runs_networks: bool = True
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(add_train, run_train, "train a classifier on a folder of labelled images"),
+    "evaluate": Command(add_evaluate, run_evaluate, "score a trained model on labelled images"),
+    "predict": Command(
+        add_predict, run_predict, "classify images with a trained model or a pretrained backbone"
     ),
-    "export": (add_export, run_export, "export a model to ONNX or TorchScript, with a parity check"),
-    "serve": (add_serve, run_serve, "serve a model over HTTP with a web page (FastAPI + uvicorn)"),
-    "cv": (add_cv, run_cv, "k-fold cross-validation with mean, std and a 95%% interval"),
-    "compare": (add_compare, run_compare, "cross-validate several backbones or heads on the same folds"),
-    "models": (add_models, run_models, "list the named backbones and where their weights are"),
-    "inspect-data": (
+    "export": Command(add_export, run_export, "export a model to ONNX or TorchScript, with a parity check"),
+    "serve": Command(add_serve, run_serve, "serve a model over HTTP with a web page (FastAPI + uvicorn)"),
+    "cv": Command(add_cv, run_cv, "k-fold cross-validation with mean, std and a 95%% interval"),
+    "compare": Command(
+        add_compare, run_compare, "cross-validate several backbones or heads on the same folds"
+    ),
+    "models": Command(
+        add_models, run_models, "list the named backbones and where their weights are", runs_networks=False
+    ),
+    "inspect-data": Command(
         add_inspect_data,
         run_inspect_data,
         "class counts per split, and a picture grid of augmented training views",
+        runs_networks=False,
     ),
-    "convert": (
+    "convert": Command(
         add_convert,
         run_convert,
         "write a data set as class folders, a manifest or WebDataset shards",
+        runs_networks=False,
     ),
-    "doctor": (
+    "doctor": Command(
         add_doctor,
         run_doctor,
         "find broken files, duplicates, leakage, likely mislabels and outliers in a data set",
     ),
-    "embed": (
-        add_embed,
-        run_embed,
-        "write every image's feature vector to a Parquet or numpy file, for other tasks",
+    "embed": Command(
+        add_embed, run_embed, "write every image's feature vector to a Parquet or numpy file, for other tasks"
     ),
-    "similar": (add_similar, run_similar, "nearest neighbours of images in an embedding file"),
-    "demo": (
-        add_demo,
-        run_demo,
-        "train, evaluate and predict on built-in data (scikit-learn's digits)",
+    "similar": Command(add_similar, run_similar, "nearest neighbours of images in an embedding file"),
+    "demo": Command(
+        add_demo, run_demo, "train, evaluate and predict on built-in data (scikit-learn's digits)"
     ),
 }
 

@@ -149,14 +149,9 @@ def run_predict(args: argparse.Namespace) -> int:
 def _predict(clf: Any, args: argparse.Namespace) -> int:
     if args.output:
         return predict_to_file(clf, args)
-    if args.runtime == "onnx":
-        run = clf.predict_paths(
-            args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers
-        )
-    else:
-        run = clf.predict_paths(
-            args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size, workers=args.workers
-        )
+    run = clf.predict_paths(
+        args.paths, top_k=args.top_k, tta=args.tta, batch_size=args.batch_size, workers=args.workers
+    )
     if args.json:
         print_json([p.to_dict() for p in run.predictions])
     else:

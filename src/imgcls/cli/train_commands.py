@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from imgcls._files import REPORT_FILE
-from imgcls.cli import PROCESS_STARTED
 from imgcls.cli._options import (
     DATA_HELP,
+    PROCESS_STARTED,
     add_finetune_options,
     add_fold_options,
     add_model_options,

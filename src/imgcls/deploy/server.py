@@ -23,7 +23,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 from urllib.parse import quote, quote_plus
 
 import numpy as np
@@ -37,7 +37,7 @@ from imgcls.config import ServeLimits
 from imgcls.data._pixels import resize_for
 from imgcls.data.images import UnreadableImageError, decode_rgb
 from imgcls.data.preprocessing import Preprocessing
-from imgcls.inference.predictions import rank_classes
+from imgcls.inference.predictions import Predictor, rank_classes
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ MAX_HEADER_BYTES = 16 * 1024
 # health check, for monitors and load balancers. Everything else needs it, /docs and
 # /openapi.json included, and so does any route added later.
 OPEN_PATHS = frozenset({"/", "/health"})
-
-
-class ImagePredictor(Protocol):
-    classes: list[str]
-    backbone: str
-    config: dict[str, Any]
-    preprocessing: Preprocessing
-
-    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
 class MicroBatcher:
@@ -253,7 +244,7 @@ class _RedactKeys(logging.Filter):
 
 
 def create_app(
-    predictor: ImagePredictor,
+    predictor: Predictor,
     *,
     runtime: str,
     limits: ServeLimits | None = None,
@@ -399,7 +390,7 @@ async def _decode_upload(upload: UploadFile, limits: ServeLimits, pre: Preproces
 
 
 def serve(
-    predictor: ImagePredictor,
+    predictor: Predictor,
     *,
     runtime: str,
     host: str,

@@ -15,30 +15,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from imgcls._files import CsvWriter, read_csv
 from imgcls.config import TOP_K
 from imgcls.errors import ConfigError
-from imgcls.inference.predictions import PathScores, rank_classes
+from imgcls.inference.predictions import PathScores, Predictor, rank_classes
 
 log = logging.getLogger(__name__)
 
 CHUNK = 512
 CSV_FIELDS = ("path", "label", "index", "probability", "top_k", "error")
-
-
-class PathScorer(Protocol):
-    classes: list[str]
-
-    def score_paths(
-        self,
-        paths: Sequence[Path],
-        *,
-        batch_size: int | None = None,
-        workers: int | None = None,
-        tta: bool = False,
-    ) -> PathScores: ...
 
 
 # Another engine's scoring of the files to predict (``deploy.ray_engine.RayScoring``): given the
@@ -55,7 +42,7 @@ class BatchSummary:
 
 
 def predict_to_file(
-    predictor: PathScorer,
+    predictor: Predictor,
     paths: Sequence[Path],
     output: Path,
     *,

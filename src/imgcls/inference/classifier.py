@@ -17,24 +17,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from imgcls.config import TOP_K
-from imgcls.data.images import ImageInput, as_rgb_image, to_rgb
+from imgcls.data.images import ImageInput, to_rgb
 from imgcls.data.preprocessing import Preprocessing
-from imgcls.data.sources import prediction_inputs
 from imgcls.data.transforms import TTA_VIEWS, eval_transform, view_settings
-from imgcls.errors import DataError, WeightsError
+from imgcls.errors import WeightsError
 from imgcls.inference._scoring import score_views, views_for
 from imgcls.inference.encoder import Encoder
 from imgcls.inference.evaluate import Evaluation, evaluate
 from imgcls.inference.model_format import SavedModel, read_saved_model, write_saved_model
-from imgcls.inference.predictions import (
-    PathScores,
-    Prediction,
-    PredictionRun,
-    names_many_images,
-    rank_classes,
-    readable_predictions,
-)
+from imgcls.inference.predictions import PathScores, Predictor
 from imgcls.models._batchnorm_fold import folded_for_inference
 from imgcls.models.backbone import (
     IMAGENET_CLASSES,
@@ -57,7 +48,7 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-class Classifier:
+class Classifier(Predictor):
     """A trained (or ImageNet-pretrained) classifier.
 
     Args:
@@ -86,10 +77,6 @@ class Classifier:
         self.device = device
         self.precision = _precision_on(device, str(config.get("precision", "fp32")))
         self._folded: tuple[tuple, nn.Module] | None = None  # (model's state fingerprint, copy)
-
-    @property
-    def backbone(self) -> str:
-        return str(self.config["backbone"]["name"])
 
     @property
     def run_dir(self) -> Path | None:
@@ -145,61 +132,16 @@ class Classifier:
         self.directory = directory
         return directory
 
-    # -- prediction ---------------------------------------------------------------------------
+    # -- prediction (``predict`` and ``predict_paths`` are ``Predictor``'s) --------------------
 
-    @overload
-    def predict(self, image: ImageInput, *, top_k: int = ..., tta: bool = ...) -> Prediction: ...
-    @overload
-    def predict(
-        self, image: list[ImageInput] | tuple[ImageInput, ...], *, top_k: int = ..., tta: bool = ...
-    ) -> list[Prediction]: ...
-
-    def predict(
-        self,
-        image: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
-        *,
-        top_k: int = TOP_K,
-        tta: bool = False,
-    ) -> Prediction | list[Prediction]:
-        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
-        a list (or tuple) of them gives a list of predictions, in order, and so does a folder
-        (searched recursively) or a glob pattern, as ``imgcls predict`` takes them (its
-        unreadable files are left out with a warning; ``predict_paths`` gives their reasons).
-
-        With ``tta``, probabilities are averaged over the centre crop, the whole image and
-        the mirror image of each.
-        """
-        if isinstance(image, list | tuple):
-            return [self.predict(one, top_k=top_k, tta=tta) for one in image]
-        if names_many_images(image):
-            return readable_predictions(self.predict_paths([image], top_k=top_k, tta=tta))  # type: ignore[list-item]
-        path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
+    def image_probabilities(self, image: Image.Image, *, tta: bool) -> np.ndarray:
         views = []
         for view in views_for(tta):
             pre, flip = view_settings(self.preprocessing, view)
-            batch = eval_transform(pre, flip=flip)(pil).unsqueeze(0)
+            batch = eval_transform(pre, flip=flip)(image).unsqueeze(0)
             with torch.inference_mode():
-                views.append(self._logits(batch).float().softmax(-1))
-        return self._top_k(torch.stack(views).mean(0).numpy(), [path], top_k)[0]
-
-    def predict_paths(
-        self,
-        inputs: Sequence[str | Path],
-        *,
-        top_k: int = TOP_K,
-        tta: bool = False,
-        batch_size: int | None = None,
-        workers: int | None = None,
-    ) -> PredictionRun:
-        """Classify files, folders (recursively), glob patterns and the images of data sources
-        (``data.sources.prediction_inputs``); unreadable files are listed."""
-        paths = prediction_inputs(inputs)
-        if not paths:
-            raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
-        scored = score_views(self, paths, tta=tta, cache_dir=None, batch_size=batch_size, workers=workers)
-        kept = [str(p) for p, ok in zip(paths, scored.readable, strict=True) if ok]
-        unreadable = {str(paths[i]): reason for i, reason in scored.failures.items()}
-        return PredictionRun(self._top_k(scored.mean_probs, kept, top_k), unreadable)
+                views.append(self._logits(batch).float().softmax(-1)[0])
+        return torch.stack(views).mean(0).numpy()
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Class probabilities (images x classes) of decoded images, in one batch."""
@@ -261,9 +203,6 @@ class Classifier:
         network = self.inference_network()
         features = pooled_features(network, place(batch, self.device), self.precision)
         return network.get_classifier()(features).cpu()
-
-    def _top_k(self, probs: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
-        return rank_classes(probs, self.classes, paths, k)
 
     # -- evaluation ---------------------------------------------------------------------------
 

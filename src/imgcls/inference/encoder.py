@@ -3,7 +3,7 @@
 An encoder is a trained model's backbone (``RUN_DIR``) or a pretrained backbone by name. Its
 features are those ``train`` computes (same preprocessing, precision and BatchNorm folding),
 so the feature cache serves both, and ``describe`` says enough to build the same encoder
-again (``open_encoder(**describe()["encoder"])``).
+again (``inference.loading.open_encoder(**describe()["encoder"])``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from imgcls.data.images import ImageInput, ImageRef, as_rgb_image
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.transforms import eval_transform
 from imgcls.models._batchnorm_fold import folded_for_inference
-from imgcls.models.backbone import IMAGENET_CLASSES, build_network, prepare_for_inference
 from imgcls.models.features import (
     Extraction,
     FeatureCache,
@@ -30,9 +29,7 @@ from imgcls.models.features import (
     pooled_features,
     weights_digest,
 )
-from imgcls.models.registry import get_backbone, resolve_preprocessing
-from imgcls.system.devices import CPU, forward_batch, place, resolve_device
-from imgcls.system.precision import resolve_precision
+from imgcls.system.devices import CPU, forward_batch, place
 
 
 @dataclass
@@ -115,46 +112,3 @@ class Encoder:
             precision=self.precision,
             device=self.device,
         )
-
-
-def open_encoder(
-    model: str | Path,
-    *,
-    weights: str | Path | None = None,
-    input_size: int | None = None,
-    precision: str = "auto",
-    pretrained: bool = True,
-    device: str = "cpu",
-) -> Encoder:
-    """The encoder of a saved model (``RUN_DIR`` or ``RUN_DIR/model``: its fitted backbone and
-    preprocessing) or of a pretrained backbone by name (its feature preprocessing, as ``train``
-    uses; ``weights`` is a local state dict for it; ``pretrained=False``: random init), run on
-    ``device``."""
-    from imgcls.inference.loading import looks_like_model_dir
-
-    if looks_like_model_dir(model):
-        from imgcls.errors import ConfigError
-        from imgcls.inference.classifier import Classifier
-
-        if weights is not None or input_size is not None:
-            raise ConfigError(
-                "a saved model has its own `weights` and `input_size`; give them with a backbone"
-            )
-        return Classifier.load(model, device=device).encoder()
-    spec = get_backbone(str(model))
-    network, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights, pretrained=pretrained)
-    origin = {
-        "model": spec.name,
-        "weights": str(weights) if weights is not None else None,
-        "input_size": input_size,
-        "backbone": spec.name,
-        "weights_source": info.to_dict(),
-    }
-    placed = resolve_device(device)
-    return Encoder(
-        prepare_for_inference(network),
-        resolve_preprocessing(spec, input_size=input_size),
-        resolve_precision(precision, placed),
-        origin,
-        device=placed,
-    )

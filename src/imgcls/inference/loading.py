@@ -18,12 +18,12 @@ from imgcls.data._prefetch import prefetch_paths
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.sources import prediction_inputs
 from imgcls.errors import ConfigError, ImgclsError
+from imgcls.inference.predictions import Predictor
 from imgcls.inference.runtime_choice import RuntimeChoice, choose_runtime
 
 if TYPE_CHECKING:
     from imgcls.data.images import ImageRef
-    from imgcls.inference.classifier import Classifier
-    from imgcls.inference.onnx_runtime import OnnxClassifier
+    from imgcls.inference.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class OpenedModel:
     """A model ready to predict, and which runtime runs it and why."""
 
-    predictor: Classifier | OnnxClassifier
+    predictor: Predictor
     runtime: str
     reason: str
 
@@ -89,7 +89,7 @@ def open_model(
     if choice.runtime == "onnx":
         from imgcls.inference.onnx_runtime import OnnxClassifier
 
-        predictor: Classifier | OnnxClassifier = choice.onnx or OnnxClassifier.load(model)
+        predictor: Predictor = choice.onnx or OnnxClassifier.load(model)
     else:
         from imgcls.inference.classifier import Classifier
 
@@ -102,7 +102,7 @@ def open_model(
 
 def load(
     model: str | Path, *, runtime: str = "torch", weights: str | Path | None = None, device: str = "cpu"
-) -> Classifier | OnnxClassifier:
+) -> Predictor:
     """Reload a saved model (``RUN_DIR`` or ``RUN_DIR/model``), or a backbone by name.
 
     ``runtime="auto"`` gives what ``imgcls predict`` uses: ONNX Runtime where it is faster here
@@ -110,6 +110,52 @@ def load(
     there is one); a model trained on any device loads on any other.
     """
     return open_model(model, runtime=runtime, weights=weights, device=device).predictor
+
+
+def open_encoder(
+    model: str | Path,
+    *,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    precision: str = "auto",
+    pretrained: bool = True,
+    device: str = "cpu",
+) -> Encoder:
+    """The encoder of a saved model (``RUN_DIR`` or ``RUN_DIR/model``: its fitted backbone and
+    preprocessing) or of a pretrained backbone by name (its feature preprocessing, as ``train``
+    uses; ``weights`` is a local state dict for it; ``pretrained=False``: random init), run on
+    ``device``."""
+    if looks_like_model_dir(model):
+        from imgcls.inference.classifier import Classifier
+
+        if weights is not None or input_size is not None:
+            raise ConfigError(
+                "a saved model has its own `weights` and `input_size`; give them with a backbone"
+            )
+        return Classifier.load(model, device=device).encoder()
+    from imgcls.inference.encoder import Encoder
+    from imgcls.models.backbone import IMAGENET_CLASSES, build_network, prepare_for_inference
+    from imgcls.models.registry import get_backbone, resolve_preprocessing
+    from imgcls.system.devices import resolve_device
+    from imgcls.system.precision import resolve_precision
+
+    spec = get_backbone(str(model))
+    network, info = build_network(spec, num_classes=IMAGENET_CLASSES, weights=weights, pretrained=pretrained)
+    origin = {
+        "model": spec.name,
+        "weights": str(weights) if weights is not None else None,
+        "input_size": input_size,
+        "backbone": spec.name,
+        "weights_source": info.to_dict(),
+    }
+    placed = resolve_device(device)
+    return Encoder(
+        prepare_for_inference(network),
+        resolve_preprocessing(spec, input_size=input_size),
+        resolve_precision(precision, placed),
+        origin,
+        device=placed,
+    )
 
 
 def decoding_ahead_of_prediction(

@@ -11,27 +11,19 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from imgcls._files import MODEL_SUBDIR, ONNX_FILE
-from imgcls.config import PREDICT_BATCH_SIZE, TOP_K
+from imgcls.config import PREDICT_BATCH_SIZE
 from imgcls.data._pixels import to_input_array
-from imgcls.data.images import ImageInput, UnreadableImageError, as_rgb_image, load_rgb, to_rgb
+from imgcls.data.images import UnreadableImageError, load_rgb, to_rgb
 from imgcls.data.preprocessing import Preprocessing
-from imgcls.data.sources import prediction_inputs
-from imgcls.errors import ConfigError, DataError, ModelFormatError
+from imgcls.errors import ConfigError, ModelFormatError
 from imgcls.evaluation.metrics import softmax
-from imgcls.inference.predictions import (
-    PathScores,
-    Prediction,
-    PredictionRun,
-    names_many_images,
-    rank_classes,
-    readable_predictions,
-)
+from imgcls.inference.predictions import PathScores, Predictor
 
 METADATA_KEY = "imgcls"
 
@@ -47,8 +39,8 @@ def find_onnx_file(path: str | Path) -> Path:
     )
 
 
-class OnnxClassifier:
-    """An exported classifier run by ONNX Runtime; same prediction API as ``Classifier``."""
+class OnnxClassifier(Predictor):
+    """An exported classifier run by ONNX Runtime; the same ``Predictor`` as ``Classifier``."""
 
     def __init__(self, session: Any, config: dict[str, Any], path: Path) -> None:
         self.session = session
@@ -57,10 +49,6 @@ class OnnxClassifier:
         self.classes: list[str] = list(config["classes"])
         self.preprocessing = Preprocessing.from_dict(config["preprocessing"])
         self._input = session.get_inputs()[0].name
-
-    @property
-    def backbone(self) -> str:
-        return str(self.config["backbone"]["name"])
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int | None = None) -> OnnxClassifier:
@@ -84,34 +72,9 @@ class OnnxClassifier:
         logits = self.session.run(None, {self._input: batch})[0]
         return softmax(logits.astype(np.float64)).astype(np.float32)
 
-    @overload
-    def predict(self, image: ImageInput, *, top_k: int = ..., tta: bool = ...) -> Prediction: ...
-    @overload
-    def predict(
-        self, image: list[ImageInput] | tuple[ImageInput, ...], *, top_k: int = ..., tta: bool = ...
-    ) -> list[Prediction]: ...
-
-    def predict(
-        self,
-        image: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
-        *,
-        top_k: int = TOP_K,
-        tta: bool = False,
-    ) -> Prediction | list[Prediction]:
-        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
-        a list (or tuple) of them, a folder or a glob pattern give a list of predictions, as
-        ``Classifier.predict`` does."""
-        if tta:
-            raise ConfigError("test-time augmentation is not available with the ONNX runtime")
-        if isinstance(image, list | tuple):
-            return [self.predict(one, top_k=top_k) for one in image]
-        if names_many_images(image):
-            return readable_predictions(self.predict_paths([image], top_k=top_k))  # type: ignore[list-item]
-        path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
-        return self._top([pil], [path], top_k)[0]
-
-    def _top(self, images: Sequence[Image.Image], paths: Sequence[str | None], k: int) -> list[Prediction]:
-        return rank_classes(self.probabilities(images), self.classes, paths, k)
+    def image_probabilities(self, image: Image.Image, *, tta: bool) -> np.ndarray:
+        _no_tta(tta)
+        return self.probabilities([image])[0]
 
     def score_paths(
         self,
@@ -123,9 +86,8 @@ class OnnxClassifier:
     ) -> PathScores:
         """Decode (``workers`` threads, default one) and score files in batches of ``batch_size``
         (default ``PREDICT_BATCH_SIZE``); unreadable ones are listed."""
+        _no_tta(tta)
         batch_size = batch_size or PREDICT_BATCH_SIZE
-        if tta:
-            raise ConfigError("test-time augmentation is not available with the ONNX runtime")
         failures: dict[int, str] = {}
         probs: list[np.ndarray] = []
         with ThreadPoolExecutor(max(workers or 0, 1)) as pool:
@@ -146,18 +108,7 @@ class OnnxClassifier:
         except UnreadableImageError as exc:
             return exc.reason
 
-    def predict_paths(
-        self,
-        inputs: Sequence[str | Path],
-        *,
-        top_k: int = TOP_K,
-        batch_size: int | None = None,
-        workers: int | None = None,
-    ) -> PredictionRun:
-        paths = prediction_inputs(inputs)
-        if not paths:
-            raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
-        scores = self.score_paths(paths, batch_size=batch_size, workers=workers)
-        kept = [str(p) for p, ok in zip(paths, scores.readable, strict=True) if ok]
-        predictions = rank_classes(scores.probs, self.classes, kept, top_k)
-        return PredictionRun(predictions, {str(paths[i]): r for i, r in scores.failures.items()})
+
+def _no_tta(tta: bool) -> None:
+    if tta:
+        raise ConfigError("test-time augmentation is not available with the ONNX runtime")

@@ -1,4 +1,4 @@
-"""Prediction results, shared by every runtime (torch, ONNX Runtime, the HTTP server).
+"""Prediction results, and the ``Predictor`` every runtime (torch, ONNX Runtime) is.
 
 Pure Python and numpy: importing it never loads torch.
 """
@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import glob
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
+from PIL import Image
 
-from imgcls.errors import ConfigError
+from imgcls.config import TOP_K
+from imgcls.data.images import ImageInput, as_rgb_image
+from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.sources import prediction_inputs
+from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +107,87 @@ def readable_predictions(run: PredictionRun) -> list[Prediction]:
             len(run.unreadable), first, reason,
         )  # fmt: skip
     return run.predictions
+
+
+class Predictor(ABC):
+    """A classifier that predicts, whatever runs it: ``Classifier`` (torch) and
+    ``OnnxClassifier`` (ONNX Runtime) are this. Each runtime scores images
+    (``probabilities``, ``image_probabilities``, ``score_paths``); taking a path, an image, a
+    list, a folder or a glob, and ranking the classes, is done here once for both."""
+
+    classes: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config["backbone"]["name"])
+
+    @abstractmethod
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Class probabilities (images x classes) of decoded images, in one batch."""
+
+    @abstractmethod
+    def image_probabilities(self, image: Image.Image, *, tta: bool) -> np.ndarray:
+        """One decoded image's class probabilities, averaged over the test-time views with
+        ``tta``."""
+
+    @abstractmethod
+    def score_paths(
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        tta: bool = False,
+    ) -> PathScores:
+        """Class probabilities of the readable files among ``paths``; the others' reasons."""
+
+    @overload
+    def predict(self, image: ImageInput, *, top_k: int = ..., tta: bool = ...) -> Prediction: ...
+    @overload
+    def predict(
+        self, image: list[ImageInput] | tuple[ImageInput, ...], *, top_k: int = ..., tta: bool = ...
+    ) -> list[Prediction]: ...
+
+    def predict(
+        self,
+        image: ImageInput | list[ImageInput] | tuple[ImageInput, ...],
+        *,
+        top_k: int = TOP_K,
+        tta: bool = False,
+    ) -> Prediction | list[Prediction]:
+        """Classify one image: a file path, a PIL image, an HxWx3 uint8 array or encoded bytes;
+        a list (or tuple) of them gives a list of predictions, in order, and so does a folder
+        (searched recursively) or a glob pattern, as ``imgcls predict`` takes them (its
+        unreadable files are left out with a warning; ``predict_paths`` gives their reasons).
+
+        With ``tta``, probabilities are averaged over the centre crop, the whole image and
+        the mirror image of each (torch only).
+        """
+        if isinstance(image, list | tuple):
+            return [self.predict(one, top_k=top_k, tta=tta) for one in image]
+        if names_many_images(image):
+            return readable_predictions(self.predict_paths([image], top_k=top_k, tta=tta))  # type: ignore[list-item]
+        path, pil = as_rgb_image(image, min_side=self.preprocessing.resize_size)
+        return rank_classes(self.image_probabilities(pil, tta=tta)[None], self.classes, [path], top_k)[0]
+
+    def predict_paths(
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        top_k: int = TOP_K,
+        tta: bool = False,
+        batch_size: int | None = None,
+        workers: int | None = None,
+    ) -> PredictionRun:
+        """Classify files, folders (recursively), glob patterns and the images of data sources
+        (``data.sources.prediction_inputs``), decoded in parallel and scored in batches;
+        unreadable files are listed with their reasons."""
+        paths = prediction_inputs(inputs)
+        if not paths:
+            raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
+        scores = self.score_paths(paths, batch_size=batch_size, workers=workers, tta=tta)
+        kept = [str(p) for p, ok in zip(paths, scores.readable, strict=True) if ok]
+        unreadable = {str(paths[i]): reason for i, reason in scores.failures.items()}
+        return PredictionRun(rank_classes(scores.probs, self.classes, kept, top_k), unreadable)

@@ -30,7 +30,8 @@ from imgcls.evaluation.duplicates import leakage
 from imgcls.evaluation.label_issues import LabelIssues, find_label_issues
 from imgcls.evaluation.metrics import softmax
 from imgcls.evaluation.outliers import find_outliers
-from imgcls.inference.encoder import Encoder, open_encoder
+from imgcls.inference.encoder import Encoder
+from imgcls.inference.loading import open_encoder
 from imgcls.inference.similarity import nearest, normalised
 from imgcls.models.features import default_cache_dir
 from imgcls.system.devices import CPU

@@ -37,7 +37,8 @@ from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageRef
 from imgcls.data.sources import open_source
 from imgcls.errors import ConfigError, DataError
-from imgcls.inference.encoder import Encoder, open_encoder
+from imgcls.inference.encoder import Encoder
+from imgcls.inference.loading import open_encoder
 from imgcls.models.features import Extraction, default_cache_dir
 from imgcls.system.progress import Progress, takes_verbose
 

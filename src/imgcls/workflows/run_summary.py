@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from imgcls import __version__
 from imgcls._files import (
     CONFIG_FILE,
     CURVES_FILE,
@@ -25,6 +24,7 @@ from imgcls._files import (
     WEIGHTS_FILE,
     write_text_atomic,
 )
+from imgcls.config import installed_version
 from imgcls.data.records import TEST, TRAIN, VAL
 from imgcls.evaluation.report import write_report
 from imgcls.inference.classifier import Classifier
@@ -146,7 +146,7 @@ def model_card(run_dir: Path, clf: Classifier, featured: FeaturedDataset, metric
     where = str(run_dir)
     return f"""# {clf.backbone} classifier for {featured.scan.name}
 
-Trained by imgcls {__version__} on `{featured.scan.location}` ({featured.scan.format}).
+Trained by imgcls {installed_version()} on `{featured.scan.location}` ({featured.scan.format}).
 
 ## Data
 

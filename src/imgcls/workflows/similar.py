@@ -105,7 +105,7 @@ def _query_vectors(
 
 def _embed_files(table: EmbeddingTable, files: list[str]) -> np.ndarray:
     """Embed query images with the encoder described in the file's metadata."""
-    from imgcls.inference.encoder import open_encoder
+    from imgcls.inference.loading import open_encoder
 
     described = table.metadata.get("encoder")
     if not described or not described.get("model"):
