@@ -115,8 +115,10 @@ def embed(
         weights: a local state dict for a backbone name.
         input_size: the input size for a backbone name (default: the backbone's own).
         output_format: ``parquet``, ``npy`` or ``auto`` (from ``output``'s suffix).
-        data_format, label_set, path_column, label_column: how to read ``source``, as for
-            ``train``.
+        data_format: how to read ``source`` (``auto``: detect it), as for ``train``.
+        label_set: CIFAR-100's ``fine`` or ``coarse`` classes.
+        path_column: a manifest's column of image paths.
+        label_column: a manifest's column of labels.
         chunk_rows: images per part file (the resume granularity).
         device: where the network runs (``auto``: a GPU if there is one).
         engine: ``local``, or ``ray`` to embed on a Ray cluster (``ray_address``; ``ray_actors``
