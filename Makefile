@@ -51,14 +51,14 @@ test: lint browser docs
 ISA_LIMITS ?= AVX2 AVX512_CORE
 ISA_TESTS ?= tests/deploy/test_export.py tests/system/test_cpu.py tests/system/test_precision.py \
 	tests/models/test_efficientnet_lite.py tests/models/test_batchnorm_fold.py \
-	tests/training/test_fast_path.py tests/training/test_loop.py tests/training/test_head.py \
-	tests/training/test_head_at_size.py tests/inference/test_saved_model_compat.py \
+	tests/training/test_fast_path.py tests/training/test_loop.py tests/training/test_linear_head.py \
+	tests/training/test_linear_head_at_size.py tests/inference/test_saved_model_compat.py \
 	tests/inference/test_similarity.py tests/test_readme.py \
 	tests/training/test_finetune.py::test_compile_trains_through_a_compiled_graph_to_the_eager_result \
 	tests/training/test_finetune.py::test_finetune_calibrate_folds_the_temperature_into_the_saved_model \
 	tests/training/test_finetune.py::test_finetune_writes_history_curves_and_a_model_that_scores_as_reported \
-	tests/training/test_distributed.py::test_torchrun_fine_tune_writes_one_run_that_scores_as_one_process_scores_it \
-	tests/training/test_distributed.py::test_torchrun_probe_shares_its_features_through_the_cache \
+	tests/system/test_distributed.py::test_torchrun_fine_tune_writes_one_run_that_scores_as_one_process_scores_it \
+	tests/system/test_distributed.py::test_torchrun_probe_shares_its_features_through_the_cache \
 	tests/deploy/test_server.py::test_predict_bad_uploads_and_concurrency \
 	tests/inference/test_batch.py::test_tta_reaches_batch_prediction \
 	tests/workflows/test_embed.py::test_faiss_and_numpy_find_the_same_neighbours \

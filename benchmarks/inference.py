@@ -174,7 +174,7 @@ def _train_steps(module: torch.nn.Module, x: torch.Tensor, num_classes: int = 10
     from imgcls.system.precision import autocast, resolve_precision
     from imgcls.training._fast_path import depthwise_unit_parameters, training_fast_path
     from imgcls.training._tasks import train_with_frozen_norms
-    from imgcls.training.plan import trains_depthwise
+    from imgcls.training.finetune_plan import trains_depthwise
 
     cpu = torch.device("cpu")
     precision = resolve_precision("auto", cpu)
@@ -237,7 +237,7 @@ def _extract(model: torch.nn.Module, size: int) -> dict:
 
 def _top_split(model: torch.nn.Module):
     from imgcls.models._network_split import split_network
-    from imgcls.training.plan import CPU_AUTO_STAGES
+    from imgcls.training.finetune_plan import CPU_AUTO_STAGES
 
     split = split_network(model, CPU_AUTO_STAGES)
     if split is None:

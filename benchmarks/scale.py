@@ -75,7 +75,7 @@ def peak_rss() -> int:
 
 
 def fit_child(path: str, test_path: str, classes: int, module: str) -> None:
-    """In a fresh process: map the features, fit the head (``module``'s, a head.py file, or
+    """In a fresh process: map the features, fit the head (``module``'s, a linear_head.py file, or
     this tree's), print one JSON line."""
     sys.path.insert(0, str(REPO / "src"))
     if module:
@@ -85,7 +85,7 @@ def fit_child(path: str, test_path: str, classes: int, module: str) -> None:
         spec.loader.exec_module(reference)  # type: ignore[union-attr]
         fit_linear_head = reference.fit_linear_head
     else:
-        from imgcls.training.head import fit_linear_head
+        from imgcls.training.linear_head import fit_linear_head
 
     features = np.load(path, mmap_mode="r")
     labels = np.load(Path(path).with_suffix(".labels.npy"))
@@ -109,7 +109,7 @@ def head_rows(
     if reference is not None:
         module = str(tmp / "reference_head.py")
         source = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{reference[0]}:src/imgcls/training/head.py"],
+            ["git", "-C", str(REPO), "show", f"{reference[0]}:src/imgcls/training/linear_head.py"],
             check=True,
             capture_output=True,
             text=True,

@@ -195,7 +195,7 @@ def test_the_check_catches_a_lower_subpackage_importing_a_higher_one():
     assert import_violations({"data.splits": {"training.probe"}}) == ["data.splits imports training.probe"]
     assert import_violations({"training.probe": {"inference.classifier"}})  # siblings
     assert import_violations({"errors": {"data.images"}})  # the foundation imports no subpackage
-    assert not import_violations({"training.probe": {"data.splits", "config", "training.head"}})
+    assert not import_violations({"training.probe": {"data.splits", "config", "training.linear_head"}})
     assert not import_violations({"cli.main": {"workflows.train"}})
 
 

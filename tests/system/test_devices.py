@@ -78,14 +78,18 @@ def test_the_command_line_names_the_problem_without_a_traceback(image_folder, tm
 def recorded(monkeypatch) -> list[tuple[str, torch.device]]:
     """Report one CUDA device; record (stage module, device) for every ``place`` and keep
     everything where it is."""
+    # Loaded before the GPU is faked: importing timm imports torch._dynamo, which fails while
+    # torch reports a device it cannot query (the test then depended on another having run first).
+    import timm  # noqa: F401
+
     import imgcls.inference.classifier as classifier
     import imgcls.inference.encoder as encoder
     import imgcls.models.features as features
     import imgcls.training._loop as loop
     import imgcls.training._tasks as tasks
     import imgcls.training.finetune as finetune
-    import imgcls.training.head as head
     import imgcls.training.knn_head as knn_head
+    import imgcls.training.linear_head as linear_head
     import imgcls.training.mlp_head as mlp_head
     import imgcls.training.probe as probe
 
@@ -93,7 +97,18 @@ def recorded(monkeypatch) -> list[tuple[str, torch.device]]:
     # The optimiser asks the accelerator whether it is capturing a CUDA graph; there is none.
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
     calls: list[tuple[str, torch.device]] = []
-    for module in (classifier, encoder, features, loop, tasks, finetune, probe, head, mlp_head, knn_head):
+    for module in (
+        classifier,
+        encoder,
+        features,
+        loop,
+        tasks,
+        finetune,
+        probe,
+        linear_head,
+        mlp_head,
+        knn_head,
+    ):
 
         def place(item, device, _name=module.__name__):
             calls.append((_name.rsplit(".", 1)[1], torch.device(device)))
@@ -118,7 +133,7 @@ def test_every_stage_gets_the_gpu_that_auto_picks(recorded, image_folder, tmp_pa
     probe = imgcls.train(image_folder, tmp_path / "probe", config=config, cache_dir=str(tmp_path / "cache"))
     assert _stages(recorded)["probe"] == {"cuda"}  # extraction ran its network on the GPU
     assert _stages(recorded)["features"] == {"cuda"}  # and sent its batches there
-    assert _stages(recorded)["head"] == {"cuda"}  # the head's solver ran there too
+    assert _stages(recorded)["linear_head"] == {"cuda"}  # the head's solver ran there too
     assert probe.config["precision"] == "bf16"  # resolved for the GPU, not the CPU
     for kind in ("mlp", "knn"):
         recorded.clear()

@@ -53,7 +53,7 @@ def test_the_saved_model_records_its_precision_and_scores_as_reported(image_fold
 def test_finetune_trains_in_the_scoring_precision_on_a_cpu_too():
     """With the training fast path (fp32 depthwise layers where bf16 is slow), bf16 steps are
     faster on a CPU with native bf16, so a fine-tune trains in the precision it scores in."""
-    from imgcls.training.plan import plan_finetune
+    from imgcls.training.finetune_plan import plan_finetune
 
     cpu = torch.device("cpu")
     auto = plan_finetune(TrainConfig(strategy="finetune"), n_train=100, device=cpu, stages=7)

@@ -345,7 +345,7 @@ def test_finetune_settings_are_validated(image_folder, capsys):
 
 
 def test_auto_strategy_picks_the_probe_for_small_data_and_says_why(image_folder, tmp_path):
-    from imgcls.training.plan import choose_strategy
+    from imgcls.training.finetune_plan import choose_strategy
 
     cfg = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64, strategy="auto")
     clf = imgcls.train(image_folder, tmp_path / "run", config=cfg)
@@ -427,7 +427,7 @@ def test_on_a_cpu_depthwise_units_keep_their_pretrained_values_and_the_rest_trai
     from imgcls.models._batchnorm_fold import conv_norm_pairs
     from imgcls.training._fast_path import is_depthwise
     from imgcls.training.finetune import _optimisation
-    from imgcls.training.plan import plan_finetune
+    from imgcls.training.finetune_plan import plan_finetune
 
     model = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=3)
     split = split_network(model, 2)

@@ -12,9 +12,9 @@ from imgcls.config import TrainConfig
 from imgcls.deploy.export import export_model
 from imgcls.errors import ConfigError
 from imgcls.models.heads import KNNHead, fold_temperature
-from imgcls.training.head import C_LADDER, fit_linear_head
 from imgcls.training.heads import fit_head
 from imgcls.training.knn_head import K_GRID
+from imgcls.training.linear_head import C_LADDER, fit_linear_head
 
 TINY = TrainConfig(backbone="test_efficientnet", pretrained=False, input_size=64, precision="fp32")
 

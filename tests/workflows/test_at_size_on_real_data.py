@@ -10,7 +10,7 @@ import pytest
 
 import imgcls
 from imgcls.models import feature_store
-from imgcls.training import head
+from imgcls.training import linear_head as head
 from tests.conftest import shared_dataset
 
 pytestmark = pytest.mark.slow

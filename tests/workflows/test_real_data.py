@@ -13,7 +13,7 @@ import pytest
 
 import imgcls
 from imgcls.config import TrainConfig
-from imgcls.training.head import C_LADDER
+from imgcls.training.linear_head import C_LADDER
 from tests.conftest import shared_dataset
 
 pytestmark = pytest.mark.slow

@@ -47,7 +47,7 @@ from imgcls.training._loop import (
     warmup_cosine,
 )
 from imgcls.training._tasks import ActivationTask, ImageTask, LabelledRows
-from imgcls.training.plan import DROP_RATES, FinetunePlan, plan_finetune, resolve_unfreeze
+from imgcls.training.finetune_plan import DROP_RATES, FinetunePlan, plan_finetune, resolve_unfreeze
 from imgcls.training.probe import (
     FeaturedDataset,
     ProbeFit,

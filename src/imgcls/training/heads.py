@@ -18,8 +18,8 @@ from imgcls.config import HEADS
 from imgcls.errors import ConfigError, DataError
 from imgcls.models.heads import linear_layer
 from imgcls.system.devices import CPU
-from imgcls.training.head import Features, fit_linear_head, row_chunks
 from imgcls.training.knn_head import fit_knn_head
+from imgcls.training.linear_head import Features, fit_linear_head, row_chunks
 from imgcls.training.mlp_head import fit_mlp_head
 
 

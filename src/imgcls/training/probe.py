@@ -37,8 +37,8 @@ from imgcls.system.devices import place
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.profiling import PROFILE
 from imgcls.system.progress import Progress
-from imgcls.training.head import FeatureRows
 from imgcls.training.heads import FittedHead, fit_head
+from imgcls.training.linear_head import FeatureRows
 from imgcls.training.run_plan import FeatureSettings, RunPlan
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from imgcls.models.registry import BackboneSpec, get_backbone, resolve_preproces
 from imgcls.system.devices import CPU, resolve_device
 from imgcls.system.distributed import SINGLE, Ranks
 from imgcls.system.precision import resolve_precision
-from imgcls.training.plan import choose_strategy
+from imgcls.training.finetune_plan import choose_strategy
 
 log = logging.getLogger(__name__)
 

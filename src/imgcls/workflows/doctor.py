@@ -36,7 +36,7 @@ from imgcls.inference.similarity import nearest, normalised
 from imgcls.models.features import default_cache_dir
 from imgcls.system.devices import CPU
 from imgcls.system.progress import Progress, quiet_below_warning, takes_verbose
-from imgcls.training import head as head_module
+from imgcls.training import linear_head as head_module
 from imgcls.training.heads import fit_head
 from imgcls.workflows.doctor_copies import calibrate, duplicate_findings, duplicate_groups
 from imgcls.workflows.doctor_files import write_clean_manifest, write_outputs

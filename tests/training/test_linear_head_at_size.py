@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgcls.training import head
-from imgcls.training.head import FeatureRows, Standardiser, fit_linear_head, search_sample
+from imgcls.training import linear_head as head
+from imgcls.training.linear_head import FeatureRows, Standardiser, fit_linear_head, search_sample
 
 
 def _clusters(n: int, seed: int, classes: int = 8, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from imgcls.training.head import fit_linear_head
+from imgcls.training.linear_head import fit_linear_head
 
 
 def _blobs(n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ def _probs(logits: np.ndarray) -> np.ndarray:
 def test_solver_reaches_sklearns_optimum(n_classes):
     """Run to a tight tolerance, imgcls's L-BFGS and sklearn's meet: the same objective (to 1e-5:
     the feature products run in float32)."""
-    from imgcls.training.head import _minimise
+    from imgcls.training.linear_head import _minimise
 
     x, y = _blobs(n_classes, seed=5)
     x = StandardScaler().fit_transform(x)
@@ -57,7 +57,7 @@ def test_solver_reaches_sklearns_optimum(n_classes):
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_balanced_fit_equals_sklearns_balanced_class_weights(n_classes):
     """The solver is ours (no sklearn import at run time); the objective must be sklearn's."""
-    from imgcls.training.head import _minimise
+    from imgcls.training.linear_head import _minimise
 
     x, y = _blobs(n_classes, seed=3)
     keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y != 0)[::3]])  # class 0 dominates
@@ -68,7 +68,7 @@ def test_balanced_fit_equals_sklearns_balanced_class_weights(n_classes):
 
 
 def test_c_has_the_best_cv_accuracy_and_ties_go_to_the_lower_log_loss():
-    from imgcls.training.head import CScore, choose_c
+    from imgcls.training.linear_head import CScore, choose_c
 
     scores = {
         0.01: CScore(0.870, 0.40),
@@ -86,7 +86,7 @@ def test_the_accelerators_loss_is_the_cpus_loss(n_classes, monkeypatch):
     tensors, it must give the numpy loss's value and gradient, and the same fitted head."""
     import torch
 
-    import imgcls.training.head as head
+    import imgcls.training.linear_head as head
 
     x, y = _blobs(n_classes, seed=3)
     x = StandardScaler().fit_transform(x)
