@@ -13,7 +13,7 @@ import imgcls
 from imgcls.config import TrainConfig
 from imgcls.data.images import load_rgb
 from imgcls.data.records import TEST, TRAIN, DatasetScan
-from imgcls.data.sources import detect_format, open_source
+from imgcls.data.sources import SOURCE_KINDS, detect_format, open_source
 from imgcls.errors import DataError
 from tests.conftest import COLOURS, TINY_BACKBONE
 from tests.data.cifar_files import (
@@ -91,6 +91,18 @@ def test_each_format_is_detected(cifar_like):
         "webdataset": "webdataset",
     }
     assert {name: detect_format(path) for name, path in cifar_like.items()} == expected
+
+
+def test_the_source_table_is_what_the_command_line_offers():
+    from imgcls.cli.main import build_parser
+    from imgcls.config import DATA_FORMATS
+
+    names = [kind.name for kind in SOURCE_KINDS]
+    assert sorted(names) == sorted(DATA_FORMATS[1:]) and DATA_FORMATS[0] == "auto"
+    assert names[-1] == "folder" and SOURCE_KINDS[-1].recognises(Path("anything"))  # the fallback
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    offered = next(a.choices for a in train._actions if a.dest == "data_format")
+    assert list(offered) == list(DATA_FORMATS)
 
 
 def test_every_format_reads_the_same_images_labels_and_splits(cifar_like):

@@ -1,5 +1,6 @@
 """Opening any supported data source as a ``DatasetScan``: detected from what is on disk, or
-named (``data_format``).
+named (``data_format``). ``SOURCE_KINDS`` is the one table of kinds, each with its name,
+detector and reader:
 
 - ``folder``: one sub-folder per class, optionally under ``train/`` ``val/`` ``test/``
   (``folders``);
@@ -16,7 +17,8 @@ named (``data_format``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +34,77 @@ from imgcls.data.webdataset import looks_like_webdataset, read_webdataset
 from imgcls.errors import DataError
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader may need besides the source itself."""
+
+    min_classes: int = 2
+    label_set: str = "fine"
+    allow_outside_root: bool | None = None
+    columns: ManifestColumns = field(default_factory=ManifestColumns)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of data source: its ``--format`` name, how a path of it is recognised, and how
+    it is read. Adding a kind is its reader module and one entry in ``SOURCE_KINDS``."""
+
+    name: str
+    recognises: Callable[[Path], bool]
+    read: Callable[[Any, ReadOptions], DatasetScan]
+
+
+def _read_huggingface(source: Any, options: ReadOptions) -> DatasetScan:
+    return read_hf_source(
+        source, min_classes=options.min_classes, allow_outside_root=options.allow_outside_root
+    )
+
+
+def _read_manifest(source: Any, options: ReadOptions) -> DatasetScan:
+    return read_manifest_source(
+        source,
+        min_classes=options.min_classes,
+        allow_outside_root=options.allow_outside_root,
+        columns=options.columns,
+    )
+
+
+def _read_folder(source: Any, options: ReadOptions) -> DatasetScan:
+    return name_synset_classes(scan_dataset(source, min_classes=options.min_classes))
+
+
+# In the order detection tries them: the first that recognises a path reads it, and a folder
+# of class folders, last, takes anything.
+SOURCE_KINDS: tuple[SourceKind, ...] = (
+    SourceKind(
+        "huggingface", lambda p: looks_like_saved_dataset(p) or looks_like_image_parquet(p), _read_huggingface
+    ),
+    SourceKind("manifest", lambda p: p.suffix.lower() in MANIFEST_SUFFIXES, _read_manifest),
+    SourceKind(
+        "cifar",
+        looks_like_cifar,
+        lambda s, o: read_cifar(s, label_set=o.label_set, min_classes=o.min_classes),
+    ),
+    SourceKind(
+        "imagenet",
+        looks_like_kaggle_imagenet,
+        lambda s, o: read_kaggle_imagenet(s, min_classes=o.min_classes),
+    ),
+    SourceKind(
+        "webdataset", looks_like_webdataset, lambda s, o: read_webdataset(s, min_classes=o.min_classes)
+    ),
+    SourceKind("folder", lambda p: True, _read_folder),
+)
+_BY_NAME = {kind.name: kind for kind in SOURCE_KINDS}
+
+
 def detect_format(source: str | Path | Any) -> str:
-    """The format of ``source``: a DataFrame or a manifest file, a CIFAR distribution, else a folder."""
+    """The format of ``source``: a DataFrame is a manifest; a path is the first of
+    ``SOURCE_KINDS`` that recognises it."""
     if not isinstance(source, str | Path):
         return "manifest"
     path = Path(source).expanduser()
-    if looks_like_saved_dataset(path) or looks_like_image_parquet(path):
-        return "huggingface"
-    if path.suffix.lower() in MANIFEST_SUFFIXES:
-        return "manifest"
-    if looks_like_cifar(path):
-        return "cifar"
-    if looks_like_kaggle_imagenet(path):
-        return "imagenet"
-    if looks_like_webdataset(path):
-        return "webdataset"
-    return "folder"
+    return next(kind.name for kind in SOURCE_KINDS if kind.recognises(path))
 
 
 def prediction_inputs(inputs: Sequence[str | Path]) -> list[ImageRef]:
@@ -86,24 +143,13 @@ def open_source(
         allow_outside_root: whether a manifest or a Hugging Face data set may name image files
             outside its own folder (default: only with ``--allow-outside-root``, or
             ``IMGCLS_ALLOW_OUTSIDE_ROOT=1``).
-        path_column, label_column: a manifest's columns of image paths and labels.
+        path_column: a manifest's column of image paths.
+        label_column: a manifest's column of labels.
     """
     if data_format not in DATA_FORMATS:
         raise DataError(f"unknown `data_format` {data_format!r}; choose one of {', '.join(DATA_FORMATS)}")
-    found = detect_format(source) if data_format == "auto" else data_format
-    if found == "manifest":
-        return read_manifest_source(
-            source,
-            min_classes=min_classes,
-            allow_outside_root=allow_outside_root,
-            columns=ManifestColumns(path_column, label_column),
-        )
-    if found == "cifar":
-        return read_cifar(source, label_set=label_set, min_classes=min_classes)
-    if found == "imagenet":
-        return read_kaggle_imagenet(source, min_classes=min_classes)
-    if found == "webdataset":
-        return read_webdataset(source, min_classes=min_classes)
-    if found == "huggingface":
-        return read_hf_source(source, min_classes=min_classes, allow_outside_root=allow_outside_root)
-    return name_synset_classes(scan_dataset(source, min_classes=min_classes))
+    kind = _BY_NAME[detect_format(source) if data_format == "auto" else data_format]
+    options = ReadOptions(
+        min_classes, label_set, allow_outside_root, ManifestColumns(path_column, label_column)
+    )
+    return kind.read(source, options)
