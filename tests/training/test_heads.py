@@ -33,6 +33,28 @@ def _accuracy(head, x, y) -> float:
     return float((head.logits(x).argmax(1) == y).mean())
 
 
+def test_the_head_table_is_what_the_command_line_offers_and_every_kind_reloads():
+    from imgcls.cli.main import build_parser
+    from imgcls.config import HEADS
+    from imgcls.models.heads import SAVED_LAYERS, head_for_config
+    from imgcls.training.heads import HEAD_FITTERS
+
+    assert list(HEAD_FITTERS) == list(HEADS)
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    assert list(next(a.choices for a in train._actions if a.dest == "head")) == list(HEADS)
+    x, y = _quadrants(120)
+    for kind in HEADS:  # what each fitter saves names a layer the loader builds, of the same shape
+        fitted = fit_head(kind, x, y, num_classes=2, seed=0, balanced=False)
+        assert fitted.summary["type"] in SAVED_LAYERS, kind
+        bank = (fitted.layer.bank, fitted.layer.bank_labels) if isinstance(fitted.layer, KNNHead) else None
+        rebuilt = head_for_config(fitted.summary, in_features=8, num_classes=2, bank=bank)
+        if rebuilt is not None:
+            rebuilt.load_state_dict(fitted.layer.state_dict())
+            rebuilt.eval(), fitted.layer.eval()
+            with torch.inference_mode():
+                assert torch.equal(rebuilt(torch.from_numpy(x)), fitted.layer(torch.from_numpy(x))), kind
+
+
 def test_mlp_learns_what_no_linear_head_can():
     x, y = _quadrants()
     test_x, test_y = _quadrants(seed=1)

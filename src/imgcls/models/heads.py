@@ -8,6 +8,7 @@ rebuilds them from a saved config, and folds a calibration temperature into them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -154,15 +155,39 @@ def head_for_config(
     ``None`` for a linear head (the network's own classifier fits)."""
     spec = head or {}
     kind = spec.get("type", "logistic_regression")
-    if kind == "mlp":
-        return MLPHead(in_features, int(spec["hidden"]), num_classes, float(spec.get("dropout", 0.0)))
-    if kind == "knn":
-        if bank is None:
-            raise ModelFormatError("a kNN head needs its bank of training features")
-        return KNNHead(*bank, num_classes, int(spec["k"]), normalised=True)
-    if kind in ("logistic_regression", "finetuned"):
-        return None
-    raise ModelFormatError(f"unknown head type {kind!r} in the model's config; a newer imgcls may read it")
+    build = SAVED_LAYERS.get(kind)
+    if build is None:
+        raise ModelFormatError(
+            f"unknown head type {kind!r} in the model's config; a newer imgcls may read it"
+        )
+    return build(spec, in_features, num_classes, bank)
+
+
+def _mlp_layer(
+    spec: dict[str, Any], in_features: int, num_classes: int, bank: tuple[torch.Tensor, torch.Tensor] | None
+) -> nn.Module:
+    return MLPHead(in_features, int(spec["hidden"]), num_classes, float(spec.get("dropout", 0.0)))
+
+
+def _knn_layer(
+    spec: dict[str, Any], in_features: int, num_classes: int, bank: tuple[torch.Tensor, torch.Tensor] | None
+) -> nn.Module:
+    if bank is None:
+        raise ModelFormatError("a kNN head needs its bank of training features")
+    return KNNHead(*bank, num_classes, int(spec["k"]), normalised=True)
+
+
+def _own_classifier(*_: Any) -> None:
+    return None
+
+
+# The layer each saved head ``type`` is rebuilt as (``None``: the network's own classifier).
+SAVED_LAYERS: dict[str, Callable[..., nn.Module | None]] = {
+    "logistic_regression": _own_classifier,
+    "finetuned": _own_classifier,
+    "mlp": _mlp_layer,
+    "knn": _knn_layer,
+}
 
 
 def fold_temperature(layer: nn.Module, temperature: float) -> None:

@@ -7,6 +7,7 @@ Each head's settings are chosen on the training split only, and each comes back 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,34 +69,27 @@ def fit_head(
     balanced: bool,
     device: torch.device = CPU,
 ) -> FittedHead:
-    """Fit a ``kind`` head (one of ``config.HEADS``) on ``device``; ``labels`` are class
+    """Fit a ``kind`` head (one of ``HEAD_FITTERS``) on ``device``; ``labels`` are class
     indices; ``features`` may be memory-mapped (the linear head reads it a chunk at a time,
     the others whole). The fitted layer is on the CPU."""
-    fit = {"num_classes": num_classes, "seed": seed, "balanced": balanced, "device": device}
-    if kind not in HEADS:
+    fitter = HEAD_FITTERS.get(kind)
+    if fitter is None:
         raise ConfigError(f"unknown `head` {kind!r}; choose one of {', '.join(HEADS)}")
     present = len(np.unique(labels))
     if present != num_classes:
         raise DataError(f"every class needs readable training images; {present} of {num_classes} have some")
-    if kind == "mlp":
-        mlp = fit_mlp_head(np.asarray(features), labels, **fit)
-        summary = {
-            "type": "mlp",
-            "hidden": mlp.settings.hidden,
-            "dropout": mlp.settings.dropout,
-            "steps": mlp.settings.steps,
-            "holdout_accuracy": mlp.holdout_accuracy,
-        }
-        return FittedHead(kind, mlp.layer, summary)
-    if kind == "knn":
-        knn = fit_knn_head(np.asarray(features), labels, **fit)
-        summary = {
-            "type": "knn",
-            "k": knn.layer.k,
-            "bank_size": len(knn.layer.bank),
-            "cv_accuracy": {str(k): v for k, v in knn.cv_accuracy.items()},
-        }
-        return FittedHead(kind, knn.layer, summary)
+    layer, summary = fitter(
+        features, labels, num_classes=num_classes, seed=seed, balanced=balanced, device=device
+    )
+    return FittedHead(kind, layer, summary)
+
+
+# A fitter: (features, labels, num_classes=, seed=, balanced=, device=) -> (the layer, its
+# summary for the saved config, whose ``type`` ``models.heads.SAVED_LAYERS`` rebuilds it by).
+HeadFitter = Callable[..., tuple[nn.Module, dict[str, Any]]]
+
+
+def _fit_linear(features: Features, labels: np.ndarray, **fit: Any) -> tuple[nn.Module, dict[str, Any]]:
     linear = fit_linear_head(features, labels, **fit)
     layer = linear_layer(torch.from_numpy(linear.weight), torch.from_numpy(linear.bias))
     summary = {
@@ -106,4 +100,32 @@ def fit_head(
     }
     if linear.grid_note:
         summary["grid_note"] = linear.grid_note
-    return FittedHead(kind, layer, summary)
+    return layer, summary
+
+
+def _fit_mlp(features: Features, labels: np.ndarray, **fit: Any) -> tuple[nn.Module, dict[str, Any]]:
+    mlp = fit_mlp_head(np.asarray(features), labels, **fit)
+    summary = {
+        "type": "mlp",
+        "hidden": mlp.settings.hidden,
+        "dropout": mlp.settings.dropout,
+        "steps": mlp.settings.steps,
+        "holdout_accuracy": mlp.holdout_accuracy,
+    }
+    return mlp.layer, summary
+
+
+def _fit_knn(features: Features, labels: np.ndarray, **fit: Any) -> tuple[nn.Module, dict[str, Any]]:
+    knn = fit_knn_head(np.asarray(features), labels, **fit)
+    summary = {
+        "type": "knn",
+        "k": knn.layer.k,
+        "bank_size": len(knn.layer.bank),
+        "cv_accuracy": {str(k): v for k, v in knn.cv_accuracy.items()},
+    }
+    return knn.layer, summary
+
+
+# The probe's head kinds, by their ``--head`` name (``config.HEADS``, which the command line
+# reads without importing torch, lists the same names; a test holds the two equal).
+HEAD_FITTERS: dict[str, HeadFitter] = {"linear": _fit_linear, "mlp": _fit_mlp, "knn": _fit_knn}
