@@ -61,7 +61,7 @@ def scored(ranked: list[str], flagged: set[str], planted: set[str]) -> dict[str,
 
 
 def label_errors(data: Path, share: float, seed: int) -> list[str]:
-    from imgcls.workflows.doctor import doctor
+    from imgcls.workflows.doctor.run import doctor
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "flipped.csv"

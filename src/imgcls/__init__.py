@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from imgcls.inference.predictions import Prediction
     from imgcls.system.progress import show_bars as show_progress
     from imgcls.workflows.crossval import compare, cross_validate
-    from imgcls.workflows.doctor import doctor
+    from imgcls.workflows.doctor.run import doctor
     from imgcls.workflows.embed import embed
     from imgcls.workflows.similar import similar
     from imgcls.workflows.train import resume, train
@@ -50,7 +50,7 @@ _LAZY = {
     "resume": "imgcls.workflows.train",
     "cross_validate": "imgcls.workflows.crossval",
     "compare": "imgcls.workflows.crossval",
-    "doctor": "imgcls.workflows.doctor",
+    "doctor": "imgcls.workflows.doctor.run",
     "embed": "imgcls.workflows.embed",
     "similar": "imgcls.workflows.similar",
     "Classifier": "imgcls.inference.classifier",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgcls.data.folders import expand_inputs, scan_dataset
+from imgcls.data.sources.folders import expand_inputs, scan_dataset
 from imgcls.errors import DataError
 from tests.conftest import make_image, write_class_folders
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data import huggingface
-from imgcls.data.huggingface import ParquetCell, SavedCell
 from imgcls.data.images import UnreadableImageError, load_rgb
-from imgcls.data.sources import open_source
+from imgcls.data.sources import huggingface, open_source
+from imgcls.data.sources.huggingface import ParquetCell, SavedCell
 from tests.data.cifar_files import CLASSES10, write_cifar10_binary
 
 

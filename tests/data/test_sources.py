@@ -439,7 +439,7 @@ def test_shards_are_read_in_place_and_split_between_processes_by_whole_shards(im
     import shutil
 
     from imgcls.data.convert import convert
-    from imgcls.data.webdataset import share_by_shard
+    from imgcls.data.sources.webdataset import share_by_shard
     from imgcls.models.features import file_digest
 
     folder = open_source(image_folder)

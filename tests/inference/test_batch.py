@@ -14,7 +14,7 @@ import pytest
 
 import imgcls
 from imgcls.config import TrainConfig
-from imgcls.data.folders import expand_inputs
+from imgcls.data.sources.folders import expand_inputs
 from imgcls.inference.batch import predict_to_file
 from tests.conftest import across_kernels, make_image, shared_dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import imgcls
 from imgcls._files import SPLITS_FILE
 from imgcls.config import TrainConfig
-from imgcls.data.folders import scan_dataset
+from imgcls.data.sources.folders import scan_dataset
 from imgcls.data.splits import assign_splits, read_manifest
 from imgcls.models.registry import get_backbone, resolve_preprocessing
 from imgcls.training.run_plan import plan_run

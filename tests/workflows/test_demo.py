@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.folders import scan_dataset
+from imgcls.data.sources.folders import scan_dataset
 from imgcls.workflows.demo import DIGIT_SIZE, run_demo, write_digits
 
 

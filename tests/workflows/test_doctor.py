@@ -17,7 +17,7 @@ from imgcls.cli.main import main
 from imgcls.config import TrainConfig
 from imgcls.evaluation.duplicates import group_pairs, hash_pairs
 from imgcls.evaluation.label_issues import find_label_issues
-from imgcls.workflows.doctor import doctor
+from imgcls.workflows.doctor.run import doctor
 from tests.conftest import TINY_BACKBONE
 
 TINY = TrainConfig(backbone=TINY_BACKBONE, pretrained=False, input_size=64)

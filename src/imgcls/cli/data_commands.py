@@ -126,8 +126,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     from imgcls.config import TrainConfig
     from imgcls.errors import ConfigError
-    from imgcls.workflows.doctor import doctor
-    from imgcls.workflows.doctor_files import DOCTOR_FILES
+    from imgcls.workflows.doctor.outputs import DOCTOR_FILES
+    from imgcls.workflows.doctor.run import doctor
     from imgcls.workflows.train import prepare_output_dir
 
     if args.relabel and not args.write_clean:

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data._pixels import crop_array
-from imgcls.data.folders import scan_dataset
 from imgcls.data.images import UnreadableImageError, load_rgb
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.sources.folders import scan_dataset
 from imgcls.errors import ImgclsError
 from imgcls.system.cpu import available_memory
 
@@ -195,7 +195,7 @@ def active_prefetch(pre: Preprocessing) -> DecodePrefetch | None:
 def _quiet_scan(data: str | Path) -> list[Path] | None:
     """The image files of a class-folder data set; ``None`` for anything else (other sources
     hold their images in memory or need no decoding ahead)."""
-    loggers = [logging.getLogger(name) for name in ("imgcls.data.folders", "imgcls.data.records")]
+    loggers = [logging.getLogger(name) for name in ("imgcls.data.sources.folders", "imgcls.data.records")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)  # the command's own scan reports what it finds

@@ -26,9 +26,9 @@ from PIL import Image, UnidentifiedImageError
 
 from imgcls._files import NameAllocator, write_csv_atomic, write_text_atomic
 from imgcls.data.images import MemoryImage
-from imgcls.data.manifests import listed_path
 from imgcls.data.records import DatasetScan, ImageRecord
-from imgcls.data.webdataset import IMAGE_SUFFIXES, INFO_FILE
+from imgcls.data.sources.manifests import listed_path
+from imgcls.data.sources.webdataset import IMAGE_SUFFIXES, INFO_FILE
 from imgcls.errors import DataError, first_line
 
 TARGETS = ("folder", "manifest", "webdataset")

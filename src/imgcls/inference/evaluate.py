@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcls._files import SPLITS_FILE, write_json
-from imgcls.data.imagenet import SYNSET_ID
 from imgcls.data.records import DatasetScan, ImageRecord
 from imgcls.data.sources import open_source
+from imgcls.data.sources.imagenet import SYNSET_ID
 from imgcls.data.splits import SPLITS, read_manifest, splits_from_manifest
 from imgcls.errors import DataError
 from imgcls.evaluation.metrics import classification_report

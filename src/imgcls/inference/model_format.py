@@ -34,8 +34,8 @@ from imgcls._files import (
     write_bytes_atomic,
     write_json,
 )
-from imgcls.data.folders import holds_images
 from imgcls.data.preprocessing import Preprocessing
+from imgcls.data.sources.folders import holds_images
 from imgcls.errors import ModelFormatError
 from imgcls.models.backbone import create_network
 from imgcls.models.heads import KNNHead, feature_width, head_for_config, install_classifier

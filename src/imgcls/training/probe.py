@@ -18,7 +18,7 @@ from torch import nn
 
 from imgcls.data.preprocessing import Preprocessing
 from imgcls.data.records import TEST, TRAIN, VAL, DatasetScan, ImageRecord
-from imgcls.data.webdataset import share_by_shard
+from imgcls.data.sources.webdataset import share_by_shard
 from imgcls.errors import DataError
 from imgcls.evaluation.calibration import fit_temperature
 from imgcls.evaluation.metrics import classification_report, expected_calibration_error, softmax

@@ -33,9 +33,9 @@ from imgcls.data.embedding_files import (
     write_embeddings,
     write_part,
 )
-from imgcls.data.folders import expand_inputs
 from imgcls.data.images import ImageRef
 from imgcls.data.sources import open_source
+from imgcls.data.sources.folders import expand_inputs
 from imgcls.errors import ConfigError, DataError
 from imgcls.inference.encoder import Encoder
 from imgcls.inference.loading import open_encoder

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import ArchiveMember, MemoryImage, is_image_path
 from imgcls.data.records import DatasetScan, ImageRecord, validate_scan
+from imgcls.data.sources.folders import SPLIT_FOLDERS, split_word
 from imgcls.errors import DataError, first_line
 
 INFO_FILE = "_info.json"

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgcls.data.folders import SPLIT_FOLDERS, split_word
 from imgcls.data.images import MemoryImage, StoredImage
-from imgcls.data.manifests import open_parquet
 from imgcls.data.records import DatasetScan, ImageRecord, outside_root_allowed, path_in_root, validate_scan
+from imgcls.data.sources.folders import SPLIT_FOLDERS, split_word
+from imgcls.data.sources.manifests import open_parquet
 from imgcls.errors import DataError, first_line
 
 LABEL_NAMES = ("label", "labels")

@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 from imgcls._files import write_csv_atomic, write_json
-from imgcls.data.manifests import listed_path
 from imgcls.data.records import TRAIN, DatasetScan
+from imgcls.data.sources.manifests import listed_path
 from imgcls.errors import DataError
 from imgcls.evaluation.report import Card, write_gallery_page
 from imgcls.system.wording import count
-from imgcls.workflows.doctor_findings import CLEANED_KINDS, Diagnosis, DoctorImages
+from imgcls.workflows.doctor.findings import CLEANED_KINDS, Diagnosis, DoctorImages
 
 log = logging.getLogger(__name__)
 

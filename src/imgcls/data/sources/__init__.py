@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.config import DATA_FORMATS
-from imgcls.data.cifar import looks_like_cifar, read_cifar
-from imgcls.data.folders import expand_inputs, scan_dataset
-from imgcls.data.huggingface import looks_like_image_parquet, looks_like_saved_dataset, read_hf_source
-from imgcls.data.imagenet import looks_like_kaggle_imagenet, name_synset_classes, read_kaggle_imagenet
 from imgcls.data.images import ImageRef
-from imgcls.data.manifests import MANIFEST_SUFFIXES, ManifestColumns, read_manifest_source
 from imgcls.data.records import DatasetScan
-from imgcls.data.webdataset import looks_like_webdataset, read_webdataset
+from imgcls.data.sources.cifar import looks_like_cifar, read_cifar
+from imgcls.data.sources.folders import expand_inputs, scan_dataset
+from imgcls.data.sources.huggingface import looks_like_image_parquet, looks_like_saved_dataset, read_hf_source
+from imgcls.data.sources.imagenet import looks_like_kaggle_imagenet, name_synset_classes, read_kaggle_imagenet
+from imgcls.data.sources.manifests import MANIFEST_SUFFIXES, ManifestColumns, read_manifest_source
+from imgcls.data.sources.webdataset import looks_like_webdataset, read_webdataset
 from imgcls.errors import DataError
 
 

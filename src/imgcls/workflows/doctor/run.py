@@ -38,9 +38,9 @@ from imgcls.system.devices import CPU
 from imgcls.system.progress import Progress, quiet_below_warning, takes_verbose
 from imgcls.training import linear_head as head_module
 from imgcls.training.heads import fit_head
-from imgcls.workflows.doctor_copies import calibrate, duplicate_findings, duplicate_groups
-from imgcls.workflows.doctor_files import write_clean_manifest, write_outputs
-from imgcls.workflows.doctor_findings import KINDS, Diagnosis, DoctorImages, Finding
+from imgcls.workflows.doctor.copies import calibrate, duplicate_findings, duplicate_groups
+from imgcls.workflows.doctor.findings import KINDS, Diagnosis, DoctorImages, Finding
+from imgcls.workflows.doctor.outputs import write_clean_manifest, write_outputs
 
 log = logging.getLogger(__name__)
 

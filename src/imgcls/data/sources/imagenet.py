@@ -21,8 +21,8 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from imgcls.data.folders import images_under
 from imgcls.data.records import TRAIN, VAL, DatasetScan, ImageRecord, validate_scan
+from imgcls.data.sources.folders import images_under
 from imgcls.errors import DataError
 
 SYNSETS_FILE = "LOC_synset_mapping.txt"

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from imgcls._files import read_csv
-from imgcls.data.folders import SPLIT_FOLDERS
 from imgcls.data.records import DatasetScan, ImageRecord, outside_root_allowed, path_in_root, validate_scan
+from imgcls.data.sources.folders import SPLIT_FOLDERS
 from imgcls.errors import DataError, first_line
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")

@@ -14,7 +14,7 @@ from imgcls.data.images import load_rgb
 from imgcls.evaluation.duplicates import DuplicateGroup, embedding_pairs, group_pairs, hash_pairs, leaks
 from imgcls.inference.encoder import Encoder
 from imgcls.inference.similarity import normalised
-from imgcls.workflows.doctor_findings import DoctorImages, Finding
+from imgcls.workflows.doctor.findings import DoctorImages, Finding
 
 CALIBRATION_IMAGES = 32  # images copied (three ways each) to calibrate the thresholds
 HASH_NEAR = 4  # perceptual-hash bits two copies of one picture differ in, at most
