@@ -50,15 +50,21 @@ def test_the_saved_model_records_its_precision_and_scores_as_reported(image_fold
     )
 
 
-def test_finetune_trains_in_the_scoring_precision_on_a_cpu_too():
+def test_finetune_trains_in_the_precision_the_run_plan_resolved_for_its_features(image_folder):
     """With the training fast path (fp32 depthwise layers where bf16 is slow), bf16 steps are
-    faster on a CPU with native bf16, so a fine-tune trains in the precision it scores in."""
+    faster on a CPU with native bf16, so a fine-tune trains in the precision it scores in: the
+    one the run plan resolved once."""
+    from imgcls.data.sources import open_source
     from imgcls.training.finetune_plan import plan_finetune
+    from imgcls.training.run_plan import plan_run
 
     cpu = torch.device("cpu")
-    auto = plan_finetune(TrainConfig(strategy="finetune"), n_train=100, device=cpu, stages=7)
-    assert auto.precision == auto.train_precision == resolve_precision("auto", cpu)
-    for asked in ("bf16", "fp32"):
-        config = TrainConfig(strategy="finetune", precision=asked)
-        plan = plan_finetune(config, n_train=100, device=cpu, stages=7)
-        assert plan.precision == plan.train_precision == asked
+    scan = open_source(image_folder)
+    for asked in ("auto", "bf16", "fp32"):
+        config = TrainConfig(
+            strategy="finetune", precision=asked, backbone="test_efficientnet", pretrained=False
+        )
+        run = plan_run(scan, config)
+        assert run.features.precision == resolve_precision(asked, cpu)
+        tuning = plan_finetune(config, n_train=100, device=cpu, trainable=2, precision=run.features.precision)
+        assert tuning.precision == tuning.train_precision == run.features.precision

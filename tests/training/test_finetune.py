@@ -431,7 +431,7 @@ def test_on_a_cpu_depthwise_units_keep_their_pretrained_values_and_the_rest_trai
 
     model = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=3)
     split = split_network(model, 2)
-    plan = plan_finetune(TINY_FT, n_train=100, device=torch.device("cpu"), stages=len(model.blocks))
+    plan = plan_finetune(TINY_FT, n_train=100, device=torch.device("cpu"), trainable=2, precision="fp32")
     assert plan.train_depthwise is False
     _optimisation(model, split.top, plan, None, None, balanced=False, steps=10)  # type: ignore[arg-type]
     units = [p for p in conv_norm_pairs(split.top) if is_depthwise(p.conv)]

@@ -130,7 +130,9 @@ def finetune(
     plan.ranks.broadcast_module(model, "sharing the probe head")
     rows = _rows(featured, splits)
     _warn_small_splits(rows, len(featured.classes))
-    tuning = plan_finetune(cfg, n_train=len(rows.train), device=device, stages=stage_count(model))
+    tuning = plan_finetune(
+        cfg, n_train=len(rows.train), device=device, trainable=trainable, precision=plan.features.precision
+    )
     task = _task(featured, split, maps, rows, tuning, plan)
     steps = tuning.epochs * task.num_batches()
     with PROFILE.stage("optimiser set-up (imports timm)"):

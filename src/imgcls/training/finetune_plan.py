@@ -11,7 +11,7 @@ import torch
 
 from imgcls.config import TrainConfig, parse_unfreeze
 from imgcls.errors import ConfigError
-from imgcls.system.precision import autocast_dtype, resolve_precision
+from imgcls.system.precision import autocast_dtype
 from imgcls.system.wording import count
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,13 @@ def default_lr(mode: str, batch_size: int) -> float:
 
 
 def plan_finetune(
-    cfg: TrainConfig, *, n_train: int, device: torch.device, stages: int | None
+    cfg: TrainConfig, *, n_train: int, device: torch.device, trainable: int | None, precision: str
 ) -> FinetunePlan:
-    trainable = resolve_unfreeze(cfg.unfreeze, device, stages)
+    """The fine-tune's recipe from ``cfg``'s settings, the data's size and what the run has
+    already resolved: ``trainable`` stages (``resolve_unfreeze``, once the network is built)
+    and the ``precision`` features are scored in (the run plan's), which training keeps."""
     mode = "activations" if trainable is not None else "images"
     epochs = cfg.epochs or default_epochs(n_train, mode)
-    precision = resolve_precision(cfg.precision, device)
     plan = FinetunePlan(
         device=device.type,
         precision=precision,
