@@ -28,7 +28,7 @@ from imgcls.system.wording import count
 log = logging.getLogger(__name__)
 
 # Up to this many images, starting without torch saves more than bf16 torch's faster forward
-# passes win back (the crossover is measured by benchmarks/predict_latency.py).
+# passes win back; past it, the per-image gain outweighs the seconds torch takes to import.
 ONNX_UP_TO_IMAGES = 64
 
 

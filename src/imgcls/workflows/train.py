@@ -8,6 +8,7 @@ calibrate) -> evaluate -> save.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import shutil
 import time
@@ -349,8 +350,11 @@ def write_onnx_export(run_dir: Path, featured: FeaturedDataset) -> None:
     if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
         log.debug("model.onnx not written: onnx or onnxruntime is not installed")
         return
-    held_out_first = sorted(range(len(featured.records)), key=lambda i: featured.splits[i] == TRAIN)
-    images = [featured.scan.absolute(featured.records[i]) for i in held_out_first[:ONNX_CHECK_IMAGES]]
+    # Held-out images first, taken lazily: the export needs a few, not an order of every image.
+    held_out = (i for i, split in enumerate(featured.splits) if split != TRAIN)
+    training = (i for i, split in enumerate(featured.splits) if split == TRAIN)
+    chosen = itertools.islice(itertools.chain(held_out, training), ONNX_CHECK_IMAGES)
+    images = [featured.scan.absolute(featured.records[i]) for i in chosen]
     from imgcls.deploy.export import export_model
 
     try:
